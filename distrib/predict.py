@@ -1,0 +1,139 @@
+"""Predict with a saved model: on the run's own test split, or on a user's ``.npy`` images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distrib.data import load_dataset
+from distrib.errors import DataError, OutputError
+from distrib.files import write_npy
+from distrib.model import OneVsRestModel
+from distrib.split import scale_pixels, split_arrays
+
+
+def _load_npy(path: str | os.PathLike[str], what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise DataError(f"{what} file {path} does not exist") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise DataError(f"{what} file {path} is not a readable .npy array ({reason})") from exc
+
+
+def check_images(
+    X: np.ndarray, source: str, n_features: int, image_shape: tuple[int, ...], pixel_max: int
+) -> np.ndarray:
+    """Raw images as ``(n, n_features)``; refuses wrong shapes, dtypes and values.
+
+    Parameters
+    ----------
+    X : ndarray
+        ``(n, n_features)`` or ``(n, height, width)`` raw pixel values.
+    source : str
+        Named in error messages (a file path).
+    """
+    if X.dtype.kind not in "uif":
+        raise DataError(f"{source} holds dtype {X.dtype}, expected numbers (uint8 or float)")
+    if X.ndim == 3 and tuple(X.shape[1:]) == tuple(image_shape):
+        X = X.reshape(len(X), -1)
+    if X.ndim != 2 or X.shape[1] != n_features:
+        shape = "x".join(str(s) for s in image_shape)
+        raise DataError(
+            f"{source} has shape {X.shape}, expected (n, {n_features}) or (n, {shape}) "
+            "images like the model's training data"
+        )
+    if X.dtype.kind == "f" and not np.all(np.isfinite(X)):
+        raise DataError(f"{source} holds NaN or infinite values")
+    low, high = (float(X.min()), float(X.max())) if X.size else (0.0, 0.0)
+    if low < 0 or high > pixel_max:
+        raise DataError(
+            f"{source} holds values in [{low:g}, {high:g}], expected raw pixels in "
+            f"[0, {pixel_max}] (distrib applies the model's own scaling)"
+        )
+    return X
+
+
+def predict_saved(
+    model_dir: str | os.PathLike[str],
+    *,
+    input_path: str | os.PathLike[str] | None = None,
+    labels_path: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Predict with the model saved in ``model_dir``.
+
+    Parameters
+    ----------
+    model_dir : path
+        A run folder with ``model.npz`` and ``model.json``.
+    input_path : path, optional
+        A ``.npy`` of raw images; default: the run's test split, rebuilt from the cache.
+    labels_path : path, optional
+        A ``.npy`` of true labels for ``input_path``, to report the accuracy.
+    output : path, optional
+        Where to write the predictions as ``.npy`` (atomically).
+    home : path, optional
+        The data cache folder.
+
+    Returns
+    -------
+    dict
+        ``n_samples``, ``accuracy`` (when labels are known), prediction counts per class.
+    """
+    model, meta = OneVsRestModel.load(model_dir)
+    data = meta.get("data")
+    if not isinstance(data, dict) or not {"dataset", "split", "scale"} <= set(data):
+        raise OutputError(f"{Path(model_dir) / 'model.json'} lacks its 'data' section")
+    image_shape = tuple(data.get("image_shape", ()))
+    pixel_max = int(data.get("pixel_max", 255))
+    y: np.ndarray | None
+    if input_path is None:
+        dataset = load_dataset(data["dataset"], home)
+        if dataset.X_sha256 != data.get("X_sha256"):
+            raise DataError(
+                f"the cached {dataset.name} differs from the data this model was trained on "
+                "(sha256): pass --input with your own images"
+            )
+        parts = split_arrays(dataset, data["split"], data["scale"])
+        pred = model.predict(parts.X_test).compute(scheduler="threads")
+        y = parts.y_test.compute(scheduler="threads")
+        source = f"{dataset.name} {data['split']} test split"
+    else:
+        X = check_images(
+            _load_npy(input_path, "input"), str(input_path), model.n_features, image_shape,
+            pixel_max,
+        )  # fmt: skip
+        X_scaled = scale_pixels(X, pixel_max, data["scale"])
+        pred = model.predict(np.asarray(X_scaled))
+        y = None
+        source = str(input_path)
+        if labels_path is not None:
+            y = _load_npy(labels_path, "labels")
+            if y.shape != (len(X),):
+                raise DataError(
+                    f"labels file {labels_path} has shape {y.shape}, expected ({len(X)},) "
+                    f"to match {input_path}"
+                )
+    if output is not None:
+        try:
+            write_npy(output, pred)
+        except OSError as exc:
+            raise OutputError(f"cannot write predictions to {output}: {exc}") from exc
+    values, counts = np.unique(pred, return_counts=True)
+    summary: dict[str, Any] = {
+        "model": str(model_dir),
+        "input": source,
+        "n_samples": len(pred),
+        "predicted_counts": {str(v): int(c) for v, c in zip(values, counts, strict=True)},
+    }
+    if y is not None:
+        summary["accuracy"] = float(np.mean(pred == y))
+    if output is not None:
+        summary["output"] = str(output)
+    return summary

@@ -1,0 +1,106 @@
+"""Train/test splits: the notebook's, and MNIST's canonical 60,000 / 10,000.
+
+A split is a pair of row-index arrays into the data set, so the same split can be applied
+lazily to Dask arrays and reported (misclassified images keep their data set row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from distrib.data import Dataset
+from distrib.errors import ConfigError, DataError
+
+NOTEBOOK_RANDOM_STATE = 0
+MNIST_CANONICAL_TRAIN = 60_000
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices of the training and test parts of a data set."""
+
+    name: str
+    train_index: np.ndarray
+    test_index: np.ndarray
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """A data set after splitting and scaling, still lazy (Dask arrays)."""
+
+    X_train: da.Array
+    y_train: da.Array
+    X_test: da.Array
+    y_test: da.Array
+    split: Split
+    scale: str
+
+
+def make_split(dataset: Dataset, kind: str = "notebook") -> Split:
+    """The row indices of a split.
+
+    ``notebook`` equals ``train_test_split(X, y, test_size=..., random_state=0)`` on the
+    whole data set (the permutation does not depend on the data, only on its length).
+    ``canonical`` is MNIST's original split: rows 0..59,999 train, the rest test.
+    """
+    n = dataset.n_samples
+    if kind == "notebook":
+        train_index, test_index = train_test_split(
+            np.arange(n), test_size=dataset.test_fraction, random_state=NOTEBOOK_RANDOM_STATE
+        )
+        return Split("notebook", np.asarray(train_index), np.asarray(test_index))
+    if kind == "canonical":
+        if dataset.name != "mnist":
+            raise ConfigError(
+                f"split 'canonical' exists only for MNIST, not {dataset.name!r}: "
+                "use --split notebook"
+            )
+        return Split(
+            "canonical", np.arange(MNIST_CANONICAL_TRAIN), np.arange(MNIST_CANONICAL_TRAIN, n)
+        )
+    raise ConfigError(f"unknown split {kind!r}: expected 'notebook' or 'canonical'")
+
+
+def scale_pixels(X: Any, pixel_max: int, scale: str) -> Any:
+    """Pixels as float32: divided by ``pixel_max`` (``unit``) or as they are (``raw``)."""
+    if scale == "unit":
+        return X.astype(np.float32) / np.float32(pixel_max)
+    if scale == "raw":
+        return X.astype(np.float32)
+    raise ConfigError(f"unknown scale {scale!r}: expected 'unit' or 'raw'")
+
+
+def split_arrays(dataset: Dataset, kind: str = "notebook", scale: str = "unit") -> SplitArrays:
+    """Apply a split and a scaling to a data set, lazily."""
+    split = make_split(dataset, kind)
+    X = scale_pixels(dataset.X, dataset.pixel_max, scale)
+    arrays = SplitArrays(
+        X_train=X[split.train_index],
+        y_train=dataset.y[split.train_index],
+        X_test=X[split.test_index],
+        y_test=dataset.y[split.test_index],
+        split=split,
+        scale=scale,
+    )
+    return arrays
+
+
+def check_labels(y_train: np.ndarray, y_test: np.ndarray) -> np.ndarray:
+    """The classes to fit; refuses splits that cannot give a one-vs-rest model."""
+    classes = np.unique(y_train)
+    if classes.size < 2:
+        raise DataError(
+            f"the training split holds {classes.size} class(es) {classes.tolist()}; "
+            "one-vs-rest needs at least 2"
+        )
+    unseen = np.setdiff1d(np.unique(y_test), classes)
+    if unseen.size:
+        raise DataError(
+            f"the test split holds label(s) {unseen.tolist()} that the training split lacks"
+        )
+    return classes

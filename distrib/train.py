@@ -1,0 +1,300 @@
+"""The training job, end to end: load -> split -> dispatch -> reduce -> evaluate -> write.
+
+`train` is the Python API behind ``distrib train``; the CLI only parses flags and calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distributed import Client
+from joblib import parallel_config
+
+from distrib.cluster import ClusterConfig, connect, describe, package_versions
+from distrib.config import TrainConfig
+from distrib.data import data_home, load_dataset, npy_as_dask
+from distrib.dispatch import BinaryFit, fit_binary_classifiers
+from distrib.errors import ConfigError, OutputError
+from distrib.evaluate import evaluate
+from distrib.files import write_json
+from distrib.model import OneVsRestModel
+from distrib.reduce import reduce_fits
+from distrib.split import check_labels, split_arrays
+from distrib.transfer import (
+    TRANSFER_MODES,
+    ArrayFiles,
+    InMemoryArrays,
+    TrainingData,
+    file_signature,
+    load_in_memory,
+    prepared_folder,
+    release_aligned,
+    write_array_files,
+)
+
+RUN_FILES = ("model.npz", "model.json", "metrics.json")
+
+
+@dataclass
+class RunResult:
+    """What a training run produced (all of it is also in ``out``)."""
+
+    out: Path
+    model: OneVsRestModel
+    metrics: dict[str, Any]
+    model_info: dict[str, Any] = field(repr=False)
+
+
+class _Phases:
+    """Wall time per phase, in the order the phases ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - t0, 4)
+
+    def report(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.perf_counter() - self._start, 4)}
+
+
+def default_out_dir() -> Path:
+    """``runs/<timestamp>`` in the current folder."""
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_out_dir(out: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+    """Create (or accept) the run folder and prove it is writable, before any work.
+
+    Returns the folder and whether this call created it.
+    """
+    folder = Path(out) if out is not None else default_out_dir()
+    existed = folder.exists()
+    if existed and not folder.is_dir():
+        raise OutputError(f"--out {folder} is a file, not a folder: choose another path")
+    taken = [name for name in RUN_FILES if (folder / name).exists()]
+    if taken:
+        raise OutputError(
+            f"{folder} already holds a run ({', '.join(taken)}): choose another --out "
+            "or remove that folder"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to the output folder {folder} ({exc.strerror or exc}): "
+            "choose a writable --out"
+        ) from exc
+    return folder, not existed
+
+
+def _choose_transfer(client: Client, files: ArrayFiles, mode: str) -> str:
+    """``path`` where every worker sees the prepared files as they are here, else ``scatter``."""
+    if mode not in TRANSFER_MODES:
+        raise ConfigError(f"unknown transfer mode {mode!r}: expected one of {TRANSFER_MODES}")
+    if mode == "scatter":
+        return mode
+    here = (file_signature(files.x_path), file_signature(files.y_path))
+    seen = client.run(_worker_signatures, files.x_path, files.y_path)
+    blind = sorted(worker for worker, sig in seen.items() if tuple(sig) != here)
+    if not blind:
+        return "path"
+    if mode == "path":
+        raise ConfigError(
+            f"--transfer path: worker(s) {', '.join(blind[:3])} cannot see {files.x_path} as "
+            "this client does: mount the data folder at the same path on every worker, or use "
+            "--transfer scatter"
+        )
+    return "scatter"
+
+
+def _worker_signatures(x_path: str, y_path: str) -> tuple[Any, Any]:
+    """File signatures of both prepared arrays (runs on each worker)."""
+    return (file_signature(x_path), file_signature(y_path))
+
+
+def _warm_up() -> None:
+    """Import what the fits need on a worker, so the first fit does not pay for it."""
+    import sklearn.linear_model  # noqa: F401
+
+
+def _progress(log: Callable[[str], None], total: int) -> Callable[[BinaryFit], None]:
+    done = 0
+
+    def on_fit(fit: BinaryFit) -> None:
+        nonlocal done
+        done += 1
+        status = "" if fit.converged else ", NOT converged (raise --max-iter)"
+        log(
+            f"[{done:>{len(str(total))}}/{total}] class {fit.label} fitted on {fit.worker} "
+            f"in {fit.seconds:.2f} s ({fit.n_iter} iterations{status})"
+        )
+
+    return on_fit
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    cluster: ClusterConfig | None = None,
+    client: Client | None = None,
+    out: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    transfer: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Train one binary logistic regression per class on a Dask cluster and save the run.
+
+    Parameters
+    ----------
+    config : TrainConfig, optional
+        Data set, split, scaling and the binary fits' settings (defaults: MNIST, notebook
+        split, unit scale, ``C=0.1``, lbfgs).
+    cluster : ClusterConfig, optional
+        Where to run when no ``client`` is given: an address, ``DASK_SCHEDULER_ADDRESS``, or a
+        new `LocalCluster` (closed at the end).
+    client : distributed.Client, optional
+        An existing client to use (left open).
+    out : path, optional
+        The run folder (default ``runs/<timestamp>``). It must not hold a run already.
+    home : path, optional
+        The data cache folder (see `distrib.data.data_home`).
+    transfer : {"auto", "path", "scatter"}
+        How the training arrays reach the workers (see `distrib.transfer`). ``auto`` uses
+        ``path`` when every worker sees the prepared files, else ``scatter``.
+    log : callable, optional
+        Receives one-line progress messages.
+
+    Returns
+    -------
+    RunResult
+        The model and metrics; ``model.npz``, ``model.json`` and ``metrics.json`` are in
+        ``out``.
+    """
+    config = config or TrainConfig()
+    if transfer not in TRANSFER_MODES:
+        raise ConfigError(f"unknown transfer mode {transfer!r}: expected one of {TRANSFER_MODES}")
+    say = log or (lambda _msg: None)
+    folder, created = prepare_out_dir(out)
+    try:
+        return _run(config, cluster, client, folder, home, transfer, say)
+    except BaseException:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def _run(
+    config: TrainConfig,
+    cluster: ClusterConfig | None,
+    client: Client | None,
+    folder: Path,
+    home: str | os.PathLike[str] | None,
+    transfer: str,
+    say: Callable[[str], None],
+) -> RunResult:
+    phase = _Phases()
+    with phase("load"):
+        dataset = load_dataset(config.dataset, home, log=say)
+    say(f"data: {dataset.name} {tuple(dataset.X.shape)} from {dataset.source}")
+    with phase("split"):
+        parts = split_arrays(dataset, config.split, config.scale)
+        y_train = parts.y_train.compute(scheduler="threads")
+        y_test = parts.y_test.compute(scheduler="threads")
+        classes = check_labels(y_train, y_test)
+    say(
+        f"split: {config.split}, {len(y_train)} train / {len(y_test)} test rows, "
+        f"{len(classes)} classes, pixels {config.scale}"
+    )
+    key = {
+        "dataset": dataset.name,
+        "X_sha256": dataset.X_sha256,
+        "y_sha256": dataset.y_sha256,
+        "split": config.split,
+        "scale": config.scale,
+    }
+    with phase("prepare"):
+        root = data_home(home)
+        files = write_array_files(parts.X_train, parts.y_train, prepared_folder(root, key), key)
+
+    with contextlib.ExitStack() as stack:
+        with phase("connect"):
+            if client is None:
+                client = stack.enter_context(connect(cluster, log=say))
+        cluster_info = describe(client)
+        with phase("transfer"):
+            client.run(_warm_up)
+            mode = _choose_transfer(client, files, transfer)
+            data: TrainingData = files if mode == "path" else load_in_memory(files)
+            scatter = [data] if isinstance(data, InMemoryArrays) else None
+            backend = parallel_config(backend="dask", client=client, scatter=scatter)
+        say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
+        say(f"fitting {len(classes)} one-vs-rest classifiers on {cluster_info['workers']} workers")
+        try:
+            with phase("fit"), backend:
+                fits = fit_binary_classifiers(
+                    data,
+                    classes,
+                    config.estimator_params(),
+                    on_fit=_progress(say, len(classes)),
+                )
+        finally:
+            if isinstance(data, InMemoryArrays):
+                with contextlib.suppress(Exception):
+                    client.run(release_aligned, data.token)
+
+    with phase("reduce"):
+        model, records = reduce_fits(fits, classes)
+    with phase("evaluate"):
+        train_pred = model.predict(npy_as_dask(files.x_path)).compute(scheduler="threads")
+        test_pred = model.predict(parts.X_test).compute(scheduler="threads")
+        metrics = evaluate(classes, y_train, train_pred, y_test, test_pred, parts.split.test_index)
+    say(
+        f"train accuracy {metrics['train_accuracy']:.4f}, "
+        f"test accuracy {metrics['test_accuracy']:.4f}"
+    )
+    data_info = {
+        **dataset.describe(),
+        "split": config.split,
+        "scale": config.scale,
+        "pixel_max": dataset.pixel_max,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+    }
+    model_info = {
+        "settings": config.to_dict(),
+        "data": data_info,
+        "versions": package_versions(),
+        "cluster": cluster_info,
+        "transfer": {**data.describe(), "mode": mode},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with phase("write"):
+        model.save(folder, model_info)
+    metrics = {
+        **metrics,
+        "fits": records,
+        "settings": config.to_dict(),
+        "data": data_info,
+        "cluster": cluster_info,
+        "transfer": mode,
+        "timings": phase.report(),
+    }
+    write_json(folder / "metrics.json", metrics)
+    say(f"wrote {folder}/model.npz, model.json, metrics.json ({metrics['timings']['total']:.1f} s)")
+    return RunResult(out=folder, model=model, metrics=metrics, model_info=model_info)
