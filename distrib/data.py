@@ -105,7 +105,8 @@ def data_home(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+    contiguous = np.ascontiguousarray(array)
+    return hashlib.sha256(contiguous.data.cast("B")).hexdigest()
 
 
 def load_dataset(

@@ -35,7 +35,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
         raise
 
 
-def _write_with(path: str | os.PathLike[str], mode: str, write: Callable[[IO[Any]], None]) -> None:
+def _write_with(
+    path: str | os.PathLike[str], mode: str, write: Callable[[IO[Any]], object]
+) -> None:
     with atomic_path(path) as tmp, open(tmp, mode) as fh:
         write(fh)
         fh.flush()
@@ -60,7 +62,7 @@ def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
 
 def write_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
     """Write named arrays as an uncompressed ``.npz``, atomically."""
-    _write_with(path, "wb", lambda fh: np.savez(fh, **arrays))
+    _write_with(path, "wb", lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,7 @@ class OneVsRestModel:
         try:
             with np.load(npz_path, allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in MODEL_ARRAYS}
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise OutputError(f"{npz_path} is corrupt or incomplete ({exc})") from exc
         expected = meta.get("arrays_sha256", {})
         for name, array in arrays.items():

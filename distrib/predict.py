@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,16 @@ from distrib.split import scale_pixels, split_arrays
 
 def _load_npy(path: str | os.PathLike[str], what: str) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
         raise DataError(f"{what} file {path} does not exist") from exc
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0]
         raise DataError(f"{what} file {path} is not a readable .npy array ({reason})") from exc
+    if not isinstance(loaded, np.ndarray):
+        loaded.close()
+        raise DataError(f"{what} file {path} is an .npz archive, expected one .npy array")
+    return loaded
 
 
 def check_images(

@@ -1,0 +1,101 @@
+"""The distributed binary fits equal in-process scikit-learn fits on the same data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client
+from joblib import parallel_config
+from sklearn.linear_model import LogisticRegression
+
+from distrib.config import TrainConfig
+from distrib.data import load_dataset, load_mnist
+from distrib.dispatch import BinaryFit, fit_binary_classifiers
+from distrib.reduce import reduce_fits
+from distrib.split import split_arrays
+from distrib.transfer import InMemoryArrays, write_array_files
+
+
+def _reference(X: np.ndarray, y: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One in-process LogisticRegression per class."""
+    coefs, intercepts = [], []
+    for label in np.unique(y):
+        model = LogisticRegression(**params).fit(X, (y == label).astype(int))
+        coefs.append(model.coef_[0])
+        intercepts.append(model.intercept_[0])
+    return np.array(coefs), np.array(intercepts)
+
+
+def _fit_on_cluster(client: Client, data, classes, params) -> tuple:
+    scatter = [data] if isinstance(data, InMemoryArrays) else None
+    seen: list[BinaryFit] = []
+    with parallel_config(backend="dask", client=client, scatter=scatter):
+        fits = fit_binary_classifiers(data, classes, params, on_fit=seen.append)
+    assert seen == fits, "on_fit must see every fit as it arrives"
+    return reduce_fits(fits, classes)
+
+
+@pytest.mark.parametrize("transfer", ["path", "scatter"])
+def test_digits_coefficients_match_in_process_fits(
+    cluster_client: Client, tmp_path: Path, transfer: str
+) -> None:
+    parts = split_arrays(load_dataset("digits"), "notebook", "unit")
+    X_train, y_train = parts.X_train.compute(), parts.y_train.compute()
+    params = TrainConfig(dataset="digits", C=1.0).estimator_params()
+    files = write_array_files(parts.X_train, parts.y_train, tmp_path, {"test": 1})
+    data = files if transfer == "path" else InMemoryArrays(X_train, y_train)
+    classes = np.unique(y_train)
+
+    model, records = _fit_on_cluster(cluster_client, data, classes, params)
+
+    coef, intercept = _reference(X_train, y_train, params)
+    np.testing.assert_allclose(model.coef, coef, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(model.intercept, intercept, rtol=1e-6, atol=1e-8)
+    X_test = parts.X_test.compute()
+    expected = classes[np.argmax(X_test @ coef.T + intercept, axis=1)]
+    np.testing.assert_array_equal(model.predict(X_test), expected)
+    # every class ran as its own task on a real worker process
+    workers = set(cluster_client.scheduler_info()["workers"])
+    assert [r["label"] for r in records] == classes.tolist()
+    assert {r["worker"] for r in records} <= workers
+    assert len({r["worker"] for r in records}) == 2, "both workers should get classes"
+    assert all(r["converged"] and r["n_iter"] > 0 and r["seconds"] >= 0 for r in records)
+
+
+def test_mnist_slice_saga_l1_matches_in_process(
+    cluster_client: Client, mnist_home: Path, tmp_path: Path
+) -> None:
+    parts = split_arrays(load_mnist(mnist_home, fetch=False), "notebook", "unit")
+    X_train = parts.X_train[:3000].compute(scheduler="threads")
+    y_train = parts.y_train[:3000].compute(scheduler="threads")
+    params = TrainConfig(C=0.5, l1_ratio=1.0, solver="saga", tol=1e-2).estimator_params()
+    classes = np.unique(y_train)
+
+    model, _records = _fit_on_cluster(
+        cluster_client, InMemoryArrays(X_train, y_train), classes, params
+    )
+
+    coef, intercept = _reference(X_train, y_train, params)
+    np.testing.assert_allclose(model.coef, coef, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(model.intercept, intercept, rtol=1e-6, atol=1e-8)
+    X_test = parts.X_test.compute(scheduler="threads")
+    expected = classes[np.argmax(X_test @ coef.T + intercept, axis=1)]
+    np.testing.assert_array_equal(model.predict(X_test), expected)
+    assert np.mean(model.coef == 0) > 0.3, "an L1 fit should zero many pixels"
+
+
+def test_scattered_arrays_are_aligned_on_the_worker(cluster_client: Client) -> None:
+    X = np.random.default_rng(0).random((2000, 50), dtype=np.float32)
+    data = InMemoryArrays(X, (X[:, 0] > 0.5).astype(np.uint8))
+    [future] = cluster_client.scatter([data], broadcast=True)
+
+    def probe(d: InMemoryArrays) -> tuple[bool, bool, bool]:
+        first, _ = d.arrays()
+        again, _ = d.arrays()
+        return bool(first.flags.aligned), bool(first.flags.c_contiguous), first is again
+
+    results = [cluster_client.submit(probe, future, pure=False).result(timeout=60)
+               for _ in range(4)]  # fmt: skip
+    assert all(results) and all(all(r) for r in results)

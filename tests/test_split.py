@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from distrib.data import load_dataset, load_mnist
+from distrib.errors import ConfigError, DataError
+from distrib.split import check_labels, make_split, split_arrays
+
+
+def test_digits_notebook_split_is_the_notebooks() -> None:
+    digits = load_digits()
+    X_tr, X_te, y_tr, y_te = train_test_split(
+        digits.data, digits.target, test_size=0.25, random_state=0
+    )
+    parts = split_arrays(load_dataset("digits"), "notebook", "raw")
+    np.testing.assert_array_equal(parts.X_train.compute(), X_tr)
+    np.testing.assert_array_equal(parts.X_test.compute(), X_te)
+    np.testing.assert_array_equal(parts.y_train.compute(), y_tr)
+    np.testing.assert_array_equal(parts.y_test.compute(), y_te)
+    assert parts.X_train.dtype == np.float32
+
+
+def test_mnist_notebook_split_is_the_notebooks(
+    mnist_home: Path, mnist_arrays: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, y = mnist_arrays
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=1 / 7, random_state=0)
+    split = make_split(load_mnist(mnist_home, fetch=False), "notebook")
+    assert (len(split.train_index), len(split.test_index)) == (60_000, 10_000)
+    np.testing.assert_array_equal(X[split.train_index], X_tr)
+    np.testing.assert_array_equal(X[split.test_index], X_te)
+    np.testing.assert_array_equal(y[split.test_index], y_te)
+    np.testing.assert_array_equal(y[split.train_index], y_tr)
+
+
+def test_mnist_canonical_split_and_unit_scale(
+    mnist_home: Path, mnist_arrays: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, y = mnist_arrays
+    parts = split_arrays(load_mnist(mnist_home, fetch=False), "canonical", "unit")
+    np.testing.assert_array_equal(parts.split.train_index, np.arange(60_000))
+    np.testing.assert_array_equal(parts.y_test.compute(), y[60_000:])
+    head = parts.X_test[:100].compute()
+    np.testing.assert_allclose(head, X[60_000:60_100] / 255.0, rtol=1e-6)
+    assert head.dtype == np.float32 and head.max() <= 1.0
+
+
+def test_canonical_split_needs_mnist() -> None:
+    with pytest.raises(ConfigError, match="only for MNIST"):
+        make_split(load_dataset("digits"), "canonical")
+
+
+def test_labels_the_model_cannot_learn_are_refused() -> None:
+    with pytest.raises(DataError, match=r"training split holds 1 class\(es\) \[3\]"):
+        check_labels(np.array([3, 3, 3]), np.array([3]))
+    with pytest.raises(DataError, match=r"test split holds label\(s\) \[9\]"):
+        check_labels(np.array([0, 1, 1]), np.array([0, 9]))
+    np.testing.assert_array_equal(check_labels(np.array([2, 0, 2]), np.array([0])), [0, 2])

@@ -1,0 +1,242 @@
+"""``distrib train`` end to end: real clusters, files read back, every error path."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client
+from sklearn.linear_model import LogisticRegression
+
+from distrib import ClusterConfig, TrainConfig, train
+from distrib.data import load_dataset, mnist_paths
+from distrib.errors import ClusterError, OutputError
+from distrib.model import OneVsRestModel
+from distrib.split import split_arrays
+
+from .conftest import DaskProcesses, run_cli
+
+LOCAL = ["--workers", "2", "--dashboard-address", ":0"]
+
+
+def _assert_one_line_error(proc, pattern: str) -> None:
+    import re
+
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr
+    assert re.search(pattern, lines[-1]), lines
+    assert lines[-1].startswith("Error: ")
+
+
+def test_train_digits_with_the_api_matches_sklearn(cluster_client: Client, tmp_path: Path) -> None:
+    config = TrainConfig(dataset="digits", C=1.0)
+    messages: list[str] = []
+    result = train(config, client=cluster_client, out=tmp_path / "run", home=tmp_path,
+                   log=messages.append)  # fmt: skip
+
+    parts = split_arrays(load_dataset("digits"), "notebook", "unit")
+    X_train, y_train = parts.X_train.compute(), parts.y_train.compute()
+    X_test, y_test = parts.X_test.compute(), parts.y_test.compute()
+    for row, label in enumerate(result.model.classes):
+        ref = LogisticRegression(**config.estimator_params()).fit(X_train, y_train == label)
+        np.testing.assert_allclose(result.model.coef[row], ref.coef_[0], rtol=1e-6, atol=1e-8)
+    pred = result.model.predict(X_test)
+    assert result.metrics["test_accuracy"] == pytest.approx(np.mean(pred == y_test))
+    assert result.metrics["test_accuracy"] > 0.93
+    # progress: one line per class as it finished
+    assert sum("fitted on tcp://" in m for m in messages) == 10
+    assert any(m.startswith("train accuracy") for m in messages)
+
+
+def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli("train", "--dataset", "digits", *LOCAL, "--out", str(out),
+                   "--data-home", str(tmp_path / "home"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    assert "[10/10] class" in proc.stderr and "dashboard: http" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.json", "model.npz"]
+
+    model, meta = OneVsRestModel.load(out)
+    assert model.coef.shape == (10, 64) and model.classes.tolist() == list(range(10))
+    with np.load(out / "model.npz", allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["classes", "coef", "intercept"]
+    assert meta["settings"]["C"] == 0.1 and meta["settings"]["dataset"] == "digits"
+    assert meta["data"]["X_sha256"] and meta["versions"]["scikit-learn"]
+    assert meta["cluster"]["workers"] == 2
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("train_accuracy", "test_accuracy", "confusion_matrix", "per_class",
+                "misclassified", "timings", "fits"):  # fmt: skip
+        assert key in metrics
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 450
+    assert metrics["test_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert len(metrics["misclassified"]["test_position"]) == cm.sum() - np.trace(cm)
+    assert {f["label"] for f in metrics["fits"]} == set(range(10))
+    assert len({f["worker"] for f in metrics["fits"]}) == 2
+    assert metrics["timings"]["total"] >= metrics["timings"]["fit"] > 0
+
+    # predict scores the run's test split from the saved files alone
+    scored = run_cli("predict", "--model", str(out), "--data-home", str(tmp_path / "home"))
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_cli_preset_notebook_on_digits(cluster_client: Client, tmp_path: Path) -> None:
+    address = cluster_client.scheduler.address
+    out = tmp_path / "nb"
+    proc = run_cli("train", "--dataset", "digits", "--preset", "notebook", "--max-iter", "300",
+                   "--scheduler", address, "--out", str(out), "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads((out / "model.json").read_text())["settings"]
+    assert settings["C"] == 50.0 and settings["solver"] == "saga"
+    assert settings["scale"] == "raw" and settings["max_iter"] == 300  # flag beats preset
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["-C", "0"], r"C must be a positive finite number, got 0"),
+        (["--C", "-2"], r"C must be a positive finite number, got -2"),
+        (["--l1-ratio", "1.5"], r"l1_ratio must lie in \[0, 1\]"),
+        (["--l1-ratio", "1"], r"supports only l1_ratio=0.*--solver saga"),
+        (["--split", "canonical"], r"'canonical' exists only for MNIST"),
+    ],
+)
+def test_cli_bad_settings_fail_before_any_work(
+    tmp_path: Path, args: list[str], pattern: str
+) -> None:
+    out = tmp_path / "run"
+    proc = run_cli("train", "--dataset", "digits", *args, "--out", str(out), *LOCAL)
+    _assert_one_line_error(proc, pattern)
+    assert not out.exists()
+
+
+def test_cli_unknown_dataset_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run_cli("train", "--dataset", "cifar10", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert "Invalid value for '--dataset': 'cifar10' is not one of 'mnist', 'digits'" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_truncated_cache_says_how_to_refetch(mnist_home: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "mnist").mkdir(parents=True)
+    for name in ("X.npy", "y.npy", "meta.json"):
+        (home / "mnist" / name).write_bytes((mnist_home / "mnist" / name).read_bytes())
+    x_path = mnist_paths(home)["X"]
+    os.truncate(x_path, 1000)
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data-home", str(home), "--out", str(out), *LOCAL)
+    _assert_one_line_error(proc, r"X\.npy is truncated .*distrib data fetch --force")
+    assert not out.exists()
+
+
+def test_cli_unreachable_scheduler_fails_fast_naming_it(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    started = time.monotonic()
+    proc = run_cli("train", "--dataset", "digits", "--scheduler", "tcp://127.0.0.1:9",
+                   "--out", str(out), timeout=60)  # fmt: skip
+    elapsed = time.monotonic() - started
+    _assert_one_line_error(proc, r"could not reach the Dask scheduler at tcp://127\.0\.0\.1:9")
+    assert elapsed < 30, f"took {elapsed:.1f} s"
+    assert not out.exists()
+
+
+def test_env_scheduler_address_is_used(tmp_path: Path) -> None:
+    proc = run_cli("train", "--dataset", "digits", "--out", str(tmp_path / "run"),
+                   "--connect-timeout", "2",
+                   env={"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:9"}, timeout=60)  # fmt: skip
+    _assert_one_line_error(proc, r"scheduler at tcp://127\.0\.0\.1:9 within 2 s")
+
+
+def test_scheduler_without_workers_fails_after_bounded_wait(
+    dask_processes: DaskProcesses, tmp_path: Path
+) -> None:
+    address = dask_processes.start_scheduler()
+    out = tmp_path / "run"
+    proc = run_cli("train", "--dataset", "digits", "--scheduler", address,
+                   "--worker-timeout", "3", "--out", str(out), timeout=60)  # fmt: skip
+    _assert_one_line_error(
+        proc, rf"scheduler at {address} has 0 worker\(s\) after 3 s, 1 needed: start workers"
+    )
+    assert not out.exists()
+
+
+def test_train_on_dask_scheduler_and_worker_processes(
+    dask_processes: DaskProcesses, tmp_path: Path
+) -> None:
+    address = dask_processes.start_scheduler()
+    dask_processes.start_worker()
+    dask_processes.start_worker()
+    out = tmp_path / "run"
+    proc = run_cli("train", "--dataset", "digits", "--wait-workers", "2",
+                   "--worker-timeout", "60", "--out", str(out),
+                   "--data-home", str(tmp_path / "home"),
+                   env={"DASK_SCHEDULER_ADDRESS": address})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"connected to the Dask scheduler at {address}" in proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cluster"]["workers"] == 2
+    assert len({f["worker"] for f in metrics["fits"]}) == 2
+
+
+@pytest.mark.parametrize("problem", ["file-parent", "existing-run"])
+def test_unwritable_or_taken_output_folder(
+    cluster_client: Client, tmp_path: Path, problem: str
+) -> None:
+    if problem == "file-parent":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "run"
+        pattern = r"cannot write to the output folder .*afile/run"
+    else:
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / "metrics.json").write_text("{}")
+        pattern = r"already holds a run \(metrics\.json\): choose another --out"
+    with pytest.raises(OutputError, match=pattern):
+        train(TrainConfig(dataset="digits"), client=cluster_client, out=out, home=tmp_path)
+    if problem == "existing-run":
+        assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+        assert (out / "metrics.json").read_text() == "{}"
+
+
+def test_cli_unwritable_output_folder(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    proc = run_cli("train", "--dataset", "digits", "--out", str(tmp_path / "afile" / "run"))
+    _assert_one_line_error(proc, r"cannot write to the output folder")
+
+
+def test_failed_run_leaves_no_partial_files(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cluster = ClusterConfig(scheduler="tcp://127.0.0.1:9", connect_timeout=2)
+    with pytest.raises(ClusterError, match="could not reach"):
+        train(TrainConfig(dataset="digits"), cluster=cluster, out=out, home=tmp_path)
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(ClusterError):
+        train(TrainConfig(dataset="digits"), cluster=cluster, out=kept, home=tmp_path)
+    assert kept.exists() and list(kept.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_full_mnist_default_settings_two_workers(mnist_home: Path, tmp_path: Path) -> None:
+    result = train(
+        TrainConfig(),
+        cluster=ClusterConfig(workers=2, dashboard_address=":0"),
+        out=tmp_path / "run",
+        home=mnist_home,
+    )
+    assert result.metrics["test_accuracy"] >= 0.905
+    assert result.metrics["n_train"] == 60_000 and result.metrics["n_test"] == 10_000
+    assert result.metrics["transfer"] == "path"
+    assert all(f["converged"] for f in result.metrics["fits"])
