@@ -16,6 +16,7 @@ from distrib import __version__
 from distrib.config import (
     CLASS_WEIGHTS,
     DATASETS,
+    LAYOUTS,
     PRESETS,
     SCALES,
     SOLVERS,
@@ -93,6 +94,13 @@ def _data_home_option(func: Any) -> Any:
 )
 @click.option("--random-state", type=int, default=None, help="Seed of sag/saga [0].")
 @click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default=None,
+    help="Training matrix as dense or CSR; auto: CSR when <= 25% of pixels are non-zero "
+    "[default: auto].",
+)
+@click.option(
     "--scheduler",
     default=None,
     metavar="ADDRESS",
@@ -132,6 +140,7 @@ def train(
     fit_intercept: bool | None,
     class_weight: str | None,
     random_state: int | None,
+    layout: str | None,
     scheduler: str | None,
     workers: int | None,
     threads_per_worker: int,
@@ -162,6 +171,7 @@ def train(
         max_iter=max_iter,
         fit_intercept=fit_intercept,
         random_state=random_state,
+        layout=layout,
     )
     if class_weight is not None:
         config = config.with_(class_weight=None if class_weight == "none" else class_weight)

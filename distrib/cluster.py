@@ -21,7 +21,9 @@ from distrib.errors import ClusterError
 
 # Packages whose versions must agree between the client and the workers: a model fitted
 # with one scikit-learn and evaluated with another is not the model you asked for.
-CHECKED_PACKAGES = ("distrib", "numpy", "scikit-learn", "joblib", "dask", "distributed")
+CHECKED_PACKAGES = (
+    "distrib", "numpy", "scipy", "scikit-learn", "joblib", "dask", "distributed",
+)  # fmt: skip
 
 
 def scheduler_address(explicit: str | None) -> str | None:

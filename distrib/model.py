@@ -20,6 +20,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 
 from distrib.errors import DataError, OutputError
 from distrib.files import write_json, write_npz
@@ -33,7 +34,9 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _decision_block(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+def _decision_block(X: Any, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    if sp.issparse(X):
+        return np.asarray(X @ coef.T) + intercept
     return np.asarray(X, dtype=np.float64) @ coef.T + intercept
 
 
@@ -63,7 +66,9 @@ class OneVsRestModel:
         return int(self.coef.shape[1])
 
     def _check_input(self, X: Any) -> Any:
-        if not isinstance(X, da.Array):
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+        elif not isinstance(X, da.Array):
             X = np.asarray(X)
         if X.ndim != 2:
             raise DataError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
@@ -76,7 +81,11 @@ class OneVsRestModel:
         return X
 
     def decision_function(self, X: Any) -> Any:
-        """Per-class scores ``X @ coef.T + intercept``; lazy (chunked) for Dask arrays."""
+        """Per-class scores ``X @ coef.T + intercept``.
+
+        ``X`` may be a numpy array, a SciPy sparse matrix, or a Dask array (the result is
+        then lazy and chunked like ``X``).
+        """
         X = self._check_input(X)
         if isinstance(X, da.Array):
             X = X.rechunk({1: -1})

@@ -18,7 +18,7 @@ from joblib import parallel_config
 
 from distrib.cluster import ClusterConfig, connect, describe, package_versions
 from distrib.config import TrainConfig
-from distrib.data import data_home, load_dataset, npy_as_dask
+from distrib.data import data_home, load_dataset
 from distrib.dispatch import BinaryFit, fit_binary_classifiers
 from distrib.errors import ConfigError, OutputError
 from distrib.evaluate import evaluate
@@ -31,7 +31,8 @@ from distrib.transfer import (
     ArrayFiles,
     InMemoryArrays,
     TrainingData,
-    file_signature,
+    choose_layout,
+    file_signatures,
     load_in_memory,
     prepared_folder,
     release_aligned,
@@ -109,23 +110,19 @@ def _choose_transfer(client: Client, files: ArrayFiles, mode: str) -> str:
         raise ConfigError(f"unknown transfer mode {mode!r}: expected one of {TRANSFER_MODES}")
     if mode == "scatter":
         return mode
-    here = (file_signature(files.x_path), file_signature(files.y_path))
-    seen = client.run(_worker_signatures, files.x_path, files.y_path)
-    blind = sorted(worker for worker, sig in seen.items() if tuple(sig) != here)
+    paths = files.paths()
+    here = file_signatures(paths)
+    seen = client.run(file_signatures, paths)
+    blind = sorted(worker for worker, sigs in seen.items() if list(sigs) != here)
     if not blind:
         return "path"
     if mode == "path":
         raise ConfigError(
-            f"--transfer path: worker(s) {', '.join(blind[:3])} cannot see {files.x_path} as "
-            "this client does: mount the data folder at the same path on every worker, or use "
-            "--transfer scatter"
+            f"--transfer path: worker(s) {', '.join(blind[:3])} cannot see the files in "
+            f"{files.folder} as this client does: mount the data folder at the same path on "
+            "every worker, or use --transfer scatter"
         )
     return "scatter"
-
-
-def _worker_signatures(x_path: str, y_path: str) -> tuple[Any, Any]:
-    """File signatures of both prepared arrays (runs on each worker)."""
-    return (file_signature(x_path), file_signature(y_path))
 
 
 def _warm_up() -> None:
@@ -221,16 +218,19 @@ def _run(
         f"split: {config.split}, {len(y_train)} train / {len(y_test)} test rows, "
         f"{len(classes)} classes, pixels {config.scale}"
     )
-    key = {
-        "dataset": dataset.name,
-        "X_sha256": dataset.X_sha256,
-        "y_sha256": dataset.y_sha256,
-        "split": config.split,
-        "scale": config.scale,
-    }
     with phase("prepare"):
-        root = data_home(home)
-        files = write_array_files(parts.X_train, parts.y_train, prepared_folder(root, key), key)
+        layout, density = choose_layout(config.layout, parts.X_train)
+        key = {
+            "dataset": dataset.name,
+            "X_sha256": dataset.X_sha256,
+            "y_sha256": dataset.y_sha256,
+            "split": config.split,
+            "scale": config.scale,
+            "layout": layout,
+        }
+        prepared = prepared_folder(data_home(home), key)
+        files = write_array_files(parts.X_train, parts.y_train, prepared, key, layout)
+    say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
 
     with contextlib.ExitStack() as stack:
         with phase("connect"):
@@ -261,7 +261,7 @@ def _run(
     with phase("reduce"):
         model, records = reduce_fits(fits, classes)
     with phase("evaluate"):
-        train_pred = model.predict(npy_as_dask(files.x_path)).compute(scheduler="threads")
+        train_pred = model.predict(parts.X_train).compute(scheduler="threads")
         test_pred = model.predict(parts.X_test).compute(scheduler="threads")
         metrics = evaluate(classes, y_train, train_pred, y_test, test_pred, parts.split.test_index)
     say(
@@ -281,7 +281,7 @@ def _run(
         "data": data_info,
         "versions": package_versions(),
         "cluster": cluster_info,
-        "transfer": {**data.describe(), "mode": mode},
+        "transfer": {**data.describe(), "mode": mode, "density": density},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with phase("write"):
@@ -293,6 +293,7 @@ def _run(
         "data": data_info,
         "cluster": cluster_info,
         "transfer": mode,
+        "layout": layout,
         "timings": phase.report(),
     }
     write_json(folder / "metrics.json", metrics)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from distributed import Client
 from joblib import parallel_config
 from sklearn.linear_model import LogisticRegression
@@ -15,7 +17,7 @@ from distrib.data import load_dataset, load_mnist
 from distrib.dispatch import BinaryFit, fit_binary_classifiers
 from distrib.reduce import reduce_fits
 from distrib.split import split_arrays
-from distrib.transfer import InMemoryArrays, write_array_files
+from distrib.transfer import InMemoryArrays, choose_layout, load_in_memory, write_array_files
 
 
 def _reference(X: np.ndarray, y: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -37,20 +39,24 @@ def _fit_on_cluster(client: Client, data, classes, params) -> tuple:
     return reduce_fits(fits, classes)
 
 
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
 @pytest.mark.parametrize("transfer", ["path", "scatter"])
 def test_digits_coefficients_match_in_process_fits(
-    cluster_client: Client, tmp_path: Path, transfer: str
+    cluster_client: Client, tmp_path: Path, transfer: str, layout: str
 ) -> None:
     parts = split_arrays(load_dataset("digits"), "notebook", "unit")
     X_train, y_train = parts.X_train.compute(), parts.y_train.compute()
     params = TrainConfig(dataset="digits", C=1.0).estimator_params()
-    files = write_array_files(parts.X_train, parts.y_train, tmp_path, {"test": 1})
-    data = files if transfer == "path" else InMemoryArrays(X_train, y_train)
+    files = write_array_files(parts.X_train, parts.y_train, tmp_path, {"test": 1}, layout)
+    stored, _ = files.arrays()
+    assert sp.issparse(stored) == (layout == "sparse")
+    np.testing.assert_array_equal(stored.toarray() if sp.issparse(stored) else stored, X_train)
+    data = files if transfer == "path" else load_in_memory(files)
     classes = np.unique(y_train)
 
     model, records = _fit_on_cluster(cluster_client, data, classes, params)
 
-    coef, intercept = _reference(X_train, y_train, params)
+    coef, intercept = _reference(stored, y_train, params)
     np.testing.assert_allclose(model.coef, coef, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(model.intercept, intercept, rtol=1e-6, atol=1e-8)
     X_test = parts.X_test.compute()
@@ -64,12 +70,15 @@ def test_digits_coefficients_match_in_process_fits(
     assert all(r["converged"] and r["n_iter"] > 0 and r["seconds"] >= 0 for r in records)
 
 
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
 def test_mnist_slice_saga_l1_matches_in_process(
-    cluster_client: Client, mnist_home: Path, tmp_path: Path
+    cluster_client: Client, mnist_home: Path, layout: str
 ) -> None:
     parts = split_arrays(load_mnist(mnist_home, fetch=False), "notebook", "unit")
     X_train = parts.X_train[:3000].compute(scheduler="threads")
     y_train = parts.y_train[:3000].compute(scheduler="threads")
+    if layout == "sparse":
+        X_train = sp.csr_matrix(X_train)
     params = TrainConfig(C=0.5, l1_ratio=1.0, solver="saga", tol=1e-2).estimator_params()
     classes = np.unique(y_train)
 
@@ -86,6 +95,15 @@ def test_mnist_slice_saga_l1_matches_in_process(
     assert np.mean(model.coef == 0) > 0.3, "an L1 fit should zero many pixels"
 
 
+def test_auto_layout_follows_density() -> None:
+    mnist_like = da.from_array(np.eye(8, dtype=np.float32))  # 12.5 % non-zero
+    assert choose_layout("auto", mnist_like) == ("sparse", 0.125)
+    assert choose_layout("auto", da.ones((4, 4), dtype=np.float32)) == ("dense", 1.0)
+    assert choose_layout("dense", mnist_like)[0] == "dense"
+    digits = split_arrays(load_dataset("digits"), "notebook", "unit").X_train
+    assert choose_layout("auto", digits)[0] == "dense"  # about half the pixels are ink
+
+
 def test_scattered_arrays_are_aligned_on_the_worker(cluster_client: Client) -> None:
     X = np.random.default_rng(0).random((2000, 50), dtype=np.float32)
     data = InMemoryArrays(X, (X[:, 0] > 0.5).astype(np.uint8))
@@ -98,4 +116,13 @@ def test_scattered_arrays_are_aligned_on_the_worker(cluster_client: Client) -> N
 
     results = [cluster_client.submit(probe, future, pure=False).result(timeout=60)
                for _ in range(4)]  # fmt: skip
-    assert all(results) and all(all(r) for r in results)
+    assert all(all(r) for r in results)
+
+    sparse = InMemoryArrays(sp.csr_matrix(X * (X > 0.8)), data.y)
+    [future] = cluster_client.scatter([sparse], broadcast=True)
+
+    def probe_sparse(d: InMemoryArrays) -> bool:
+        csr, _ = d.arrays()
+        return all(getattr(csr, p).flags.aligned for p in ("data", "indices", "indptr"))
+
+    assert cluster_client.submit(probe_sparse, future, pure=False).result(timeout=60)

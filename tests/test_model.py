@@ -6,6 +6,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from distrib.errors import DataError, OutputError
 from distrib.model import OneVsRestModel
@@ -33,6 +34,14 @@ def test_dask_prediction_is_lazy_chunked_and_equal(model: OneVsRestModel) -> Non
     np.testing.assert_array_equal(lazy.compute(), model.predict(X))
     scores = model.decision_function(da.from_array(X, chunks=(300, 6)))
     np.testing.assert_allclose(scores.compute(), model.decision_function(X))
+
+
+def test_sparse_input_predicts_like_dense(model: OneVsRestModel) -> None:
+    X = np.random.default_rng(4).normal(size=(40, 6)) * (np.arange(6) % 2)
+    np.testing.assert_allclose(
+        model.decision_function(sp.csr_matrix(X)), model.decision_function(X)
+    )
+    np.testing.assert_array_equal(model.predict(sp.csc_matrix(X)), model.predict(X))
 
 
 def test_wrong_inputs_are_named(model: OneVsRestModel) -> None:

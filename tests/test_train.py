@@ -239,4 +239,5 @@ def test_full_mnist_default_settings_two_workers(mnist_home: Path, tmp_path: Pat
     assert result.metrics["test_accuracy"] >= 0.905
     assert result.metrics["n_train"] == 60_000 and result.metrics["n_test"] == 10_000
     assert result.metrics["transfer"] == "path"
+    assert result.metrics["layout"] == "sparse"
     assert all(f["converged"] for f in result.metrics["fits"])
