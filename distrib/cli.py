@@ -235,6 +235,75 @@ def predict(
     click.echo(json.dumps(summary, indent=2))
 
 
+@cli.command()
+@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
+@click.option(
+    "--workers",
+    "workers_text",
+    default=None,
+    metavar="LIST",
+    help="Worker counts, e.g. 1,2,4 [default: 1..cores].",
+)
+@click.option("--repeat", type=int, default=3, show_default=True, help="Timed runs each.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs first.")
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Time an existing cluster (its workers as they are) instead of local clusters.",
+)
+@click.option(
+    "--baselines/--no-baselines",
+    default=True,
+    show_default=True,
+    help="Also time serial fits and loky's OneVsRestClassifier.",
+)
+@click.option(
+    "--notebook-baseline",
+    is_flag=True,
+    help="Also time the notebook's own settings in one process (minutes on MNIST).",
+)
+@_data_home_option
+@click.option(
+    "--out", type=click.Path(file_okay=False), default="bench", show_default=True,
+    help="Folder for bench.json and bench.png.",
+)  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def bench(
+    dataset: str,
+    workers_text: str | None,
+    repeat: int,
+    warmup: int,
+    scheduler: str | None,
+    baselines: bool,
+    notebook_baseline: bool,
+    data_home: str | None,
+    out: str,
+    quiet: bool,
+) -> None:
+    """Time training against the number of workers, with baselines; write bench.json/png."""
+    from distrib.bench import parse_workers, run_bench
+
+    report = run_bench(
+        TrainConfig(dataset=dataset),
+        workers=parse_workers(workers_text) if workers_text else None,
+        repeat=repeat,
+        warmup=warmup,
+        scheduler=scheduler,
+        home=data_home,
+        out=out,
+        baselines=baselines,
+        notebook=notebook_baseline,
+        log=None if quiet else _log,
+    )
+    for k, run in report["distrib"].items():
+        scaling = report["scaling"][k]
+        click.echo(
+            f"{k} worker(s): wall {run['median_wall']:.2f} s, fit {run['median_fit']:.2f} s, "
+            f"speedup {scaling['speedup_wall']:.2f} (fit {scaling['speedup_fit']:.2f})"
+        )
+
+
 @cli.group()
 def data() -> None:
     """Fill and inspect the local data cache."""

@@ -1,0 +1,439 @@
+"""Wall time against core count, with the baselines measured in the same run.
+
+For each worker count, a fresh `LocalCluster` of single-threaded workers (or the workers an
+existing scheduler has) runs the same training job ``repeat`` times after ``warmup`` runs.
+Baselines on the same split, settings and matrix layout: the binary fits one after another in
+one process, and ``OneVsRestClassifier(n_jobs=k)`` with loky (on the same layout, and on the
+dense matrix a notebook user would pass); optionally the notebook's own settings.
+
+A projection past this machine simulates the one-vs-rest schedule on 1..32 workers from the
+measured per-class compute times and the measured fixed overhead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from distributed import Client, LocalCluster
+from joblib import parallel_config
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+
+from distrib.cluster import connect, package_versions
+from distrib.config import ClusterConfig, TrainConfig
+from distrib.data import load_dataset
+from distrib.dispatch import fit_binary_classifiers
+from distrib.errors import ConfigError, OutputError
+from distrib.files import write_json
+from distrib.split import split_arrays
+from distrib.train import train
+from distrib.transfer import InMemoryArrays, choose_layout, matrix_nbytes
+
+PROJECTION_WORKERS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
+BENCH_FORMAT_VERSION = 1
+
+
+def parse_workers(text: str) -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]``; refuses anything but positive whole numbers."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError as exc:
+        raise ConfigError(f"--workers takes a list like 1,2,4, got {text!r}") from exc
+    if not counts or counts[0] < 1:
+        raise ConfigError(f"--workers takes positive whole numbers like 1,2,4, got {text!r}")
+    return counts
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process now (runs on workers)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process over its life (runs on workers)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _import_fit_modules() -> int:
+    import sklearn.linear_model  # noqa: F401
+
+    return _rss_bytes()
+
+
+def machine() -> dict[str, Any]:
+    """Cores, memory, CPU and library versions of this machine."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cores": os.cpu_count(),
+        "memory_bytes": memory,
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": package_versions(),
+    }
+
+
+@contextlib.contextmanager
+def _cluster(workers: int, scheduler: str | None) -> Iterator[tuple[Client, float]]:
+    started = time.perf_counter()
+    if scheduler:
+        with connect(ClusterConfig(scheduler=scheduler, wait_workers=workers)) as client:
+            yield client, time.perf_counter() - started
+        return
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
+    client = Client(cluster, set_as_default=False)
+    try:
+        client.wait_for_workers(workers, timeout=120)
+        yield client, time.perf_counter() - started
+    finally:
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+
+
+def _distrib_runs(
+    config: TrainConfig,
+    workers: int,
+    *,
+    scheduler: str | None,
+    repeat: int,
+    warmup: int,
+    home: str | os.PathLike[str] | None,
+    scratch: Path,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    with _cluster(workers, scheduler) as (client, startup):
+        present = len(client.scheduler_info(n_workers=-1)["workers"])
+        idle_rss = client.run(_import_fit_modules)
+        for i in range(warmup + repeat):
+            label = f"warm-up {i + 1}/{warmup}" if i < warmup else f"run {i - warmup + 1}/{repeat}"
+            out = scratch / f"w{workers}-{i}"
+            result = train(config, client=client, out=out, home=home)
+            t = result.metrics["timings"]
+            say(
+                f"[distrib, {present} worker(s)] {label}: wall {t['total']:.2f} s, "
+                f"fit {t['fit']:.2f} s, test accuracy {result.metrics['test_accuracy']:.4f}"
+            )
+            if i < warmup:
+                continue
+            runs.append(
+                {
+                    "wall": t["total"],
+                    "fit": t["fit"],
+                    "transfer": t["transfer"],
+                    "phases": t,
+                    "test_accuracy": result.metrics["test_accuracy"],
+                    "classes": [
+                        {k: f[k] for k in ("label", "seconds", "worker", "n_iter", "converged")}
+                        for f in result.metrics["fits"]
+                    ],
+                }
+            )
+        peak_rss = client.run(_peak_rss_bytes)
+    return {
+        "workers": present,
+        "cluster_start_seconds": startup,
+        "runs": runs,
+        "median_wall": _median([r["wall"] for r in runs]),
+        "median_fit": _median([r["fit"] for r in runs]),
+        "median_transfer": _median([r["transfer"] for r in runs]),
+        "test_accuracy": runs[-1]["test_accuracy"],
+        "layout": result.metrics["layout"],
+        "transfer_mode": result.metrics["transfer"],
+        "worker_memory": {
+            w: {"idle_rss_bytes": idle_rss.get(w), "peak_rss_bytes": peak}
+            for w, peak in sorted(peak_rss.items())
+        },
+    }
+
+
+def _timed(
+    name: str, fit: Callable[[], object], repeat: int, warmup: int, say: Callable[[str], None]
+) -> dict[str, Any]:
+    walls = []
+    for i in range(warmup + repeat):
+        started = time.perf_counter()
+        fit()
+        wall = time.perf_counter() - started
+        label = f"warm-up {i + 1}/{warmup}" if i < warmup else f"run {i - warmup + 1}/{repeat}"
+        say(f"[{name}] {label}: fit {wall:.2f} s")
+        if i >= warmup:
+            walls.append(wall)
+    return {"walls": walls, "median_wall": _median(walls)}
+
+
+def _notebook_baseline(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    dataset: str,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The notebook's settings (one multinomial fit, raw pixels) in this process, once."""
+    preset = TrainConfig.from_preset("notebook", dataset=dataset)
+    params = preset.estimator_params()
+    say(f"[notebook settings] fitting {params} on raw pixels in one process (minutes) ...")
+    started = time.perf_counter()
+    model = LogisticRegression(**params).fit(X_train, y_train)
+    wall = time.perf_counter() - started
+    accuracy = float(model.score(X_test, y_test))
+    say(f"[notebook settings] fit {wall:.1f} s, test accuracy {accuracy:.4f}")
+    return {
+        "settings": params,
+        "scale": preset.scale,
+        "walls": [wall],
+        "median_wall": wall,
+        "n_iter": int(np.max(model.n_iter_)),
+        "test_accuracy": accuracy,
+    }
+
+
+def simulate_schedule(durations: Sequence[float], workers: int) -> float:
+    """Makespan of tasks dispatched in order to whichever of ``workers`` frees up first."""
+    free_at = [0.0] * workers
+    for duration in durations:
+        slot = min(range(workers), key=free_at.__getitem__)
+        free_at[slot] += duration
+    return max(free_at)
+
+
+def project(distrib_by_workers: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Simulated wall time on 1..32 workers from the smallest measured worker count.
+
+    Per-class task time = its compute seconds plus the measured per-task overhead (fit wall
+    minus the class times, spread over the tasks); fixed overhead = end-to-end wall minus fit
+    wall. It assumes every worker has its own core and memory bandwidth.
+    """
+    base_workers = min(distrib_by_workers)
+    base = distrib_by_workers[base_workers]
+    labels = [c["label"] for c in base["runs"][0]["classes"]]
+    per_class = {
+        label: _median(
+            [c["seconds"] for run in base["runs"] for c in run["classes"] if c["label"] == label]
+        )
+        for label in labels
+    }
+    tasks = [per_class[label] for label in sorted(per_class)]
+    ideal_fit = simulate_schedule(tasks, base_workers)
+    per_task = max(0.0, (base["median_fit"] - ideal_fit) * base_workers / len(tasks))
+    fixed = max(0.0, base["median_wall"] - base["median_fit"])
+    durations = [t + per_task for t in tasks]
+    walls = {k: fixed + simulate_schedule(durations, k) for k in PROJECTION_WORKERS}
+    slowest = max(durations)
+    saturates = next(
+        k for k in range(1, len(durations) + 1) if simulate_schedule(durations, k) <= slowest
+    )
+    return {
+        "basis_workers": base_workers,
+        "per_class_seconds": {str(k): v for k, v in per_class.items()},
+        "per_task_overhead_seconds": per_task,
+        "fixed_overhead_seconds": fixed,
+        "workers": list(PROJECTION_WORKERS),
+        "wall": [walls[k] for k in PROJECTION_WORKERS],
+        "speedup": [walls[PROJECTION_WORKERS[0]] / walls[k] for k in PROJECTION_WORKERS],
+        "saturates_at_workers": saturates,
+        "slowest_class": max(per_class, key=per_class.__getitem__),
+        "note": (
+            f"one task per class: no more than {len(tasks)} workers can be busy; the schedule "
+            f"stops improving at {saturates} workers, where the slowest class "
+            f"({max(per_class, key=per_class.__getitem__)}, {max(tasks):.2f} s) alone sets "
+            "the fit time. Simulated, assuming one core and its own memory bandwidth per worker."
+        ),
+    }
+
+
+def run_bench(
+    config: TrainConfig | None = None,
+    *,
+    workers: Sequence[int] | None = None,
+    repeat: int = 3,
+    warmup: int = 1,
+    scheduler: str | None = None,
+    home: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] = "bench",
+    baselines: bool = True,
+    notebook: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark `distrib train` against worker count; write ``bench.json`` and ``bench.png``.
+
+    Parameters
+    ----------
+    config : TrainConfig, optional
+        The job to time (defaults: MNIST, notebook split, distrib's defaults).
+    workers : sequence of int, optional
+        Worker counts (default ``1..cores``). Ignored with ``scheduler``, whose workers are
+        used as they are.
+    repeat, warmup : int
+        Timed runs and untimed warm-up runs per configuration.
+    scheduler : str, optional
+        An existing scheduler instead of fresh local clusters.
+    home : path, optional
+        The data cache folder.
+    out : path
+        Folder for ``bench.json`` and ``bench.png``.
+    baselines : bool
+        Also time the serial fits and loky's `OneVsRestClassifier` for each worker count.
+    notebook : bool
+        Also time the notebook's own settings in one process (minutes on MNIST).
+    log : callable, optional
+        Receives a progress line per run.
+    """
+    config = config or TrainConfig()
+    if repeat < 1 or warmup < 0:
+        raise ConfigError(f"--repeat must be >= 1 and --warmup >= 0, got {repeat}, {warmup}")
+    counts = list(workers or range(1, (os.cpu_count() or 1) + 1))
+    if scheduler:
+        counts = counts[:1]
+    say = log or (lambda _msg: None)
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the bench folder {folder}: {exc}") from exc
+
+    parts = split_arrays(load_dataset(config.dataset, home, log=say), config.split, config.scale)
+    X_dense = parts.X_train.compute(scheduler="threads")
+    y_train = parts.y_train.compute(scheduler="threads")
+    layout, density = choose_layout(config.layout, parts.X_train)
+    X_fit = sp.csr_matrix(X_dense) if layout == "sparse" else X_dense
+    params = config.estimator_params()
+    classes = np.unique(y_train)
+
+    report: dict[str, Any] = {
+        "format_version": BENCH_FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": config.to_dict(),
+        "layout": layout,
+        "density": density,
+        "training_matrix_bytes": matrix_nbytes(X_fit),
+        "n_train": len(y_train),
+        "n_classes": len(classes),
+        "repeat": repeat,
+        "warmup": warmup,
+        "scheduler": scheduler,
+        "machine": machine(),
+    }
+    distrib_runs: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="distrib-bench-") as scratch:
+        for k in counts:
+            distrib_runs[k] = _distrib_runs(
+                config,
+                k,
+                scheduler=scheduler,
+                repeat=repeat,
+                warmup=warmup,
+                home=home,
+                scratch=Path(scratch),
+                say=say,
+            )
+    report["distrib"] = {str(k): v for k, v in distrib_runs.items()}
+
+    base_k = min(distrib_runs)
+    base = distrib_runs[base_k]
+    report["scaling"] = {
+        str(k): {
+            "speedup_wall": base["median_wall"] / r["median_wall"],
+            "speedup_fit": base["median_fit"] / r["median_fit"],
+            "efficiency_wall": base["median_wall"] / r["median_wall"] / (k / base_k),
+            "relative_to_workers": base_k,
+        }
+        for k, r in distrib_runs.items()
+    }
+    matrix = report["training_matrix_bytes"]
+    report["memory"] = {
+        str(k): {
+            "max_peak_rss_bytes": max(m["peak_rss_bytes"] for m in r["worker_memory"].values()),
+            "max_job_bytes": max(
+                m["peak_rss_bytes"] - (m["idle_rss_bytes"] or 0)
+                for m in r["worker_memory"].values()
+            ),
+        }
+        for k, r in distrib_runs.items()
+    }
+    for entry in report["memory"].values():
+        entry["peak_rss_over_matrix"] = entry["max_peak_rss_bytes"] / matrix
+        entry["job_bytes_over_matrix"] = entry["max_job_bytes"] / matrix
+
+    if baselines:
+        serial_data = InMemoryArrays(X_fit, y_train)
+
+        def serial_fit() -> None:
+            with parallel_config(backend="sequential"):
+                fit_binary_classifiers(serial_data, classes, params)
+
+        report["serial"] = _timed("serial, one process", serial_fit, repeat, warmup, say)
+        variants: dict[str, Any] = {layout: X_fit, "dense": X_dense}
+        loky: dict[str, dict[str, Any]] = {name: {} for name in variants}
+        for k in counts:
+            for name, X in variants.items():
+
+                def loky_fit(X: Any = X, k: int = k) -> None:
+                    with parallel_config(backend="loky"):
+                        ovr = OneVsRestClassifier(LogisticRegression(**params), n_jobs=k)
+                        ovr.fit(X, y_train)
+
+                loky[name][str(k)] = _timed(
+                    f"loky OneVsRestClassifier n_jobs={k}, {name}", loky_fit, repeat, warmup, say
+                )
+        report["loky"] = loky
+        report["fit_vs_loky"] = {
+            str(k): {
+                name: loky[name][str(k)]["median_wall"] / distrib_runs[k]["median_fit"]
+                for name in loky
+                if str(k) in loky[name]
+            }
+            for k in counts
+        }
+    if notebook:
+        raw = split_arrays(load_dataset(config.dataset, home), config.split, "raw")
+        report["notebook"] = _notebook_baseline(
+            raw.X_train.compute(scheduler="threads").astype(np.float64),
+            y_train,
+            raw.X_test.compute(scheduler="threads").astype(np.float64),
+            raw.y_test.compute(scheduler="threads"),
+            config.dataset,
+            say,
+        )
+        report["notebook"]["over_distrib_wall"] = {
+            str(k): report["notebook"]["median_wall"] / r["median_wall"]
+            for k, r in distrib_runs.items()
+        }
+    report["projection"] = project(distrib_runs)
+
+    from distrib.plots import plot_bench
+
+    write_json(folder / "bench.json", report)
+    plot_bench(report, folder / "bench.png")
+    say(f"wrote {folder / 'bench.json'} and {folder / 'bench.png'}")
+    return report
