@@ -13,12 +13,11 @@ measured per-class compute times and the measured fixed overhead.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import platform
-import resource
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,12 +25,12 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from distributed import Client, LocalCluster
+from distributed import Client
 from joblib import parallel_config
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
-from distrib.cluster import connect, package_versions
+from distrib.cluster import connect, package_versions, start_local_cluster
 from distrib.config import ClusterConfig, TrainConfig
 from distrib.data import load_dataset
 from distrib.dispatch import fit_binary_classifiers
@@ -39,7 +38,7 @@ from distrib.errors import ConfigError, OutputError
 from distrib.files import write_json
 from distrib.split import split_arrays
 from distrib.train import train
-from distrib.transfer import InMemoryArrays, choose_layout, matrix_nbytes
+from distrib.transfer import InMemoryArrays, choose_layout, density_of, matrix_nbytes
 
 PROJECTION_WORKERS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
 BENCH_FORMAT_VERSION = 1
@@ -66,15 +65,35 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _peak_rss_bytes() -> int:
-    """Peak resident memory of this process over its life (runs on workers)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+_SAMPLERS: dict[str, tuple[threading.Event, list[int], threading.Thread]] = {}
 
 
-def _import_fit_modules() -> int:
+def _start_rss_sampler(interval: float = 0.01) -> int:
+    """Import the fit modules, then sample this process's RSS until stopped (on workers).
+
+    ``ru_maxrss`` cannot serve: Linux carries it across fork and exec, so a worker would
+    report its parent's peak. Returns the RSS before the job.
+    """
     import sklearn.linear_model  # noqa: F401
 
-    return _rss_bytes()
+    stop, peak = threading.Event(), [_rss_bytes()]
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            peak[0] = max(peak[0], _rss_bytes())
+
+    thread = threading.Thread(target=sample, name="distrib-rss-sampler", daemon=True)
+    thread.start()
+    _SAMPLERS["bench"] = (stop, peak, thread)
+    return peak[0]
+
+
+def _stop_rss_sampler() -> int:
+    """Stop the sampler; the peak RSS it saw (on workers)."""
+    stop, peak, thread = _SAMPLERS.pop("bench")
+    stop.set()
+    thread.join(timeout=5)
+    return max(peak[0], _rss_bytes())
 
 
 def machine() -> dict[str, Any]:
@@ -103,13 +122,7 @@ def _cluster(workers: int, scheduler: str | None) -> Iterator[tuple[Client, floa
         with connect(ClusterConfig(scheduler=scheduler, wait_workers=workers)) as client:
             yield client, time.perf_counter() - started
         return
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    )
+    cluster = start_local_cluster(workers)
     client = Client(cluster, set_as_default=False)
     try:
         client.wait_for_workers(workers, timeout=120)
@@ -133,7 +146,7 @@ def _distrib_runs(
     runs: list[dict[str, Any]] = []
     with _cluster(workers, scheduler) as (client, startup):
         present = len(client.scheduler_info(n_workers=-1)["workers"])
-        idle_rss = client.run(_import_fit_modules)
+        idle_rss = client.run(_start_rss_sampler)
         for i in range(warmup + repeat):
             label = f"warm-up {i + 1}/{warmup}" if i < warmup else f"run {i - warmup + 1}/{repeat}"
             out = scratch / f"w{workers}-{i}"
@@ -158,7 +171,7 @@ def _distrib_runs(
                     ],
                 }
             )
-        peak_rss = client.run(_peak_rss_bytes)
+        peak_rss = client.run(_stop_rss_sampler)
     return {
         "workers": present,
         "cluster_start_seconds": startup,
@@ -325,7 +338,8 @@ def run_bench(
     parts = split_arrays(load_dataset(config.dataset, home, log=say), config.split, config.scale)
     X_dense = parts.X_train.compute(scheduler="threads")
     y_train = parts.y_train.compute(scheduler="threads")
-    layout, density = choose_layout(config.layout, parts.X_train)
+    density = density_of(parts.X_train)
+    layout = choose_layout(config.layout, density)
     X_fit = sp.csr_matrix(X_dense) if layout == "sparse" else X_dense
     params = config.estimator_params()
     classes = np.unique(y_train)

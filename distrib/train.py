@@ -31,12 +31,10 @@ from distrib.transfer import (
     ArrayFiles,
     InMemoryArrays,
     TrainingData,
-    choose_layout,
     file_signatures,
     load_in_memory,
-    prepared_folder,
+    prepare_training_arrays,
     release_aligned,
-    write_array_files,
 )
 
 RUN_FILES = ("model.npz", "model.json", "metrics.json")
@@ -65,10 +63,10 @@ class _Phases:
         try:
             yield
         finally:
-            self.seconds[name] = round(time.perf_counter() - t0, 4)
+            self.seconds[name] = time.perf_counter() - t0
 
     def report(self) -> dict[str, float]:
-        return {**self.seconds, "total": round(time.perf_counter() - self._start, 4)}
+        return {**self.seconds, "total": time.perf_counter() - self._start}
 
 
 def default_out_dir() -> Path:
@@ -219,22 +217,22 @@ def _run(
         f"{len(classes)} classes, pixels {config.scale}"
     )
     with phase("prepare"):
-        layout, density = choose_layout(config.layout, parts.X_train)
         key = {
             "dataset": dataset.name,
             "X_sha256": dataset.X_sha256,
             "y_sha256": dataset.y_sha256,
             "split": config.split,
             "scale": config.scale,
-            "layout": layout,
         }
-        prepared = prepared_folder(data_home(home), key)
-        files = write_array_files(parts.X_train, parts.y_train, prepared, key, layout)
+        files, density = prepare_training_arrays(
+            parts.X_train, parts.y_train, data_home(home), key, config.layout
+        )
+        layout = files.layout
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
 
     with contextlib.ExitStack() as stack:
-        with phase("connect"):
-            if client is None:
+        if client is None:
+            with phase("connect"):
                 client = stack.enter_context(connect(cluster, log=say))
         cluster_info = describe(client)
         with phase("transfer"):
@@ -261,7 +259,7 @@ def _run(
     with phase("reduce"):
         model, records = reduce_fits(fits, classes)
     with phase("evaluate"):
-        train_pred = model.predict(parts.X_train).compute(scheduler="threads")
+        train_pred = model.predict(files.arrays()[0])
         test_pred = model.predict(parts.X_test).compute(scheduler="threads")
         metrics = evaluate(classes, y_train, train_pred, y_test, test_pred, parts.split.test_index)
     say(

@@ -65,14 +65,18 @@ def file_signatures(paths: list[str]) -> list[tuple[int, int] | None]:
     return [file_signature(p) for p in paths]
 
 
-def choose_layout(layout: str, X: da.Array) -> tuple[str, float]:
-    """The layout to store ``X`` in, and the share of non-zero entries."""
+def density_of(X: da.Array) -> float:
+    """The share of non-zero entries of ``X``."""
+    return float(da.count_nonzero(X).compute(scheduler="threads")) / max(X.size, 1)
+
+
+def choose_layout(layout: str, density: float) -> str:
+    """``dense`` or ``sparse``: ``auto`` picks CSR at or below `AUTO_SPARSE_DENSITY`."""
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {layout!r}: expected one of {LAYOUTS}")
-    density = float(da.count_nonzero(X).compute(scheduler="threads")) / max(X.size, 1)
     if layout == "auto":
-        layout = "sparse" if density <= AUTO_SPARSE_DENSITY else "dense"
-    return layout, density
+        return "sparse" if density <= AUTO_SPARSE_DENSITY else "dense"
+    return layout
 
 
 def _load(path: Path) -> np.ndarray:
@@ -243,6 +247,39 @@ def write_array_files(
             "point --data-home at a writable folder"
         ) from exc
     return ArrayFiles(str(folder), shape, layout)
+
+
+def prepare_training_arrays(
+    X: da.Array, y: da.Array, root: Path, key_parts: dict[str, Any], layout: str = "auto"
+) -> tuple[ArrayFiles, float]:
+    """Write (or reuse) the training split under ``root/prepared`` in the chosen layout.
+
+    The folder is named by a digest of ``key_parts`` (what the arrays derive from); the
+    density is cached beside the layouts, so later runs pay for neither.
+
+    Returns
+    -------
+    files : ArrayFiles
+    density : float
+        The share of non-zero training pixels.
+    """
+    folder = prepared_folder(root, key_parts)
+    density_path = folder / "density.json"
+    try:
+        density = float(json.loads(density_path.read_text())["density"])
+    except (OSError, ValueError, KeyError, TypeError):
+        density = density_of(X)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(density_path, {"density": density})
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write the prepared training arrays in {folder}: {exc}; "
+                "point --data-home at a writable folder"
+            ) from exc
+    chosen = choose_layout(layout, density)
+    files = write_array_files(X, y, folder / chosen, key_parts, chosen)
+    return files, density
 
 
 def load_in_memory(files: ArrayFiles) -> InMemoryArrays:

@@ -88,9 +88,17 @@ class DaskProcesses:
     def start_scheduler(self, timeout: float = 30) -> str:
         sched_file = self.workdir / "scheduler.json"
         self._spawn(
-            "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-            "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file),
-        )  # fmt: skip
+            "dask",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--scheduler-file",
+            str(sched_file),
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if sched_file.exists():
@@ -106,10 +114,20 @@ class DaskProcesses:
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         return self._spawn(
-            "dask", "worker", self.address, "--nthreads", "1", "--nworkers", "1",
-            "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
-            "--local-directory", str(self.workdir),
-        )  # fmt: skip
+            "dask",
+            "worker",
+            self.address,
+            "--nthreads",
+            "1",
+            "--nworkers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--local-directory",
+            str(self.workdir),
+        )
 
     def stop(self) -> None:
         for proc in reversed(self.procs):

@@ -49,12 +49,21 @@ def test_defaults_are_the_measured_fast_settings() -> None:
 def test_notebook_preset_per_dataset_and_overrides() -> None:
     mnist = TrainConfig.from_preset("notebook")
     assert (mnist.C, mnist.l1_ratio, mnist.solver, mnist.tol, mnist.max_iter, mnist.scale) == (
-        50.0, 1.0, "saga", 0.01, 1000, "raw",
-    )  # fmt: skip
+        50.0,
+        1.0,
+        "saga",
+        0.01,
+        1000,
+        "raw",
+    )
     digits = TrainConfig.from_preset("notebook", dataset="digits")
     assert (digits.C, digits.l1_ratio, digits.solver, digits.max_iter, digits.scale) == (
-        50.0, 0.0, "saga", 10_000, "raw",
-    )  # fmt: skip
+        50.0,
+        0.0,
+        "saga",
+        10_000,
+        "raw",
+    )
     assert TrainConfig.from_preset("notebook", C=3.0, tol=None).C == 3.0
     with pytest.raises(ConfigError, match="unknown preset 'paper'"):
         TrainConfig.from_preset("paper")

@@ -64,8 +64,10 @@ def test_mnist_cache_is_canonical_and_chunked(
     assert info["X_sha256"] == MNIST_X_SHA256
     # nothing but the three cache files is left in the cache folder
     assert sorted(p.name for p in mnist_paths(mnist_home)["folder"].iterdir()) == [
-        "X.npy", "meta.json", "y.npy",
-    ]  # fmt: skip
+        "X.npy",
+        "meta.json",
+        "y.npy",
+    ]
 
 
 def test_fetch_is_a_no_op_when_cached(mnist_home: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dask.array as da
@@ -17,7 +18,14 @@ from distrib.data import load_dataset, load_mnist
 from distrib.dispatch import BinaryFit, fit_binary_classifiers
 from distrib.reduce import reduce_fits
 from distrib.split import split_arrays
-from distrib.transfer import InMemoryArrays, choose_layout, load_in_memory, write_array_files
+from distrib.transfer import (
+    InMemoryArrays,
+    choose_layout,
+    density_of,
+    load_in_memory,
+    prepare_training_arrays,
+    write_array_files,
+)
 
 
 def _reference(X: np.ndarray, y: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -96,12 +104,28 @@ def test_mnist_slice_saga_l1_matches_in_process(
 
 
 def test_auto_layout_follows_density() -> None:
-    mnist_like = da.from_array(np.eye(8, dtype=np.float32))  # 12.5 % non-zero
-    assert choose_layout("auto", mnist_like) == ("sparse", 0.125)
-    assert choose_layout("auto", da.ones((4, 4), dtype=np.float32)) == ("dense", 1.0)
-    assert choose_layout("dense", mnist_like)[0] == "dense"
+    assert density_of(da.from_array(np.eye(8, dtype=np.float32))) == 0.125
+    assert choose_layout("auto", 0.125) == "sparse"
+    assert choose_layout("auto", 0.9) == "dense"
+    assert choose_layout("dense", 0.125) == "dense"
+    assert choose_layout("sparse", 0.9) == "sparse"
     digits = split_arrays(load_dataset("digits"), "notebook", "unit").X_train
-    assert choose_layout("auto", digits)[0] == "dense"  # about half the pixels are ink
+    assert choose_layout("auto", density_of(digits)) == "dense"  # about half are ink
+
+
+def test_prepared_arrays_are_reused_and_cache_their_density(tmp_path: Path) -> None:
+    parts = split_arrays(load_dataset("digits"), "notebook", "unit")
+    key = {"dataset": "digits", "test": 2}
+    files, density = prepare_training_arrays(parts.X_train, parts.y_train, tmp_path, key)
+    assert files.layout == "dense" and 0.3 < density < 0.7
+    stamp = {p: os.stat(p).st_mtime_ns for p in files.paths()}
+    again, same = prepare_training_arrays(parts.X_train, parts.y_train, tmp_path, key)
+    assert again == files and same == density
+    assert {p: os.stat(p).st_mtime_ns for p in again.paths()} == stamp
+    sparse, _ = prepare_training_arrays(parts.X_train, parts.y_train, tmp_path, key, "sparse")
+    assert Path(sparse.folder).parent == Path(files.folder).parent
+    X, _ = sparse.arrays()
+    np.testing.assert_array_equal(X.toarray(), parts.X_train.compute())
 
 
 def test_scattered_arrays_are_aligned_on_the_worker(cluster_client: Client) -> None:
@@ -114,8 +138,9 @@ def test_scattered_arrays_are_aligned_on_the_worker(cluster_client: Client) -> N
         again, _ = d.arrays()
         return bool(first.flags.aligned), bool(first.flags.c_contiguous), first is again
 
-    results = [cluster_client.submit(probe, future, pure=False).result(timeout=60)
-               for _ in range(4)]  # fmt: skip
+    results = [
+        cluster_client.submit(probe, future, pure=False).result(timeout=60) for _ in range(4)
+    ]
     assert all(all(r) for r in results)
 
     sparse = InMemoryArrays(sp.csr_matrix(X * (X > 0.8)), data.y)

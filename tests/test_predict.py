@@ -35,9 +35,17 @@ def test_predict_user_images_matches_the_runs_accuracy(
     X, y = raw_test_images
     np.save(tmp_path / "X.npy", X.reshape(-1, 8, 8))  # images as (n, 8, 8) are accepted
     np.save(tmp_path / "y.npy", y)
-    proc = run_cli("predict", "--model", str(digits_run), "--input", str(tmp_path / "X.npy"),
-                   "--labels", str(tmp_path / "y.npy"),
-                   "--output", str(tmp_path / "p.npy"))  # fmt: skip
+    proc = run_cli(
+        "predict",
+        "--model",
+        str(digits_run),
+        "--input",
+        str(tmp_path / "X.npy"),
+        "--labels",
+        str(tmp_path / "y.npy"),
+        "--output",
+        str(tmp_path / "p.npy"),
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     metrics = json.loads((digits_run / "metrics.json").read_text())
@@ -57,9 +65,12 @@ def test_predict_user_images_matches_the_runs_accuracy(
     ],
 )
 def test_bad_user_arrays_are_named(
-    digits_run: Path, raw_test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path,
-    make, pattern: str,
-) -> None:  # fmt: skip
+    digits_run: Path,
+    raw_test_images: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+    make,
+    pattern: str,
+) -> None:
     path = tmp_path / "bad.npy"
     np.save(path, make(raw_test_images[0]))
     with pytest.raises(DataError, match=rf"{path}.*{pattern}|{pattern}"):

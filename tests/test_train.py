@@ -36,8 +36,9 @@ def _assert_one_line_error(proc, pattern: str) -> None:
 def test_train_digits_with_the_api_matches_sklearn(cluster_client: Client, tmp_path: Path) -> None:
     config = TrainConfig(dataset="digits", C=1.0)
     messages: list[str] = []
-    result = train(config, client=cluster_client, out=tmp_path / "run", home=tmp_path,
-                   log=messages.append)  # fmt: skip
+    result = train(
+        config, client=cluster_client, out=tmp_path / "run", home=tmp_path, log=messages.append
+    )
 
     parts = split_arrays(load_dataset("digits"), "notebook", "unit")
     X_train, y_train = parts.X_train.compute(), parts.y_train.compute()
@@ -55,8 +56,16 @@ def test_train_digits_with_the_api_matches_sklearn(cluster_client: Client, tmp_p
 
 def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = run_cli("train", "--dataset", "digits", *LOCAL, "--out", str(out),
-                   "--data-home", str(tmp_path / "home"))  # fmt: skip
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        *LOCAL,
+        "--out",
+        str(out),
+        "--data-home",
+        str(tmp_path / "home"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout
     assert "[10/10] class" in proc.stderr and "dashboard: http" in proc.stderr
@@ -71,8 +80,15 @@ def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
     assert meta["cluster"]["workers"] == 2
 
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("train_accuracy", "test_accuracy", "confusion_matrix", "per_class",
-                "misclassified", "timings", "fits"):  # fmt: skip
+    for key in (
+        "train_accuracy",
+        "test_accuracy",
+        "confusion_matrix",
+        "per_class",
+        "misclassified",
+        "timings",
+        "fits",
+    ):
         assert key in metrics
     cm = np.array(metrics["confusion_matrix"])
     assert cm.shape == (10, 10) and cm.sum() == 450
@@ -91,8 +107,20 @@ def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
 def test_cli_preset_notebook_on_digits(cluster_client: Client, tmp_path: Path) -> None:
     address = cluster_client.scheduler.address
     out = tmp_path / "nb"
-    proc = run_cli("train", "--dataset", "digits", "--preset", "notebook", "--max-iter", "300",
-                   "--scheduler", address, "--out", str(out), "-q")  # fmt: skip
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--preset",
+        "notebook",
+        "--max-iter",
+        "300",
+        "--scheduler",
+        address,
+        "--out",
+        str(out),
+        "-q",
+    )
     assert proc.returncode == 0, proc.stderr
     settings = json.loads((out / "model.json").read_text())["settings"]
     assert settings["C"] == 50.0 and settings["solver"] == "saga"
@@ -143,8 +171,16 @@ def test_cli_truncated_cache_says_how_to_refetch(mnist_home: Path, tmp_path: Pat
 def test_cli_unreachable_scheduler_fails_fast_naming_it(tmp_path: Path) -> None:
     out = tmp_path / "run"
     started = time.monotonic()
-    proc = run_cli("train", "--dataset", "digits", "--scheduler", "tcp://127.0.0.1:9",
-                   "--out", str(out), timeout=60)  # fmt: skip
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        "--out",
+        str(out),
+        timeout=60,
+    )
     elapsed = time.monotonic() - started
     _assert_one_line_error(proc, r"could not reach the Dask scheduler at tcp://127\.0\.0\.1:9")
     assert elapsed < 30, f"took {elapsed:.1f} s"
@@ -152,9 +188,17 @@ def test_cli_unreachable_scheduler_fails_fast_naming_it(tmp_path: Path) -> None:
 
 
 def test_env_scheduler_address_is_used(tmp_path: Path) -> None:
-    proc = run_cli("train", "--dataset", "digits", "--out", str(tmp_path / "run"),
-                   "--connect-timeout", "2",
-                   env={"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:9"}, timeout=60)  # fmt: skip
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--out",
+        str(tmp_path / "run"),
+        "--connect-timeout",
+        "2",
+        env={"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:9"},
+        timeout=60,
+    )
     _assert_one_line_error(proc, r"scheduler at tcp://127\.0\.0\.1:9 within 2 s")
 
 
@@ -163,8 +207,18 @@ def test_scheduler_without_workers_fails_after_bounded_wait(
 ) -> None:
     address = dask_processes.start_scheduler()
     out = tmp_path / "run"
-    proc = run_cli("train", "--dataset", "digits", "--scheduler", address,
-                   "--worker-timeout", "3", "--out", str(out), timeout=60)  # fmt: skip
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--scheduler",
+        address,
+        "--worker-timeout",
+        "3",
+        "--out",
+        str(out),
+        timeout=60,
+    )
     _assert_one_line_error(
         proc, rf"scheduler at {address} has 0 worker\(s\) after 3 s, 1 needed: start workers"
     )
@@ -178,10 +232,20 @@ def test_train_on_dask_scheduler_and_worker_processes(
     dask_processes.start_worker()
     dask_processes.start_worker()
     out = tmp_path / "run"
-    proc = run_cli("train", "--dataset", "digits", "--wait-workers", "2",
-                   "--worker-timeout", "60", "--out", str(out),
-                   "--data-home", str(tmp_path / "home"),
-                   env={"DASK_SCHEDULER_ADDRESS": address})  # fmt: skip
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--wait-workers",
+        "2",
+        "--worker-timeout",
+        "60",
+        "--out",
+        str(out),
+        "--data-home",
+        str(tmp_path / "home"),
+        env={"DASK_SCHEDULER_ADDRESS": address},
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"connected to the Dask scheduler at {address}" in proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from distrib.bench import parse_workers, project, simulate_schedule
+from distrib.errors import ConfigError
+
+from .conftest import run_cli
+
+
+def _numbers(node: object, path: str = "") -> list[tuple[str, float]]:
+    if isinstance(node, bool) or node is None or isinstance(node, str):
+        return []
+    if isinstance(node, (int, float)):
+        return [(path, float(node))]
+    if isinstance(node, dict):
+        return [n for k, v in node.items() for n in _numbers(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [n for i, v in enumerate(node) for n in _numbers(v, f"{path}[{i}]")]
+    raise AssertionError(f"unexpected {type(node)} at {path}")
+
+
+def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = run_cli(
+        "bench",
+        "--dataset",
+        "digits",
+        "--workers",
+        "1,2",
+        "--repeat",
+        "2",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+        "--data-home",
+        str(tmp_path / "home"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "[distrib, 2 worker(s)] run 2/2" in proc.stderr  # a progress line per run
+    report = json.loads((out / "bench.json").read_text())
+
+    assert set(report["distrib"]) == {"1", "2"}
+    for k, entry in report["distrib"].items():
+        assert entry["workers"] == int(k)
+        assert len(entry["runs"]) == 2
+        for run in entry["runs"]:
+            assert run["wall"] >= run["fit"] > 0
+            assert sorted(c["label"] for c in run["classes"]) == list(range(10))
+        assert len(entry["worker_memory"]) == int(k)
+        assert entry["median_wall"] == pytest.approx(
+            sorted(r["wall"] for r in entry["runs"])[0] / 2
+            + sorted(r["wall"] for r in entry["runs"])[1] / 2
+        )
+    for k in ("1", "2"):
+        recorded = report["scaling"][k]["speedup_wall"]
+        expected = report["distrib"]["1"]["median_wall"] / report["distrib"][k]["median_wall"]
+        assert recorded == pytest.approx(expected)
+        assert report["scaling"][k]["speedup_fit"] == pytest.approx(
+            report["distrib"]["1"]["median_fit"] / report["distrib"][k]["median_fit"]
+        )
+    assert set(report["loky"]["dense"]) == {"1", "2"}
+    assert len(report["serial"]["walls"]) == 2
+    assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["scikit-learn"]
+
+    numbers = _numbers(
+        {
+            k: report[k]
+            for k in ("distrib", "scaling", "serial", "loky", "memory", "projection", "fit_vs_loky")
+        }
+    )
+    assert numbers
+    for where, value in numbers:
+        assert math.isfinite(value), where
+        may_be_zero = where.endswith(("label", "per_task_overhead_seconds"))
+        assert value > 0 or (may_be_zero and value == 0), (where, value)
+
+    image = matplotlib.image.imread(out / "bench.png")
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
+
+
+@pytest.mark.parametrize("text", ["0,1", "a,b", "", "-2"])
+def test_bad_worker_lists(text: str) -> None:
+    with pytest.raises(ConfigError, match="--workers takes"):
+        parse_workers(text)
+
+
+def test_cli_bad_worker_list_is_one_line(tmp_path: Path) -> None:
+    proc = run_cli("bench", "--dataset", "digits", "--workers", "two", "--out", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: --workers takes")
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_schedule_simulation() -> None:
+    assert simulate_schedule([3, 1, 1, 1], 1) == 6
+    assert simulate_schedule([3, 1, 1, 1], 2) == 3
+    assert simulate_schedule([1, 1, 1, 3], 2) == 4  # in dispatch order: the slow task last
+    assert simulate_schedule([2.0] * 10, 32) == 2.0
+
+
+def test_projection_saturates_at_the_class_count() -> None:
+    classes = [{"label": i, "seconds": 1.0} for i in range(10)]
+    measured = {1: {"median_wall": 12.0, "median_fit": 10.5, "runs": [{"classes": classes}]}}
+    proj = project(measured)
+    assert proj["fixed_overhead_seconds"] == pytest.approx(1.5)
+    assert proj["per_task_overhead_seconds"] == pytest.approx(0.05)
+    walls = dict(zip(proj["workers"], proj["wall"], strict=True))
+    assert walls[1] == pytest.approx(12.0)
+    assert walls[2] == pytest.approx(1.5 + 5 * 1.05)
+    assert walls[10] == walls[32] == pytest.approx(1.5 + 1.05)
+    assert proj["saturates_at_workers"] == 10
