@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -65,35 +64,28 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-_SAMPLERS: dict[str, tuple[threading.Event, list[int], threading.Thread]] = {}
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
 
 
-def _start_rss_sampler(interval: float = 0.01) -> int:
-    """Import the fit modules, then sample this process's RSS until stopped (on workers).
-
-    ``ru_maxrss`` cannot serve: Linux carries it across fork and exec, so a worker would
-    report its parent's peak. Returns the RSS before the job.
-    """
+def _idle_rss_bytes() -> int:
+    """Resident memory with the fit modules imported, before any job (runs on workers)."""
     import sklearn.linear_model  # noqa: F401
 
-    stop, peak = threading.Event(), [_rss_bytes()]
-
-    def sample() -> None:
-        while not stop.wait(interval):
-            peak[0] = max(peak[0], _rss_bytes())
-
-    thread = threading.Thread(target=sample, name="distrib-rss-sampler", daemon=True)
-    thread.start()
-    _SAMPLERS["bench"] = (stop, peak, thread)
-    return peak[0]
+    return _rss_bytes()
 
 
-def _stop_rss_sampler() -> int:
-    """Stop the sampler; the peak RSS it saw (on workers)."""
-    stop, peak, thread = _SAMPLERS.pop("bench")
-    stop.set()
-    thread.join(timeout=5)
-    return max(peak[0], _rss_bytes())
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this worker process (``VmHWM``; runs on workers).
+
+    Not ``ru_maxrss``: Linux carries that across fork and exec, so a worker would report
+    its parent's peak.
+    """
+    return _proc_status_bytes("VmHWM")
 
 
 def machine() -> dict[str, Any]:
@@ -146,7 +138,7 @@ def _distrib_runs(
     runs: list[dict[str, Any]] = []
     with _cluster(workers, scheduler) as (client, startup):
         present = len(client.scheduler_info(n_workers=-1)["workers"])
-        idle_rss = client.run(_start_rss_sampler)
+        idle_rss = client.run(_idle_rss_bytes)
         for i in range(warmup + repeat):
             label = f"warm-up {i + 1}/{warmup}" if i < warmup else f"run {i - warmup + 1}/{repeat}"
             out = scratch / f"w{workers}-{i}"
@@ -171,7 +163,7 @@ def _distrib_runs(
                     ],
                 }
             )
-        peak_rss = client.run(_stop_rss_sampler)
+        peak_rss = client.run(_peak_rss_bytes)
     return {
         "workers": present,
         "cluster_start_seconds": startup,

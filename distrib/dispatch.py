@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed
+from joblib._dask import DaskDistributedBackend
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
@@ -99,6 +100,27 @@ def _fit_binary(data: TrainingData, label: int, params: dict[str, Any]) -> Binar
         started=started,
         finished=started + seconds,
     )
+
+
+class ClusterBackend(DaskDistributedBackend):
+    """joblib's ``dask`` backend that always dispatches to the cluster.
+
+    joblib runs a `Parallel` call in the calling process when the backend reports one
+    job, which the ``dask`` backend does for a cluster of one single-threaded worker: the
+    fits would silently leave the cluster. Reporting at least two jobs keeps every class a
+    task on the workers; the scheduler still runs one task per worker thread at a time.
+    """
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        return max(2, int(super().effective_n_jobs(n_jobs)))
+
+
+def cluster_backend(client: Any, scatter: list[Any] | None = None) -> ClusterBackend:
+    """The joblib backend for ``parallel_config(backend=...)`` that runs on ``client``.
+
+    ``scatter`` objects are broadcast to every worker once, before any task runs.
+    """
+    return ClusterBackend(client=client, scatter=scatter)
 
 
 def fit_binary_classifiers(

@@ -19,7 +19,7 @@ from joblib import parallel_config
 from distrib.cluster import ClusterConfig, connect, describe, package_versions
 from distrib.config import TrainConfig
 from distrib.data import data_home, load_dataset
-from distrib.dispatch import BinaryFit, fit_binary_classifiers
+from distrib.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
 from distrib.errors import ConfigError, OutputError
 from distrib.evaluate import evaluate
 from distrib.files import write_json
@@ -240,7 +240,7 @@ def _run(
             mode = _choose_transfer(client, files, transfer)
             data: TrainingData = files if mode == "path" else load_in_memory(files)
             scatter = [data] if isinstance(data, InMemoryArrays) else None
-            backend = parallel_config(backend="dask", client=client, scatter=scatter)
+            backend = parallel_config(backend=cluster_backend(client, scatter))
         say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
         say(f"fitting {len(classes)} one-vs-rest classifiers on {cluster_info['workers']} workers")
         try:

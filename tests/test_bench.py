@@ -53,6 +53,7 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
         for run in entry["runs"]:
             assert run["wall"] >= run["fit"] > 0
             assert sorted(c["label"] for c in run["classes"]) == list(range(10))
+            assert all(c["worker"].startswith("tcp://") for c in run["classes"])
         assert len(entry["worker_memory"]) == int(k)
         assert entry["median_wall"] == pytest.approx(
             sorted(r["wall"] for r in entry["runs"])[0] / 2

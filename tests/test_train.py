@@ -253,6 +253,16 @@ def test_train_on_dask_scheduler_and_worker_processes(
     assert len({f["worker"] for f in metrics["fits"]}) == 2
 
 
+def test_a_one_worker_cluster_still_runs_every_fit_on_the_worker(tmp_path: Path) -> None:
+    # joblib runs a one-job Parallel call in the calling process; distrib must not.
+    cluster = ClusterConfig(workers=1, dashboard_address=":0")
+    result = train(
+        TrainConfig(dataset="digits"), cluster=cluster, out=tmp_path / "run", home=tmp_path
+    )
+    workers = {f["worker"] for f in result.metrics["fits"]}
+    assert len(workers) == 1 and workers.pop().startswith("tcp://"), result.metrics["fits"]
+
+
 @pytest.mark.parametrize("problem", ["file-parent", "existing-run"])
 def test_unwritable_or_taken_output_folder(
     cluster_client: Client, tmp_path: Path, problem: str
