@@ -33,7 +33,7 @@ from distrib.transfer import (
     TrainingData,
     file_signatures,
     load_in_memory,
-    prepare_training_arrays,
+    prepare_split_arrays,
     release_aligned,
 )
 
@@ -224,8 +224,8 @@ def _run(
             "split": config.split,
             "scale": config.scale,
         }
-        files, density = prepare_training_arrays(
-            parts.X_train, parts.y_train, data_home(home), key, config.layout
+        files, test_files, density = prepare_split_arrays(
+            parts, data_home(home), key, config.layout
         )
         layout = files.layout
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
@@ -260,7 +260,7 @@ def _run(
         model, records = reduce_fits(fits, classes)
     with phase("evaluate"):
         train_pred = model.predict(files.arrays()[0])
-        test_pred = model.predict(parts.X_test).compute(scheduler="threads")
+        test_pred = model.predict(test_files.arrays()[0])
         metrics = evaluate(classes, y_train, train_pred, y_test, test_pred, parts.split.test_index)
     say(
         f"train accuracy {metrics['train_accuracy']:.4f}, "

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from distrib.config import LAYOUTS
 from distrib.errors import ConfigError, DataError, OutputError
 from distrib.files import atomic_path, write_json
+from distrib.split import SplitArrays
 
 TRANSFER_MODES = ("auto", "path", "scatter")
 AUTO_SPARSE_DENSITY = 0.25
@@ -88,8 +89,8 @@ def _load(path: Path) -> np.ndarray:
 class ArrayFiles:
     """Training arrays stored as ``.npy`` files that tasks open by path (memory-mapped).
 
-    ``dense``: ``X_train.npy``. ``sparse``: ``X_data.npy``, ``X_indices.npy``,
-    ``X_indptr.npy`` (CSR). Labels: ``y_train.npy``.
+    ``dense``: ``X.npy``. ``sparse``: ``X_data.npy``, ``X_indices.npy``,
+    ``X_indptr.npy`` (CSR). Labels: ``y.npy``.
     """
 
     folder: str
@@ -97,14 +98,14 @@ class ArrayFiles:
     layout: str
 
     def paths(self) -> list[str]:
-        names = ["X_train"] if self.layout == "dense" else [f"X_{p}" for p in _SPARSE_PARTS]
-        return [os.path.join(self.folder, f"{name}.npy") for name in [*names, "y_train"]]
+        names = ["X"] if self.layout == "dense" else [f"X_{p}" for p in _SPARSE_PARTS]
+        return [os.path.join(self.folder, f"{name}.npy") for name in [*names, "y"]]
 
     def arrays(self) -> tuple[Matrix, np.ndarray]:
         folder = Path(self.folder)
-        y = np.asarray(_load(folder / "y_train.npy"))
+        y = np.asarray(_load(folder / "y.npy"))
         if self.layout == "dense":
-            return _load(folder / "X_train.npy"), y
+            return _load(folder / "X.npy"), y
         data, indices, indptr = (_load(folder / f"X_{p}.npy") for p in _SPARSE_PARTS)
         return sp.csr_matrix((data, indices, indptr), shape=self.shape, copy=False), y
 
@@ -234,12 +235,12 @@ def write_array_files(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "key.json").unlink(missing_ok=True)
         if layout == "dense":
-            _store_npy(folder / "X_train.npy", X)
+            _store_npy(folder / "X.npy", X)
         else:
             csr = _to_csr(X)
             for part in _SPARSE_PARTS:
                 _store_npy(folder / f"X_{part}.npy", getattr(csr, part))
-        _store_npy(folder / "y_train.npy", y)
+        _store_npy(folder / "y.npy", y)
         write_json(folder / "key.json", {**key_parts, "layout": layout, "shape": list(shape)})
     except OSError as exc:
         raise OutputError(
@@ -249,17 +250,19 @@ def write_array_files(
     return ArrayFiles(str(folder), shape, layout)
 
 
-def prepare_training_arrays(
-    X: da.Array, y: da.Array, root: Path, key_parts: dict[str, Any], layout: str = "auto"
-) -> tuple[ArrayFiles, float]:
-    """Write (or reuse) the training split under ``root/prepared`` in the chosen layout.
+def prepare_split_arrays(
+    parts: SplitArrays, root: Path, key_parts: dict[str, Any], layout: str = "auto"
+) -> tuple[ArrayFiles, ArrayFiles, float]:
+    """Write (or reuse) both parts of a split under ``root/prepared`` in the chosen layout.
 
     The folder is named by a digest of ``key_parts`` (what the arrays derive from); the
-    density is cached beside the layouts, so later runs pay for neither.
+    density of the training pixels is cached beside the layouts, so later runs pay for
+    neither. The training part is what the workers read; the test part makes evaluation
+    and ``distrib predict`` a memory-mapped read.
 
     Returns
     -------
-    files : ArrayFiles
+    train, test : ArrayFiles
     density : float
         The share of non-zero training pixels.
     """
@@ -268,7 +271,7 @@ def prepare_training_arrays(
     try:
         density = float(json.loads(density_path.read_text())["density"])
     except (OSError, ValueError, KeyError, TypeError):
-        density = density_of(X)
+        density = density_of(parts.X_train)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             write_json(density_path, {"density": density})
@@ -278,8 +281,13 @@ def prepare_training_arrays(
                 "point --data-home at a writable folder"
             ) from exc
     chosen = choose_layout(layout, density)
-    files = write_array_files(X, y, folder / chosen, key_parts, chosen)
-    return files, density
+    train = write_array_files(
+        parts.X_train, parts.y_train, folder / chosen / "train", key_parts, chosen
+    )
+    test = write_array_files(
+        parts.X_test, parts.y_test, folder / chosen / "test", key_parts, chosen
+    )
+    return train, test, density
 
 
 def load_in_memory(files: ArrayFiles) -> InMemoryArrays:

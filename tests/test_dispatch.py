@@ -23,7 +23,7 @@ from distrib.transfer import (
     choose_layout,
     density_of,
     load_in_memory,
-    prepare_training_arrays,
+    prepare_split_arrays,
     write_array_files,
 )
 
@@ -116,38 +116,16 @@ def test_auto_layout_follows_density() -> None:
 def test_prepared_arrays_are_reused_and_cache_their_density(tmp_path: Path) -> None:
     parts = split_arrays(load_dataset("digits"), "notebook", "unit")
     key = {"dataset": "digits", "test": 2}
-    files, density = prepare_training_arrays(parts.X_train, parts.y_train, tmp_path, key)
-    assert files.layout == "dense" and 0.3 < density < 0.7
-    stamp = {p: os.stat(p).st_mtime_ns for p in files.paths()}
-    again, same = prepare_training_arrays(parts.X_train, parts.y_train, tmp_path, key)
-    assert again == files and same == density
-    assert {p: os.stat(p).st_mtime_ns for p in again.paths()} == stamp
-    sparse, _ = prepare_training_arrays(parts.X_train, parts.y_train, tmp_path, key, "sparse")
-    assert Path(sparse.folder).parent == Path(files.folder).parent
-    X, _ = sparse.arrays()
+    train, test, density = prepare_split_arrays(parts, tmp_path, key)
+    assert train.layout == test.layout == "dense" and 0.3 < density < 0.7
+    np.testing.assert_array_equal(test.arrays()[0], parts.X_test.compute())
+    np.testing.assert_array_equal(test.arrays()[1], parts.y_test.compute())
+    stamp = {p: os.stat(p).st_mtime_ns for p in train.paths() + test.paths()}
+    again, again_test, same = prepare_split_arrays(parts, tmp_path, key)
+    assert (again, again_test, same) == (train, test, density)
+    assert {p: os.stat(p).st_mtime_ns for p in again.paths() + again_test.paths()} == stamp
+    sparse, _, _ = prepare_split_arrays(parts, tmp_path, key, "sparse")
+    assert Path(sparse.folder).parent.parent == Path(train.folder).parent.parent
+    X, y = sparse.arrays()
     np.testing.assert_array_equal(X.toarray(), parts.X_train.compute())
-
-
-def test_scattered_arrays_are_aligned_on_the_worker(cluster_client: Client) -> None:
-    X = np.random.default_rng(0).random((2000, 50), dtype=np.float32)
-    data = InMemoryArrays(X, (X[:, 0] > 0.5).astype(np.uint8))
-    [future] = cluster_client.scatter([data], broadcast=True)
-
-    def probe(d: InMemoryArrays) -> tuple[bool, bool, bool]:
-        first, _ = d.arrays()
-        again, _ = d.arrays()
-        return bool(first.flags.aligned), bool(first.flags.c_contiguous), first is again
-
-    results = [
-        cluster_client.submit(probe, future, pure=False).result(timeout=60) for _ in range(4)
-    ]
-    assert all(all(r) for r in results)
-
-    sparse = InMemoryArrays(sp.csr_matrix(X * (X > 0.8)), data.y)
-    [future] = cluster_client.scatter([sparse], broadcast=True)
-
-    def probe_sparse(d: InMemoryArrays) -> bool:
-        csr, _ = d.arrays()
-        return all(getattr(csr, p).flags.aligned for p in ("data", "indices", "indptr"))
-
-    assert cluster_client.submit(probe_sparse, future, pure=False).result(timeout=60)
+    np.testing.assert_array_equal(y, parts.y_train.compute())
