@@ -153,7 +153,9 @@ def fit_binary_classifiers(
     """
     labels = [int(label) for label in labels]
     tasks = (delayed(_fit_binary)(data, label, params) for label in labels)
-    parallel = Parallel(batch_size=1, return_as="generator_unordered", timeout=timeout)
+    parallel = Parallel(
+        batch_size=1, pre_dispatch="all", return_as="generator_unordered", timeout=timeout
+    )
     fits = []
     for fit in parallel(tasks):
         fits.append(fit)
