@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,7 +25,7 @@ from distrib.config import (
     ClusterConfig,
     TrainConfig,
 )
-from distrib.errors import DistribError
+from distrib.errors import ConfigError, DistribError
 from distrib.transfer import TRANSFER_MODES
 
 
@@ -126,6 +127,13 @@ def _data_home_option(func: Any) -> Any:
 @click.option(
     "--out", type=click.Path(), default=None, help="Run folder [default: runs/<timestamp>]."
 )
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="RUN_DIR",
+    help="Finish an interrupted run: fit only the classes it has no checkpoint for.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def train(
     dataset: str | None,
@@ -151,30 +159,41 @@ def train(
     transfer: str,
     data_home: str | None,
     out: str | None,
+    resume: str | None,
     quiet: bool,
 ) -> None:
     """Fit one binary logistic regression per class on a Dask cluster.
 
-    Writes model.npz, model.json and metrics.json into the run folder.
+    Writes model.npz, model.json and metrics.json into the run folder; each finished class
+    is checkpointed there first, so an interrupted run can be finished with --resume.
     """
+    from distrib.checkpoint import resume_config
     from distrib.train import train as run_training
 
-    config = TrainConfig.from_preset(
-        preset,
-        dataset=dataset,
-        split=split,
-        scale=scale,
-        C=C,
-        l1_ratio=l1_ratio,
-        solver=solver,
-        tol=tol,
-        max_iter=max_iter,
-        fit_intercept=fit_intercept,
-        random_state=random_state,
-        layout=layout,
-    )
+    settings = {
+        "dataset": dataset,
+        "split": split,
+        "scale": scale,
+        "C": C,
+        "l1_ratio": l1_ratio,
+        "solver": solver,
+        "tol": tol,
+        "max_iter": max_iter,
+        "fit_intercept": fit_intercept,
+        "random_state": random_state,
+        "layout": layout,
+    }
     if class_weight is not None:
-        config = config.with_(class_weight=None if class_weight == "none" else class_weight)
+        settings["class_weight"] = None if class_weight == "none" else class_weight
+    if resume is not None:
+        if preset is not None:
+            raise ConfigError("--preset cannot be combined with --resume: the run keeps its own")
+        if out is not None and Path(out) != Path(resume):
+            raise ConfigError(f"--resume {resume} writes into that folder; drop --out {out}")
+        out = resume
+        config = resume_config(resume, **settings)
+    else:
+        config = TrainConfig.from_preset(preset, **settings)
     cluster = ClusterConfig(
         scheduler=scheduler,
         workers=workers,
@@ -190,6 +209,7 @@ def train(
         out=out,
         home=data_home,
         transfer=transfer,
+        resume=resume is not None,
         log=None if quiet else _log,
     )
     m = result.metrics

@@ -7,6 +7,7 @@ workers; the default runs them in this process). Nothing here names a backend.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -66,17 +67,44 @@ class BinaryFit:
         return out
 
 
-def _worker_name() -> str:
+ATTEMPT_TOPIC = "distrib-fit-attempt"
+
+
+def _current_worker() -> Any:
     try:
         from distributed import get_worker
 
-        return str(get_worker().address)
+        return get_worker()
     except (ImportError, ValueError):
-        return f"{socket.gethostname()}:{os.getpid()}"
+        return None
 
 
-def _fit_binary(data: TrainingData, label: int, params: dict[str, Any]) -> BinaryFit:
+def _worker_name() -> str:
+    worker = _current_worker()
+    if worker is not None:
+        return str(worker.address)
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _announce_attempt(label: int, run_id: str | None) -> None:
+    """Tell the scheduler (event topic `ATTEMPT_TOPIC`) that this worker starts ``label``.
+
+    A class whose worker dies is re-run elsewhere by Dask; these events let the driver say
+    which classes ran more than once, where, and what became of the first worker.
+    """
+    worker = _current_worker()
+    if worker is not None and run_id is not None:
+        worker.log_event(
+            ATTEMPT_TOPIC,
+            {"run_id": run_id, "label": int(label), "worker": worker.address, "time": time.time()},
+        )
+
+
+def _fit_binary(
+    data: TrainingData, label: int, params: dict[str, Any], run_id: str | None = None
+) -> BinaryFit:
     """Fit class ``label`` against the rest (a module-level function, so tasks pickle)."""
+    _announce_attempt(label, run_id)
     t0 = time.perf_counter()
     X, y = data.arrays()
     target = (y == label).astype(np.int8)
@@ -103,16 +131,34 @@ def _fit_binary(data: TrainingData, label: int, params: dict[str, Any]) -> Binar
 
 
 class ClusterBackend(DaskDistributedBackend):
-    """joblib's ``dask`` backend that always dispatches to the cluster.
+    """joblib's ``dask`` backend, with two fixes that distrib depends on.
 
-    joblib runs a `Parallel` call in the calling process when the backend reports one
-    job, which the ``dask`` backend does for a cluster of one single-threaded worker: the
-    fits would silently leave the cluster. Reporting at least two jobs keeps every class a
-    task on the workers; the scheduler still runs one task per worker thread at a time.
+    * joblib runs a `Parallel` call in the calling process when the backend reports one
+      job, which the ``dask`` backend does for a cluster of one single-threaded worker: the
+      fits would silently leave the cluster. Reporting at least two jobs keeps every class
+      a task on the workers; the scheduler still runs one task per worker thread at a time.
+    * When Dask fails a task itself (``KilledWorker`` after workers died running it, a
+      result that cannot be serialised), joblib 1.6's ``_collect`` sets the exception on
+      its future but never calls the task's callback, and `Parallel` waits forever. Here
+      the callback receives the exception, so `Parallel` raises it.
     """
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         return max(2, int(super().effective_n_jobs(n_jobs)))
+
+    async def _collect(self) -> None:
+        while self._continue:
+            async for future, result in self.waiting_futures:
+                cf_future = self._results.pop(future)
+                callback = self._callbacks.pop(future)
+                if future.status == "error":
+                    _, exc, _ = result
+                    cf_future.set_exception(exc)
+                    callback(exc)  # joblib registers it as the task's error and raises it
+                else:
+                    cf_future.set_result(result)
+                    callback(result)
+            await asyncio.sleep(0.01)
 
 
 def cluster_backend(client: Any, scatter: list[Any] | None = None) -> ClusterBackend:
@@ -130,6 +176,7 @@ def fit_binary_classifiers(
     *,
     on_fit: Callable[[BinaryFit], None] | None = None,
     timeout: float | None = None,
+    run_id: str | None = None,
 ) -> list[BinaryFit]:
     """Fit one binary classifier per label, as parallel joblib tasks.
 
@@ -145,6 +192,8 @@ def fit_binary_classifiers(
         Called with each `BinaryFit` as it arrives (in completion order).
     timeout : float, optional
         Seconds any single task may take before the whole call fails.
+    run_id : str, optional
+        Names this call in the attempt events that tasks on Dask workers log.
 
     Returns
     -------
@@ -152,7 +201,7 @@ def fit_binary_classifiers(
         In completion order.
     """
     labels = [int(label) for label in labels]
-    tasks = (delayed(_fit_binary)(data, label, params) for label in labels)
+    tasks = (delayed(_fit_binary)(data, label, params, run_id) for label in labels)
     parallel = Parallel(
         batch_size=1, pre_dispatch="all", return_as="generator_unordered", timeout=timeout
     )

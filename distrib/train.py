@@ -8,19 +8,23 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distributed import Client
+from distributed import Client, KilledWorker
 from joblib import parallel_config
 
+from distrib import __version__
+from distrib.checkpoint import RUN_FILES, Checkpoints, refuse_finished
 from distrib.cluster import ClusterConfig, connect, describe, package_versions
 from distrib.config import TrainConfig
 from distrib.data import data_home, load_dataset
-from distrib.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
-from distrib.errors import ConfigError, OutputError
+from distrib.dispatch import ATTEMPT_TOPIC, BinaryFit, cluster_backend, fit_binary_classifiers
+from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
 from distrib.evaluate import evaluate
 from distrib.files import write_json
 from distrib.model import OneVsRestModel
@@ -36,8 +40,6 @@ from distrib.transfer import (
     prepare_split_arrays,
     release_aligned,
 )
-
-RUN_FILES = ("model.npz", "model.json", "metrics.json")
 
 
 @dataclass
@@ -74,21 +76,26 @@ def default_out_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def prepare_out_dir(out: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+def prepare_out_dir(out: str | os.PathLike[str] | None, resume: bool = False) -> tuple[Path, bool]:
     """Create (or accept) the run folder and prove it is writable, before any work.
 
+    With ``resume``, the folder must hold the checkpoints of an unfinished run.
     Returns the folder and whether this call created it.
     """
     folder = Path(out) if out is not None else default_out_dir()
     existed = folder.exists()
     if existed and not folder.is_dir():
         raise OutputError(f"--out {folder} is a file, not a folder: choose another path")
+    if resume:
+        refuse_finished(folder)
     taken = [name for name in RUN_FILES if (folder / name).exists()]
     if taken:
         raise OutputError(
             f"{folder} already holds a run ({', '.join(taken)}): choose another --out "
             "or remove that folder"
         )
+    if resume and not Checkpoints(folder).exists():
+        Checkpoints(folder).manifest()  # raises, naming the missing file
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -128,8 +135,99 @@ def _warm_up() -> None:
     import sklearn.linear_model  # noqa: F401
 
 
-def _progress(log: Callable[[str], None], total: int) -> Callable[[BinaryFit], None]:
-    done = 0
+def _fit_classes(
+    client: Client,
+    data: TrainingData,
+    labels: list[int],
+    config: TrainConfig,
+    run_id: str,
+    checkpoints: Checkpoints,
+    folder: Path,
+    already: int,
+    say: Callable[[str], None],
+) -> list[BinaryFit]:
+    """Dispatch the classes; checkpoint each as it arrives; name what went wrong."""
+    progress = _progress(say, already + len(labels), already)
+    finished: list[int] = []
+
+    def on_fit(fit: BinaryFit) -> None:
+        checkpoints.save(fit)
+        finished.append(fit.label)
+        progress(fit)
+
+    resume_hint = (
+        f"{already + len(finished)} class(es) are checkpointed in {checkpoints.folder}; "
+        f"run `distrib train --resume {folder}` to fit only the rest"
+    )
+    if not labels:
+        return []
+    try:
+        return fit_binary_classifiers(
+            data, labels, config.estimator_params(), on_fit=on_fit, run_id=run_id
+        )
+    except KilledWorker as exc:
+        attempts = _attempts(client, run_id)
+        lost = [label for label in labels if label not in finished]
+        tries = {label: len(attempts.get(label, [])) for label in lost}
+        worst = max(lost, key=tries.__getitem__, default=None)
+        if worst is not None and tries[worst] >= 2:
+            what = f"class {worst} was started {tries[worst]} times and each time its worker died"
+        else:
+            what = f"a worker died again and again running one of the classes {lost}"
+        raise DistribError(
+            f"{what} (dask gave up after distributed.scheduler.allowed-failures retries): "
+            f"check the workers' memory limit and logs. {resume_hint}"
+        ) from exc
+    except (CancelledError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        address = getattr(client.scheduler, "address", "?")
+        raise ClusterError(
+            f"lost the Dask scheduler at {address} during the fit ({reason}); "
+            f"{resume_hint} once it is back"
+        ) from exc
+
+
+def _attempts(client: Client, run_id: str) -> dict[int, list[dict[str, Any]]]:
+    """Every start of every class in this run, from the workers' events, oldest first."""
+    by_label: dict[int, list[dict[str, Any]]] = {}
+    try:
+        events = client.get_events(ATTEMPT_TOPIC)
+    except Exception:  # events are diagnostics; never fail a run for them
+        return by_label
+    for _, message in events:
+        if isinstance(message, dict) and message.get("run_id") == run_id:
+            by_label.setdefault(int(message["label"]), []).append(message)
+    for attempts in by_label.values():
+        attempts.sort(key=lambda m: m["time"])
+    return by_label
+
+
+def _retries(client: Client, run_id: str, fits: list[BinaryFit]) -> dict[int, list[dict[str, Any]]]:
+    """For each class that ran more than once: where the earlier attempts ran and why they
+    did not finish."""
+    alive = set(client.scheduler_info(n_workers=-1).get("workers", {}))
+    attempts = _attempts(client, run_id)
+    retries: dict[int, list[dict[str, Any]]] = {}
+    for fit in fits:
+        earlier = attempts.get(fit.label, [])[:-1]  # the last start is the one that finished
+        if earlier:
+            retries[fit.label] = [
+                {
+                    "worker": a["worker"],
+                    "started": a["time"],
+                    "why": "its worker left the cluster (died or was restarted) during the fit"
+                    if a["worker"] not in alive
+                    else "the attempt did not finish on that worker",
+                }
+                for a in earlier
+            ]
+    return retries
+
+
+def _progress(
+    log: Callable[[str], None], total: int, already: int = 0
+) -> Callable[[BinaryFit], None]:
+    done = already
 
     def on_fit(fit: BinaryFit) -> None:
         nonlocal done
@@ -151,6 +249,7 @@ def train(
     out: str | os.PathLike[str] | None = None,
     home: str | os.PathLike[str] | None = None,
     transfer: str = "auto",
+    resume: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train one binary logistic regression per class on a Dask cluster and save the run.
@@ -172,6 +271,9 @@ def train(
     transfer : {"auto", "path", "scatter"}
         How the training arrays reach the workers (see `distrib.transfer`). ``auto`` uses
         ``path`` when every worker sees the prepared files, else ``scatter``.
+    resume : bool
+        ``out`` holds an interrupted run: fit only the classes it has no checkpoint for.
+        ``config`` must equal the run's settings (see `distrib.checkpoint.resume_config`).
     log : callable, optional
         Receives one-line progress messages.
 
@@ -185,9 +287,9 @@ def train(
     if transfer not in TRANSFER_MODES:
         raise ConfigError(f"unknown transfer mode {transfer!r}: expected one of {TRANSFER_MODES}")
     say = log or (lambda _msg: None)
-    folder, created = prepare_out_dir(out)
+    folder, created = prepare_out_dir(out, resume)
     try:
-        return _run(config, cluster, client, folder, home, transfer, say)
+        return _run(config, cluster, client, folder, home, transfer, resume, say)
     except BaseException:
         if created and not any(folder.iterdir()):
             folder.rmdir()
@@ -201,6 +303,7 @@ def _run(
     folder: Path,
     home: str | os.PathLike[str] | None,
     transfer: str,
+    resume: bool,
     say: Callable[[str], None],
 ) -> RunResult:
     phase = _Phases()
@@ -242,22 +345,37 @@ def _run(
             scatter = [data] if isinstance(data, InMemoryArrays) else None
             backend = parallel_config(backend=cluster_backend(client, scatter))
         say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
-        say(f"fitting {len(classes)} one-vs-rest classifiers on {cluster_info['workers']} workers")
+        checkpoints = Checkpoints(folder)
+        manifest = {
+            "settings": {k: v for k, v in config.to_dict().items() if k != "preset"},
+            "data": key,
+            "layout": layout,
+            "classes": classes.tolist(),
+            "distrib_version": __version__,
+        }
+        checkpoints.begin(manifest, resume)
+        done = checkpoints.load() if resume else {}
+        todo = [c for c in classes.tolist() if c not in done]
+        if done:
+            say(f"resuming: {len(done)} class(es) from checkpoints, {len(todo)} to fit")
+        say(f"fitting {len(todo)} one-vs-rest classifiers on {cluster_info['workers']} workers")
+        run_id = uuid.uuid4().hex
         try:
             with phase("fit"), backend:
-                fits = fit_binary_classifiers(
-                    data,
-                    classes,
-                    config.estimator_params(),
-                    on_fit=_progress(say, len(classes)),
+                fits = _fit_classes(
+                    client, data, todo, config, run_id, checkpoints, folder, len(done), say
                 )
         finally:
             if isinstance(data, InMemoryArrays):
                 with contextlib.suppress(Exception):
                     client.run(release_aligned, data.token)
+        retries = _retries(client, run_id, fits)
 
     with phase("reduce"):
-        model, records = reduce_fits(fits, classes)
+        model, records = reduce_fits([*done.values(), *fits], classes)
+        for record in records:
+            record["from_checkpoint"] = record["label"] in done
+            record["retries"] = retries.get(record["label"], [])
     with phase("evaluate"):
         train_pred = model.predict(files.arrays()[0])
         test_pred = model.predict(test_files.arrays()[0])
@@ -295,5 +413,6 @@ def _run(
         "timings": phase.report(),
     }
     write_json(folder / "metrics.json", metrics)
+    checkpoints.remove()
     say(f"wrote {folder}/model.npz, model.json, metrics.json ({metrics['timings']['total']:.1f} s)")
     return RunResult(out=folder, model=model, metrics=metrics, model_info=model_info)

@@ -112,7 +112,8 @@ class DaskProcesses:
             time.sleep(0.2)
         raise TimeoutError(f"dask scheduler did not start within {timeout} s")
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+        """A ``dask worker`` (with a nanny) of one thread; ``extra`` flags appended."""
         return self._spawn(
             "dask",
             "worker",
@@ -127,14 +128,17 @@ class DaskProcesses:
             "127.0.0.1:0",
             "--local-directory",
             str(self.workdir),
+            *extra,
         )
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10) -> None:
+        """Terminate every process; kill what is still alive after ``grace`` seconds."""
         for proc in reversed(self.procs):
             proc.terminate()
+        deadline = time.monotonic() + grace
         for proc in self.procs:
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)

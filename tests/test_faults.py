@@ -1,0 +1,367 @@
+"""Worker loss, driver crash and resume, scheduler loss, mismatched workers: real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client
+
+from distrib import TrainConfig, train
+from distrib.checkpoint import Checkpoints
+from distrib.cluster import start_local_cluster
+from distrib.model import OneVsRestModel
+
+from .conftest import REPO, DaskProcesses, run_cli
+
+
+@pytest.fixture(scope="module")
+def reference_run(mnist_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An undisturbed full-MNIST run with default settings."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    cluster = start_local_cluster(2)
+    client = Client(cluster, set_as_default=False)
+    try:
+        train(TrainConfig(), client=client, out=out, home=mnist_home)
+    finally:
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+    return out
+
+
+def _same_model(run: Path, reference: Path) -> None:
+    model, _ = OneVsRestModel.load(run)
+    expected, _ = OneVsRestModel.load(reference)
+    np.testing.assert_allclose(model.coef, expected.coef, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(model.intercept, expected.intercept, rtol=0, atol=1e-10)
+
+
+def test_worker_killed_mid_fit_gives_the_same_model(
+    mnist_home: Path, reference_run: Path, tmp_path: Path
+) -> None:
+    cluster = start_local_cluster(2)
+    client = Client(cluster, set_as_default=False)
+    try:
+        pids = client.run(os.getpid)
+        killed: list[str] = []
+
+        def log(message: str) -> None:
+            # When the first class arrives, the other worker is busy with its own class.
+            if "fitted on" in message and not killed:
+                finished_on = message.split(" fitted on ")[1].split()[0]
+                victim = next(w for w in pids if w != finished_on)
+                killed.append(victim)
+                os.kill(pids[victim], signal.SIGKILL)
+
+        result = train(TrainConfig(), client=client, out=tmp_path / "run", home=mnist_home, log=log)
+    finally:
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+
+    assert killed, "no worker was killed"
+    _same_model(tmp_path / "run", reference_run)
+    retried = [r for r in result.metrics["fits"] if r["retries"]]
+    assert retried, result.metrics["fits"]
+    for record in retried:
+        assert record["retries"][0]["worker"] == killed[0]
+        assert "left the cluster" in record["retries"][0]["why"]
+        assert record["worker"] != killed[0]
+    assert len(retried) == 1, "only the class on the killed worker is refit"
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _read_lines_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    lines: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if needle in line:
+                done.set()
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    done.wait(timeout)
+    return lines
+
+
+def test_driver_killed_mid_fit_then_resumed_gives_the_same_model(
+    mnist_home: Path, reference_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distrib",
+            "train",
+            "--workers",
+            "1",
+            "--dashboard-address",
+            ":0",
+            "--out",
+            str(run),
+            "--data-home",
+            str(mnist_home),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    try:
+        lines = _read_lines_until(proc, "[ 3/10]", timeout=120)
+        assert any("[ 3/10]" in ln for ln in lines), "".join(lines)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local cluster, all at once
+        proc.wait(timeout=30)
+    assert not (run / "model.npz").exists() and not (run / "metrics.json").exists()
+    saved = Checkpoints(run).load()
+    assert 3 <= len(saved) < 10
+
+    resumed = run_cli(
+        "train",
+        "--resume",
+        str(run),
+        "--workers",
+        "2",
+        "--dashboard-address",
+        ":0",
+        "--data-home",
+        str(mnist_home),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {len(saved)} class(es) from checkpoints, {10 - len(saved)} to fit" in (
+        resumed.stderr
+    )
+    _same_model(run, reference_run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sum(r["from_checkpoint"] for r in metrics["fits"]) == len(saved)
+    assert not (run / "checkpoints").exists()
+
+
+def _interrupted_digits_run(tmp_path: Path) -> Path:
+    """A digits run folder holding a manifest and no class yet, as after an early crash."""
+    run = tmp_path / "run"
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--workers",
+        "1",
+        "--dashboard-address",
+        ":0",
+        "--out",
+        str(run),
+        "--data-home",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((run / "model.json").read_text())
+    for name in ("model.npz", "model.json", "metrics.json"):
+        (run / name).unlink()
+    checkpoints = Checkpoints(run)
+    checkpoints.begin(
+        {
+            "settings": {k: v for k, v in manifest["settings"].items() if k != "preset"},
+            "data": {
+                k: manifest["data"][k]
+                for k in ("dataset", "X_sha256", "y_sha256", "split", "scale")
+            },
+            "layout": "dense",
+            "classes": list(range(10)),
+            "distrib_version": manifest["distrib_version"],
+        },
+        resume=False,
+    )
+    return run
+
+
+def test_resume_refuses_other_settings_naming_them(tmp_path: Path) -> None:
+    run = _interrupted_digits_run(tmp_path)
+    proc = run_cli(
+        "train",
+        "--resume",
+        str(run),
+        "-C",
+        "2",
+        "--data-home",
+        str(tmp_path),
+        "--workers",
+        "1",
+        "--dashboard-address",
+        ":0",
+    )
+    assert proc.returncode == 1
+    assert "Error: cannot resume" in proc.stderr
+    assert "settings.C: checkpoint has 0.1, this run 2.0" in proc.stderr
+    assert not (run / "model.npz").exists()
+
+    finished = run_cli(
+        "train",
+        "--resume",
+        str(run),
+        "--data-home",
+        str(tmp_path),
+        "--workers",
+        "1",
+        "--dashboard-address",
+        ":0",
+    )
+    assert finished.returncode == 0, finished.stderr
+    again = run_cli("train", "--resume", str(run), "--data-home", str(tmp_path))
+    assert again.returncode == 1 and "is a finished run" in again.stderr
+
+
+def test_resume_of_a_folder_without_checkpoint(tmp_path: Path) -> None:
+    proc = run_cli("train", "--resume", str(tmp_path), "--dataset", "digits")
+    assert proc.returncode == 1
+    assert "holds no checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+KILLER = """
+import os
+import time
+
+import distrib.dispatch as dispatch
+
+# A preload may run more than once in a process: wrap the original only.
+_fit = getattr(dispatch, "_unpatched_fit_binary", dispatch._fit_binary)
+dispatch._unpatched_fit_binary = _fit
+
+
+def _fit_binary(data, label, params, run_id=None):
+    if label == 3:  # this class exhausts its worker, as an out-of-memory kill would
+        dispatch._announce_attempt(label, run_id)
+        time.sleep(0.5)
+        os._exit(1)
+    return _fit(data, label, params, run_id)
+
+
+dispatch._fit_binary = _fit_binary
+"""
+
+
+def test_a_class_that_kills_workers_is_named(
+    dask_processes: DaskProcesses, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "killer.py").write_text(KILLER)
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "1")
+    address = dask_processes.start_scheduler()
+    dask_processes.start_worker("--preload", str(tmp_path / "killer.py"))
+    dask_processes.start_worker("--preload", str(tmp_path / "killer.py"))
+    run = tmp_path / "run"
+    started = time.monotonic()
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--scheduler",
+        address,
+        "--wait-workers",
+        "2",
+        "--out",
+        str(run),
+        "--data-home",
+        str(tmp_path),
+        timeout=180,
+    )
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "class 3 was started 2 times and each time its worker died" in last, last
+    assert f"distrib train --resume {run}" in last
+    assert time.monotonic() - started < 150
+    assert not (run / "model.npz").exists()
+    assert 3 not in Checkpoints(run).load()
+
+
+def test_scheduler_lost_mid_fit_fails_fast(
+    dask_processes: DaskProcesses, mnist_home: Path, tmp_path: Path
+) -> None:
+    address = dask_processes.start_scheduler()
+    dask_processes.start_worker()
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distrib",
+            "train",
+            "--scheduler",
+            address,
+            "--out",
+            str(run),
+            "--data-home",
+            str(mnist_home),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        lines = _read_lines_until(proc, "[ 1/10]", timeout=120)
+        assert any("[ 1/10]" in ln for ln in lines), "".join(lines)
+        dask_processes.procs[0].kill()  # the scheduler
+        killed = time.monotonic()
+        proc.wait(timeout=60)
+        elapsed = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    assert proc.returncode == 1
+    last = "".join(lines).strip().splitlines()[-1]
+    assert f"lost the Dask scheduler at {address} during the fit" in last, last
+    assert "--resume" in last
+    assert elapsed < 45
+    assert not (run / "model.npz").exists()
+
+
+VERSIONS = """
+import distrib.cluster as cluster
+
+_real = getattr(cluster, "_unpatched_package_versions", cluster.package_versions)
+cluster._unpatched_package_versions = _real
+
+
+def package_versions():
+    return {**_real(), "scikit-learn": "0.0-other"}
+
+
+cluster.package_versions = package_versions
+"""
+
+
+def test_workers_with_other_library_versions_are_refused(
+    dask_processes: DaskProcesses, tmp_path: Path
+) -> None:
+    (tmp_path / "versions.py").write_text(VERSIONS)
+    address = dask_processes.start_scheduler()
+    dask_processes.start_worker("--preload", str(tmp_path / "versions.py"))
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--scheduler",
+        address,
+        "--out",
+        str(tmp_path / "run"),
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "workers run other library versions than this client" in last
+    assert "has scikit-learn 0.0-other" in last
+    assert not (tmp_path / "run").exists()
