@@ -103,4 +103,10 @@ def check_labels(y_train: np.ndarray, y_test: np.ndarray) -> np.ndarray:
         raise DataError(
             f"the test split holds label(s) {unseen.tolist()} that the training split lacks"
         )
+    untested = np.setdiff1d(classes, np.unique(y_test))
+    if untested.size:
+        raise DataError(
+            f"the test split has no sample of class(es) {untested.tolist()}: their recall "
+            "could not be measured; use a larger test split"
+        )
     return classes

@@ -60,4 +60,6 @@ def test_labels_the_model_cannot_learn_are_refused() -> None:
         check_labels(np.array([3, 3, 3]), np.array([3]))
     with pytest.raises(DataError, match=r"test split holds label\(s\) \[9\]"):
         check_labels(np.array([0, 1, 1]), np.array([0, 9]))
-    np.testing.assert_array_equal(check_labels(np.array([2, 0, 2]), np.array([0])), [0, 2])
+    with pytest.raises(DataError, match=r"test split has no sample of class\(es\) \[2\]"):
+        check_labels(np.array([2, 0, 2]), np.array([0]))
+    np.testing.assert_array_equal(check_labels(np.array([2, 0, 2]), np.array([0, 2])), [0, 2])
