@@ -327,6 +327,16 @@ def bench(
         )
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+def report(run_dir: str) -> None:
+    """Re-render report.html and report.md of a run from its saved files (no refit)."""
+    from distrib.report import render_report
+
+    html_path, md_path = render_report(run_dir)
+    click.echo(f"{html_path}\n{md_path}")
+
+
 @cli.group()
 def data() -> None:
     """Fill and inspect the local data cache."""

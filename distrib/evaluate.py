@@ -45,6 +45,10 @@ def evaluate(
         "test_accuracy": float(np.mean(test_pred == y_test)),
         "n_train": len(y_train),
         "n_test": len(y_test),
+        "class_counts": {
+            "train": [int(np.sum(y_train == c)) for c in labels],
+            "test": [int(np.sum(y_test == c)) for c in labels],
+        },
         "classes": labels.tolist(),
         "confusion_matrix": matrix.tolist(),
         "per_class": [

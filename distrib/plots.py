@@ -114,3 +114,149 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
         f"distrib bench: {machine.get('cores')} cores, {machine.get('cpu', '')}", fontsize=9
     )
     save_png(fig, path)
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """A figure rendered to PNG bytes (in memory, so nothing is written before all succeed)."""
+    import io
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _image_grid(n: int, columns: int, size: float = 1.6) -> tuple[Figure, list[Any]]:
+    rows = max(1, -(-n // columns))
+    fig = Figure(figsize=(columns * size, rows * size * 1.15))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel().tolist()
+    for ax in axes:
+        ax.set_axis_off()
+    return fig, axes
+
+
+def plot_samples(images: Any, labels: Any, image_shape: tuple[int, int]) -> Figure:
+    """Training images with their labels (the notebook's first figure)."""
+    fig, axes = _image_grid(len(images), min(len(images), 10))
+    for ax, image, label in zip(axes, images, labels, strict=False):
+        ax.imshow(image.reshape(image_shape), cmap="gray_r", interpolation="nearest")
+        ax.set_title(f"label {label}", fontsize=9)
+    fig.suptitle("Sample training images")
+    return fig
+
+
+def plot_class_histograms(classes: list[int], train: list[int], test: list[int]) -> Figure:
+    """Counts of each class in the train and test splits, side by side."""
+    fig = Figure(figsize=(10, 3.4))
+    axes = fig.subplots(1, 2, sharey=False)
+    for ax, counts, name, color in ((axes[0], train, "train", "C0"), (axes[1], test, "test", "C1")):
+        ax.bar([str(c) for c in classes], counts, color=color)
+        ax.set_title(f"{name} split: {sum(counts):,} images")
+        ax.set_xlabel("class")
+        ax.set_ylabel("images")
+    return fig
+
+
+def plot_coefficients(coef: Any, classes: list[int], image_shape: tuple[int, int]) -> Figure:
+    """Every class's coefficients as an image, one shared symmetric diverging scale."""
+    import numpy as np
+
+    fig, axes = _image_grid(len(classes), 5, size=2.0)
+    scale = float(np.max(np.abs(coef))) or 1.0
+    image = None
+    for ax, row, label in zip(axes, coef, classes, strict=False):
+        image = ax.imshow(
+            row.reshape(image_shape),
+            cmap="RdBu_r",
+            vmin=-scale,
+            vmax=scale,
+            interpolation="nearest",
+        )
+        ax.set_title(f"class {label}", fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="coefficient (red: votes for the class)")
+    fig.suptitle("What each one-vs-rest classifier learned")
+    return fig
+
+
+def plot_confusion(matrix: Any, classes: list[int], accuracy: float) -> Figure:
+    """The confusion matrix as an annotated heatmap (rows true, columns predicted)."""
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    n = len(classes)
+    fig = Figure(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="test images")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if matrix[i, j] > threshold else "black",
+            )
+    ax.set_xticks(range(n), [str(c) for c in classes])
+    ax.set_yticks(range(n), [str(c) for c in classes])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion matrix, test accuracy {accuracy:.4f}")
+    return fig
+
+
+def plot_misclassified(
+    images: Any, true: Any, predicted: Any, image_shape: tuple[int, int], total: int
+) -> Figure:
+    """A gallery of misclassified test images, titled true -> predicted."""
+    fig, axes = _image_grid(max(1, len(images)), 10)
+    for ax, image, t, p in zip(axes, images, true, predicted, strict=False):
+        ax.imshow(image.reshape(image_shape), cmap="gray_r", interpolation="nearest")
+        ax.set_title(f"true {t}, pred {p}", fontsize=8, color="C3")
+    if not len(images):
+        axes[0].text(0.5, 0.5, "no misclassified test image", ha="center", va="center")
+    fig.suptitle(f"Misclassified test images: {len(images)} of {total} shown")
+    return fig
+
+
+def plot_timeline(fits: list[dict[str, Any]]) -> Figure:
+    """One row per worker, one bar per class fit (start to end), retries hatched."""
+    workers = sorted(
+        {f["worker"] for f in fits} | {r["worker"] for f in fits for r in f.get("retries", [])}
+    )
+    fresh = [f for f in fits if not f.get("from_checkpoint")]
+    t0 = min((f["started"] for f in fresh), default=0.0)
+    fig = Figure(figsize=(10, 1.0 + 0.55 * max(1, len(workers))))
+    ax = fig.subplots()
+    for f in fits:
+        row = workers.index(f["worker"])
+        start, width = f["started"] - t0, f["finished"] - f["started"]
+        style: dict[str, Any] = {"alpha": 0.35, "hatch": "//"} if f.get("from_checkpoint") else {}
+        ax.barh(
+            row,
+            width,
+            left=start,
+            height=0.6,
+            color=f"C{f['label'] % 10}",
+            edgecolor="black",
+            **style,
+        )
+        ax.text(start + width / 2, row, str(f["label"]), ha="center", va="center", fontsize=8)
+        for retry in f.get("retries", []):
+            ax.plot(
+                retry["started"] - t0,
+                workers.index(retry["worker"]),
+                "x",
+                color="C3",
+                markersize=10,
+                label="lost attempt",
+            )
+    ax.set_yticks(range(len(workers)), workers, fontsize=7)
+    ax.set_xlabel("seconds since the first fit started")
+    ax.set_title("Where each class was fitted (bar = one binary fit, number = class)")
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from distributed import Client, KilledWorker
 from joblib import parallel_config
 
@@ -22,14 +23,15 @@ from distrib import __version__
 from distrib.checkpoint import RUN_FILES, Checkpoints, refuse_finished
 from distrib.cluster import ClusterConfig, connect, describe, package_versions
 from distrib.config import TrainConfig
-from distrib.data import data_home, load_dataset
+from distrib.data import Dataset, data_home, load_dataset
 from distrib.dispatch import ATTEMPT_TOPIC, BinaryFit, cluster_backend, fit_binary_classifiers
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
 from distrib.evaluate import evaluate
 from distrib.files import write_json
 from distrib.model import OneVsRestModel
 from distrib.reduce import reduce_fits
-from distrib.split import check_labels, split_arrays
+from distrib.report import MISCLASSIFIED_IMAGES, SAMPLE_IMAGES, render_report, save_report_images
+from distrib.split import SplitArrays, check_labels, split_arrays
 from distrib.transfer import (
     TRANSFER_MODES,
     ArrayFiles,
@@ -128,6 +130,24 @@ def _choose_transfer(client: Client, files: ArrayFiles, mode: str) -> str:
             "every worker, or use --transfer scatter"
         )
     return "scatter"
+
+
+def _save_images(
+    folder: Path, dataset: Dataset, parts: SplitArrays, metrics: dict[str, Any]
+) -> None:
+    """The raw images the report shows: the first training images, the first mistakes."""
+    wrong = metrics["misclassified"]
+    shown = slice(0, MISCLASSIFIED_IMAGES)
+    samples = parts.split.train_index[:SAMPLE_IMAGES]
+    wrong_rows = np.asarray(wrong["dataset_index"][shown], dtype=np.int64)
+    save_report_images(
+        folder,
+        samples=dataset.X[samples].compute(scheduler="threads"),
+        sample_labels=dataset.y[samples].compute(scheduler="threads"),
+        wrong=dataset.X[wrong_rows].compute(scheduler="threads"),
+        wrong_true=np.asarray(wrong["true"][shown]),
+        wrong_pred=np.asarray(wrong["predicted"][shown]),
+    )
 
 
 def _warm_up() -> None:
@@ -402,6 +422,7 @@ def _run(
     }
     with phase("write"):
         model.save(folder, model_info)
+        _save_images(folder, dataset, parts, metrics)
     metrics = {
         **metrics,
         "fits": records,
@@ -414,5 +435,10 @@ def _run(
     }
     write_json(folder / "metrics.json", metrics)
     checkpoints.remove()
+    try:
+        report, _ = render_report(folder)
+        say(f"report: {report}")
+    except Exception as exc:  # the run itself is complete; the report can be redone
+        say(f"report not written ({exc}); run `distrib report {folder}`")
     say(f"wrote {folder}/model.npz, model.json, metrics.json ({metrics['timings']['total']:.1f} s)")
     return RunResult(out=folder, model=model, metrics=metrics, model_info=model_info)

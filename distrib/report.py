@@ -1,0 +1,267 @@
+"""The run report: every figure of the notebook plus the cluster's story, in one page.
+
+`render_report` reads a run folder (``model.npz``, ``model.json``, ``metrics.json``,
+``images.npz``), renders every figure in memory, and only then writes ``figures/*.png``,
+``report.html`` (figures embedded, opens from disk) and ``report.md`` (links the PNGs), each
+atomically. A missing or corrupt input is named and nothing is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distrib.errors import OutputError
+from distrib.files import write_bytes
+from distrib.model import OneVsRestModel
+from distrib.plots import (
+    figure_png,
+    plot_class_histograms,
+    plot_coefficients,
+    plot_confusion,
+    plot_misclassified,
+    plot_samples,
+    plot_timeline,
+)
+
+IMAGES_FILE = "images.npz"
+SAMPLE_IMAGES = 10
+MISCLASSIFIED_IMAGES = 30
+_METRICS_KEYS = (
+    "train_accuracy",
+    "test_accuracy",
+    "confusion_matrix",
+    "per_class",
+    "misclassified",
+    "timings",
+    "fits",
+    "classes",
+    "class_counts",
+)
+
+
+def save_report_images(
+    folder: Path,
+    samples: np.ndarray,
+    sample_labels: np.ndarray,
+    wrong: np.ndarray,
+    wrong_true: np.ndarray,
+    wrong_pred: np.ndarray,
+) -> None:
+    """Keep the few images the report shows, so it renders without the data cache."""
+    from distrib.files import write_npz
+
+    write_npz(
+        folder / IMAGES_FILE,
+        samples=samples,
+        sample_labels=sample_labels,
+        wrong=wrong,
+        wrong_true=wrong_true,
+        wrong_pred=wrong_pred,
+    )
+
+
+def _load_run(run_dir: Path) -> tuple[OneVsRestModel, dict[str, Any], dict[str, Any], Any]:
+    metrics_path = run_dir / "metrics.json"
+    if not run_dir.is_dir():
+        raise OutputError(f"{run_dir} is not a folder: pass a run folder of `distrib train`")
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise OutputError(f"{metrics_path} is missing: {run_dir} is not a finished run") from exc
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"{metrics_path} is not valid JSON ({exc})") from exc
+    missing = [k for k in _METRICS_KEYS if not isinstance(metrics, dict) or k not in metrics]
+    if missing:
+        raise OutputError(f"{metrics_path} lacks {', '.join(missing)}: it is not a distrib run")
+    model, meta = OneVsRestModel.load(run_dir)
+    images_path = run_dir / IMAGES_FILE
+    try:
+        with np.load(images_path, allow_pickle=False) as npz:
+            images = {k: npz[k] for k in npz.files}
+    except FileNotFoundError as exc:
+        raise OutputError(f"{images_path} is missing: re-run `distrib train`") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise OutputError(f"{images_path} is corrupt ({exc})") from exc
+    return model, meta, metrics, images
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> tuple[str, str]:
+    """The same table as HTML and as Markdown."""
+    cells = [[str(c) for c in row] for row in rows]
+    md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+    md += "".join("| " + " | ".join(row) + " |\n" for row in cells)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells
+    )
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", md
+
+
+def _tables(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    fits = {f["label"]: f for f in metrics["fits"]}
+    per_class = [
+        [
+            c["class"],
+            f"{c['precision']:.4f}",
+            f"{c['recall']:.4f}",
+            f"{c['f1']:.4f}",
+            c["support"],
+            fits[c["class"]]["n_iter"],
+            "yes" if fits[c["class"]]["converged"] else "NO",
+            f"{fits[c['class']]['seconds']:.2f}",
+            fits[c["class"]]["worker"],
+            len(fits[c["class"]].get("retries", [])),
+        ]
+        for c in metrics["per_class"]
+    ]
+    settings = [[k, v] for k, v in meta.get("settings", {}).items()]
+    data = meta.get("data", {})
+    cluster = meta.get("cluster", {})
+    run = [
+        [
+            "data set",
+            f"{data.get('dataset')} {data.get('image_shape')}, {data.get('n_train')} "
+            f"train / {data.get('n_test')} test ({data.get('split')} split)",
+        ],
+        ["source", data.get("source")],
+        ["X sha256", data.get("X_sha256")],
+        ["y sha256", data.get("y_sha256")],
+        [
+            "cluster",
+            f"{cluster.get('workers')} workers, {cluster.get('threads')} threads, "
+            f"scheduler {cluster.get('scheduler')}",
+        ],
+        ["data transfer", f"{metrics.get('transfer')}, layout {metrics.get('layout')}"],
+        ["train accuracy", f"{metrics['train_accuracy']:.4f}"],
+        ["test accuracy", f"{metrics['test_accuracy']:.4f}"],
+    ]
+    versions = [[k, v] for k, v in meta.get("versions", {}).items()]
+    timings = [[k, f"{v:.3f}"] for k, v in metrics["timings"].items()]
+    return {
+        "run": _table(["", ""], run),
+        "per_class": _table(
+            [
+                "class",
+                "precision",
+                "recall",
+                "F1",
+                "support",
+                "iterations",
+                "converged",
+                "fit seconds",
+                "worker",
+                "lost attempts",
+            ],
+            per_class,
+        ),
+        "settings": _table(["setting", "value"], settings),
+        "timings": _table(["phase", "seconds"], timings),
+        "versions": _table(["library", "version"], versions),
+    }
+
+
+def render_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Render ``report.html`` and ``report.md`` (and ``figures/``) for a finished run.
+
+    Returns
+    -------
+    html_path, md_path : Path
+    """
+    run_dir = Path(run_dir)
+    model, meta, metrics, images = _load_run(run_dir)
+    data = meta.get("data", {})
+    shape = tuple(data.get("image_shape") or ())
+    if len(shape) != 2 or shape[0] * shape[1] != model.n_features:
+        raise OutputError(f"{run_dir / 'model.json'} has no usable data.image_shape ({shape})")
+    image_shape = (int(shape[0]), int(shape[1]))
+    classes = [int(c) for c in metrics["classes"]]
+    counts = metrics["class_counts"]
+    n_wrong = len(metrics["misclassified"]["test_position"])
+    figures = {
+        "samples": (
+            "Sample training images",
+            plot_samples(images["samples"], images["sample_labels"], image_shape),
+        ),
+        "class_histograms": (
+            "Classes in the train and test splits",
+            plot_class_histograms(classes, counts["train"], counts["test"]),
+        ),
+        "coefficients": (
+            "Coefficients of each class",
+            plot_coefficients(model.coef, classes, image_shape),
+        ),
+        "confusion_matrix": (
+            "Confusion matrix",
+            plot_confusion(metrics["confusion_matrix"], classes, metrics["test_accuracy"]),
+        ),
+        "misclassified": (
+            "Misclassified test images",
+            plot_misclassified(
+                images["wrong"], images["wrong_true"], images["wrong_pred"], image_shape, n_wrong
+            ),
+        ),
+        "timeline": ("Timeline of the fits on the cluster", plot_timeline(metrics["fits"])),
+    }
+    pngs = {name: figure_png(fig) for name, (_, fig) in figures.items()}
+    tables = _tables(metrics, meta)
+
+    title = (
+        f"distrib run {run_dir.name}: {data.get('dataset')}, test accuracy "
+        f"{metrics['test_accuracy']:.4f}"
+    )
+    order = ["samples", "class_histograms", "coefficients", "confusion_matrix", "misclassified"]
+    html_parts = [f"<h1>{html.escape(title)}</h1>", tables["run"][0]]
+    md_parts = [f"# {title}\n", tables["run"][1]]
+    for name in order:
+        caption = figures[name][0]
+        encoded = base64.b64encode(pngs[name]).decode("ascii")
+        html_parts += [
+            f"<h2>{caption}</h2>",
+            f'<img alt="{caption}" src="data:image/png;base64,{encoded}">',
+        ]
+        md_parts += [f"## {caption}\n", f"![{caption}](figures/{name}.png)\n"]
+    html_parts += ["<h2>Per class</h2>", tables["per_class"][0]]
+    md_parts += ["## Per class\n", tables["per_class"][1]]
+    encoded = base64.b64encode(pngs["timeline"]).decode("ascii")
+    html_parts += [
+        f"<h2>{figures['timeline'][0]}</h2>",
+        f'<img alt="timeline" src="data:image/png;base64,{encoded}">',
+    ]
+    md_parts += [f"## {figures['timeline'][0]}\n", "![timeline](figures/timeline.png)\n"]
+    for name, caption in (
+        ("timings", "Wall time per phase"),
+        ("settings", "Settings"),
+        ("versions", "Library versions"),
+    ):
+        html_parts += [f"<h2>{caption}</h2>", tables[name][0]]
+        md_parts += [f"## {caption}\n", tables[name][1]]
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:left;font-size:13px}img{max-width:100%}"
+    )
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+        f"{html.escape(title)}</title><style>{style}</style></head><body>"
+        + "\n".join(html_parts)
+        + "</body></html>\n"
+    )
+
+    figures_dir = run_dir / "figures"
+    try:
+        figures_dir.mkdir(exist_ok=True)
+        for name, png in pngs.items():
+            write_bytes(figures_dir / f"{name}.png", png)
+        write_bytes(run_dir / "report.md", "\n".join(md_parts).encode("utf-8"))
+        write_bytes(run_dir / "report.html", page.encode("utf-8"))
+    except OSError as exc:
+        raise OutputError(f"cannot write the report into {run_dir}: {exc}") from exc
+    return run_dir / "report.html", run_dir / "report.md"
