@@ -162,7 +162,11 @@ def plot_coefficients(coef: Any, classes: list[int], image_shape: tuple[int, int
     import numpy as np
 
     fig, axes = _image_grid(len(classes), 5, size=2.0)
-    scale = float(np.max(np.abs(coef))) or 1.0
+    # Shared and symmetric, but robust: a few rarely-inked edge pixels get large weights
+    # that would wash every other pixel out; they are clipped to the darkest shade.
+    magnitude = np.abs(np.asarray(coef))
+    scale = float(np.percentile(magnitude, 99.5)) or float(magnitude.max()) or 1.0
+    clipped = int(np.sum(magnitude > scale))
     image = None
     for ax, row, label in zip(axes, coef, classes, strict=False):
         image = ax.imshow(
@@ -174,8 +178,15 @@ def plot_coefficients(coef: Any, classes: list[int], image_shape: tuple[int, int
         )
         ax.set_title(f"class {label}", fontsize=10)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label="coefficient (red: votes for the class)")
-    fig.suptitle("What each one-vs-rest classifier learned")
+        fig.colorbar(
+            image,
+            ax=axes,
+            shrink=0.8,
+            extend="both" if clipped else "neither",
+            label="coefficient (red: votes for the class)",
+        )
+    note = f" ({clipped} weights beyond ±{scale:.2g} clipped)" if clipped else ""
+    fig.suptitle(f"What each one-vs-rest classifier learned{note}")
     return fig
 
 
