@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 from distrib.config import ClusterConfig, TrainConfig
 from distrib.data import Dataset, fetch_mnist, load_dataset
+from distrib.estimator import DaskOneVsRestClassifier
 from distrib.errors import ClusterError, ConfigError, DataError, DistribError, OutputError
 from distrib.model import OneVsRestModel
 from distrib.train import RunResult, train
@@ -14,6 +15,7 @@ __all__ = [
     "ClusterConfig",
     "ClusterError",
     "ConfigError",
+    "DaskOneVsRestClassifier",
     "DataError",
     "Dataset",
     "DistribError",
