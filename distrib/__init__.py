@@ -6,8 +6,8 @@ __version__ = "0.1.0"
 
 from distrib.config import ClusterConfig, TrainConfig
 from distrib.data import Dataset, fetch_mnist, load_dataset
-from distrib.estimator import DaskOneVsRestClassifier
 from distrib.errors import ClusterError, ConfigError, DataError, DistribError, OutputError
+from distrib.estimator import DaskOneVsRestClassifier
 from distrib.model import OneVsRestModel
 from distrib.train import RunResult, train
 
