@@ -69,7 +69,15 @@ def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout
     assert "[10/10] class" in proc.stderr and "dashboard: http" in proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.json", "model.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "figures",
+        "images.npz",
+        "metrics.json",
+        "model.json",
+        "model.npz",
+        "report.html",
+        "report.md",
+    ]
 
     model, meta = OneVsRestModel.load(out)
     assert model.coef.shape == (10, 64) and model.classes.tolist() == list(range(10))
