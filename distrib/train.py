@@ -435,10 +435,10 @@ def _run(
     }
     write_json(folder / "metrics.json", metrics)
     checkpoints.remove()
+    say(f"wrote {folder}/model.npz, model.json, metrics.json ({metrics['timings']['total']:.1f} s)")
     try:
         report, _ = render_report(folder)
         say(f"report: {report}")
     except Exception as exc:  # the run itself is complete; the report can be redone
         say(f"report not written ({exc}); run `distrib report {folder}`")
-    say(f"wrote {folder}/model.npz, model.json, metrics.json ({metrics['timings']['total']:.1f} s)")
     return RunResult(out=folder, model=model, metrics=metrics, model_info=model_info)

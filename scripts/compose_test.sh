@@ -31,6 +31,9 @@ cleanup() {
     for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     kill -9 "$pid" 2>/dev/null
   fi
+  for mount in "$WORK"/exec/netns/*; do
+    [[ -e $mount ]] && umount -l "$mount" 2>/dev/null
+  done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -99,7 +102,7 @@ services:
     <<: *common
     command: ["distrib", "train", "--dataset", "digits", "--scheduler", "tcp://scheduler:$PORT",
               "--wait-workers", "3", "--worker-timeout", "120", "--out", "/runs/ci",
-              "--solver", "saga", "--tol", "1e-6", "--max-iter", "300"]
+              "--solver", "saga", "--tol", "1e-9", "--max-iter", "1000"]
     volumes: ["$WORK/data:/data", "$WORK/runs:/runs"]
     depends_on: [scheduler]
 YAML
