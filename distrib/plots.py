@@ -8,7 +8,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from distrib.files import atomic_path
+from distrib.files import write_bytes
 
 
 def _integer_log2_axis(ax: Any, axis: str = "x") -> None:
@@ -22,9 +22,7 @@ def _integer_log2_axis(ax: Any, axis: str = "x") -> None:
 
 def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> None:
     """Render ``fig`` to a PNG file, atomically."""
-    FigureCanvasAgg(fig)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    write_bytes(path, figure_png(fig, dpi))
 
 
 def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:

@@ -78,6 +78,18 @@ def test_worker_killed_mid_fit_gives_the_same_model(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def _start_train(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
+    """``distrib train ARGS`` in the background, its stderr readable line by line."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "distrib", "train", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        start_new_session=new_session,
+    )
+
+
 def _read_lines_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
     lines: list[str] = []
     done = threading.Event()
@@ -99,26 +111,16 @@ def test_driver_killed_mid_fit_then_resumed_gives_the_same_model(
     mnist_home: Path, reference_run: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "distrib",
-            "train",
-            "--workers",
-            "1",
-            "--dashboard-address",
-            ":0",
-            "--out",
-            str(run),
-            "--data-home",
-            str(mnist_home),
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-        start_new_session=True,
+    proc = _start_train(
+        "--workers",
+        "1",
+        "--dashboard-address",
+        ":0",
+        "--out",
+        str(run),
+        "--data-home",
+        str(mnist_home),
+        new_session=True,
     )
     try:
         lines = _read_lines_until(proc, "[ 3/10]", timeout=120)
@@ -292,24 +294,7 @@ def test_scheduler_lost_mid_fit_fails_fast(
     address = dask_processes.start_scheduler()
     dask_processes.start_worker()
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "distrib",
-            "train",
-            "--scheduler",
-            address,
-            "--out",
-            str(run),
-            "--data-home",
-            str(mnist_home),
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-    )
+    proc = _start_train("--scheduler", address, "--out", str(run), "--data-home", str(mnist_home))
     try:
         lines = _read_lines_until(proc, "[ 1/10]", timeout=120)
         assert any("[ 1/10]" in ln for ln in lines), "".join(lines)
