@@ -7,7 +7,7 @@ loaded or any cluster is started.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from distrib.errors import ConfigError
@@ -160,10 +160,6 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {sorted(known)}")
         return cls(**values)
-
-    def with_(self, **changes: Any) -> TrainConfig:
-        """A copy with some settings changed (validated again)."""
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

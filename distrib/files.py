@@ -69,14 +69,3 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file (errors are the caller's to translate)."""
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    """The sha256 hex digest of a file's bytes."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

@@ -112,9 +112,10 @@ def prepare_out_dir(out: str | os.PathLike[str] | None, resume: bool = False) ->
 
 
 def _choose_transfer(client: Client, files: ArrayFiles, mode: str) -> str:
-    """``path`` where every worker sees the prepared files as they are here, else ``scatter``."""
-    if mode not in TRANSFER_MODES:
-        raise ConfigError(f"unknown transfer mode {mode!r}: expected one of {TRANSFER_MODES}")
+    """``path`` where every worker sees the prepared files as they are here, else ``scatter``.
+
+    ``mode`` was validated by `train`.
+    """
     if mode == "scatter":
         return mode
     paths = files.paths()
