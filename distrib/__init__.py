@@ -7,19 +7,20 @@ __version__ = "0.1.0"
 from distrib.config import ClusterConfig, TrainConfig
 from distrib.data import Dataset, fetch_mnist, load_dataset
 from distrib.errors import ClusterError, ConfigError, DataError, DistribError, OutputError
-from distrib.estimator import DaskOneVsRestClassifier
-from distrib.model import OneVsRestModel
+from distrib.estimator import DaskLogisticRegression, DaskOneVsRestClassifier
+from distrib.model import LinearModel
 from distrib.train import RunResult, train
 
 __all__ = [
     "ClusterConfig",
     "ClusterError",
     "ConfigError",
+    "DaskLogisticRegression",
     "DaskOneVsRestClassifier",
     "DataError",
     "Dataset",
     "DistribError",
-    "OneVsRestModel",
+    "LinearModel",
     "OutputError",
     "RunResult",
     "TrainConfig",

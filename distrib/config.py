@@ -20,6 +20,7 @@ SOLVERS = ("lbfgs", "liblinear", "newton-cg", "newton-cholesky", "sag", "saga")
 L1_SOLVERS = ("saga", "liblinear")
 CLASS_WEIGHTS = (None, "balanced")
 LAYOUTS = ("auto", "dense", "sparse")
+STRATEGIES = ("ovr", "multinomial")
 PRESETS = ("notebook",)
 
 # The notebook's settings, applied to one binary fit per class (issue 2, item 10).
@@ -48,6 +49,10 @@ class TrainConfig:
 
     Parameters
     ----------
+    strategy : {"ovr", "multinomial"}
+        ``ovr``: one binary `LogisticRegression` per class, each a task on some worker.
+        ``multinomial``: one softmax regression over row blocks held by the workers
+        (`distrib.multinomial`); needs ``solver="lbfgs"`` and ``l1_ratio=0``.
     dataset : {"mnist", "digits"}
         MNIST (70,000 x 784, from the local cache) or scikit-learn's 8x8 digits.
     split : {"notebook", "canonical"}
@@ -68,6 +73,7 @@ class TrainConfig:
         model up to the solver's tolerance.
     """
 
+    strategy: str = "ovr"
     dataset: str = "mnist"
     split: str = "notebook"
     scale: str = "unit"
@@ -83,6 +89,7 @@ class TrainConfig:
     preset: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        _choice("strategy", self.strategy, STRATEGIES)
         _choice("dataset", self.dataset, DATASETS)
         _choice("split", self.split, SPLITS)
         _choice("scale", self.scale, SCALES)
@@ -110,6 +117,12 @@ class TrainConfig:
         if self.solver == "liblinear" and self.l1_ratio not in (0.0, 1.0):
             raise ConfigError(
                 f"solver 'liblinear' needs l1_ratio 0 or 1, got {self.l1_ratio}: use --solver saga"
+            )
+        if self.strategy == "multinomial" and (self.solver != "lbfgs" or self.l1_ratio != 0):
+            raise ConfigError(
+                f"strategy 'multinomial' is fitted with L-BFGS and an L2 penalty, got solver "
+                f"{self.solver!r} and l1_ratio={self.l1_ratio}: use --solver lbfgs --l1-ratio 0, "
+                "or --strategy ovr"
             )
         if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
             raise ConfigError(f"tol must be a positive number, got {self.tol!r}")

@@ -1,18 +1,27 @@
-"""`DaskOneVsRestClassifier`: the one-vs-rest trainer as a scikit-learn estimator.
+"""`DaskLogisticRegression`: distrib's trainer as a scikit-learn estimator.
 
-``fit`` sends one binary `LogisticRegression` per class through joblib: to the Dask cluster
-the caller chose with ``parallel_config(backend="dask")``, else to the current Dask client,
-else to whatever joblib backend is active (in this process by default). Prediction works on
-numpy arrays, SciPy sparse matrices and Dask arrays (lazy and chunked, so a test set larger
-than memory streams through the workers). Models are saved as ``model.npz`` +
-``model.json`` (`save` / `load`), the same files as ``distrib train``; never pickled.
+Two strategies fit the same kind of model (`distrib.model.LinearModel`):
+
+* ``ovr``: one binary `LogisticRegression` per class, each a joblib task: on the Dask cluster
+  the caller chose with ``parallel_config(backend="dask")``, else on the current Dask client,
+  else on whatever joblib backend is active (in this process by default).
+* ``multinomial``: one softmax regression; the rows are cut into blocks held by the workers
+  and a driver-side L-BFGS sums their losses and gradients (`distrib.multinomial`). Without a
+  Dask client it runs in this process.
+
+Prediction works on numpy arrays, SciPy sparse matrices and Dask arrays (lazy and chunked, so
+a test set larger than memory streams through the workers). Models are saved as
+``model.npz`` + ``model.json`` (`save` / `load`), never pickled. ``distrib train`` fits
+through this same class (`DaskLogisticRegression.fit_training_data`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
@@ -25,53 +34,101 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from distrib.config import TrainConfig
-from distrib.dispatch import cluster_backend, fit_binary_classifiers
+from distrib.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
 from distrib.errors import OutputError
-from distrib.model import OneVsRestModel
+from distrib.model import LinearModel
+from distrib.multinomial import (
+    BlockRunner,
+    ClusterBlocks,
+    LocalBlocks,
+    SoftmaxFit,
+    class_counts_of,
+    fit_softmax,
+)
 from distrib.reduce import reduce_fits
-from distrib.transfer import InMemoryArrays
+from distrib.transfer import InMemoryArrays, TrainingData, release_aligned
 
-ESTIMATOR_PARAMS = ("C", "l1_ratio", "solver", "tol", "max_iter", "fit_intercept",
+ESTIMATOR_PARAMS = ("strategy", "C", "l1_ratio", "solver", "tol", "max_iter", "fit_intercept",
                     "class_weight", "random_state")  # fmt: skip
 
 
-def _take(index: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    return classes[index]
+@dataclass
+class FitHooks:
+    """How ``distrib train`` follows a fit (all optional).
+
+    Attributes
+    ----------
+    log : callable
+        Receives one-line progress messages.
+    on_binary_fit : callable
+        ``ovr``: called with each class's `BinaryFit` as it arrives (checkpoints).
+    done : dict
+        ``ovr``: classes already fitted (from checkpoints), not dispatched again.
+    run_id : str
+        Names the fit in the workers' events (retry and block-load records).
+    """
+
+    log: Callable[[str], None] | None = None
+    on_binary_fit: Callable[[BinaryFit], None] | None = None
+    done: dict[int, BinaryFit] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
 
 
-@contextlib.contextmanager
-def _backend_for(data: InMemoryArrays) -> Iterator[None]:
-    """The caller's dask backend if set, else the current Dask client, else as is."""
+def _current_client() -> Any:
+    """The client of the caller's joblib dask backend, else the current Dask client."""
     active, _ = get_active_backend()
     if isinstance(active, DaskDistributedBackend):
-        yield
-        return
+        return active.client
     try:
         from distributed import get_client
 
-        client = get_client()
+        return get_client()
     except (ImportError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _ovr_backend(client: Any, data: TrainingData) -> Iterator[None]:
+    """The caller's dask backend if set, else one on ``client``, else joblib's as is."""
+    active, _ = get_active_backend()
+    if isinstance(active, DaskDistributedBackend) or client is None:
         yield
         return
-    with parallel_config(backend=cluster_backend(client, scatter=[data])):
-        yield
+    scatter = [data] if isinstance(data, InMemoryArrays) else None
+    try:
+        with parallel_config(backend=cluster_backend(client, scatter=scatter)):
+            yield
+    finally:
+        if scatter is not None:
+            with contextlib.suppress(Exception):
+                client.run(release_aligned, data.token)  # type: ignore[attr-defined]
 
 
-class DaskOneVsRestClassifier(ClassifierMixin, BaseEstimator):
-    """One binary logistic regression per class, fitted in parallel on a Dask cluster.
+class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
+    """Logistic regression fitted on a Dask cluster, one-vs-rest or multinomial.
 
     Parameters
     ----------
+    strategy : {"ovr", "multinomial"}, default="ovr"
+        ``ovr``: one binary fit per class, the classes spread over the workers.
+        ``multinomial``: one softmax fit, the rows spread over the workers (L-BFGS, L2);
+        scikit-learn's ``LogisticRegression`` fits this model for 3+ classes.
     C : float, default=0.1
-        Inverse regularisation strength of each binary fit.
+        Inverse regularisation strength (scikit-learn's convention).
     l1_ratio : float, default=0.0
-        0 is an L2 penalty, 1 is L1 (needs ``solver="saga"``).
+        0 is an L2 penalty, 1 is L1 (``ovr`` with ``solver="saga"`` only).
     solver : str, default="lbfgs"
+        The binary fits' solver (``ovr``); ``multinomial`` needs ``"lbfgs"``.
     tol : float, default=1e-4
     max_iter : int, default=100
     fit_intercept : bool, default=True
     class_weight : {"balanced"} or None, default=None
-        Applied within each binary problem.
+        ``ovr``: applied within each binary problem. ``multinomial``: per class, as
+        scikit-learn does.
     random_state : int or None, default=0
         Seed of the sag/saga solvers.
 
@@ -80,15 +137,20 @@ class DaskOneVsRestClassifier(ClassifierMixin, BaseEstimator):
     classes_ : ndarray of shape (n_classes,)
     coef_ : ndarray of shape (n_classes, n_features), or (1, n_features) for two classes
     intercept_ : ndarray of shape (n_classes,), or (1,) for two classes
-    n_iter_ : ndarray of shape (n_binary_fits,)
+    n_iter_ : ndarray
+        ``ovr``: iterations of each binary fit. ``multinomial``: one entry, L-BFGS iterations.
     fit_records_ : list of dict
-        Per binary fit: label, iterations, convergence, seconds, worker, start and end.
+        ``ovr``: per binary fit (label, iterations, convergence, seconds, worker, times).
+        ``multinomial``: per row block (first row, rows, worker).
+    solver_ : dict
+        ``multinomial`` only: iterations, evaluations, convergence, time per evaluation.
     n_features_in_ : int
     """
 
     def __init__(
         self,
         *,
+        strategy: str = "ovr",
         C: float = 0.1,
         l1_ratio: float = 0.0,
         solver: str = "lbfgs",
@@ -98,6 +160,7 @@ class DaskOneVsRestClassifier(ClassifierMixin, BaseEstimator):
         class_weight: str | None = None,
         random_state: int | None = 0,
     ) -> None:
+        self.strategy = strategy
         self.C = C
         self.l1_ratio = l1_ratio
         self.solver = solver
@@ -115,51 +178,197 @@ class DaskOneVsRestClassifier(ClassifierMixin, BaseEstimator):
     def _config(self) -> TrainConfig:
         return TrainConfig(**{name: getattr(self, name) for name in ESTIMATOR_PARAMS})
 
-    def fit(self, X: Any, y: Any) -> DaskOneVsRestClassifier:
-        """Fit one binary classifier per class (two classes: one fit, as scikit-learn does).
+    # --- fitting ----------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any) -> DaskLogisticRegression:
+        """Fit on numpy, SciPy sparse or Dask arrays.
 
         Parameters
         ----------
-        X : array-like or sparse matrix of shape (n_samples, n_features)
-            A Dask array is computed first (each binary fit needs all rows).
+        X : array-like, sparse matrix or Dask array of shape (n_samples, n_features)
+            ``ovr`` computes a Dask array first (each binary fit needs all rows);
+            ``multinomial`` keeps it distributed, each chunk of rows a block on a worker.
         y : array-like of shape (n_samples,)
         """
-        params = self._config().estimator_params()
-        if isinstance(X, da.Array):
-            X = X.compute()
+        self._config()  # validates the parameters before any data is touched
         if isinstance(y, da.Array):
             y = y.compute()
+        if isinstance(X, da.Array) and self.strategy == "multinomial":
+            return self._fit_dask_multinomial(X, y)
+        if isinstance(X, da.Array):
+            X = X.compute()
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
+        classes, encoded = self._encode(y)
+        self.fit_training_data(InMemoryArrays(X, encoded), np.arange(len(classes)))
+        self.classes_ = classes
+        self._relabel_records(classes)
+        return self
+
+    def _encode(self, y: Any) -> tuple[np.ndarray, np.ndarray]:
         check_classification_targets(y)
         classes, encoded = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(
-                f"DaskOneVsRestClassifier needs samples of at least 2 classes, got {len(classes)} "
-                f"class: {classes.tolist()}"
+                f"{type(self).__name__} needs samples of at least 2 classes, got "
+                f"{len(classes)} class: {classes.tolist()}"
             )
-        positives = [1] if len(classes) == 2 else list(range(len(classes)))
-        data = InMemoryArrays(X, encoded.astype(np.int64))
-        with _backend_for(data):
-            fits = fit_binary_classifiers(data, positives, params)
-        model, records = reduce_fits(fits, np.asarray(positives))
-        self.classes_ = classes
-        self.coef_ = model.coef
-        self.intercept_ = model.intercept
-        self.n_iter_ = np.array([r["n_iter"] for r in records])
-        self.fit_records_ = [{**r, "label": classes[r["label"]]} for r in records]
+        return classes, encoded.astype(np.int64)
+
+    def _relabel_records(self, classes: np.ndarray) -> None:
+        for record in self.fit_records_:
+            if "label" in record:
+                record["label"] = classes[record["label"]]
+
+    def fit_training_data(
+        self,
+        data: TrainingData,
+        labels: np.ndarray,
+        *,
+        client: Any = None,
+        hooks: FitHooks | None = None,
+    ) -> DaskLogisticRegression:
+        """Fit on training data already in distrib's transfer form (what ``fit`` and
+        ``distrib train`` both call).
+
+        Parameters
+        ----------
+        data : TrainingData
+            `distrib.transfer.ArrayFiles` (workers open the files by path) or
+            `distrib.transfer.InMemoryArrays` (sent by value).
+        labels : ndarray
+            The sorted values found in ``data``'s labels; they become ``classes_``.
+        client : distributed.Client, optional
+            Default: the caller's joblib dask backend, else the current client, else none
+            (``ovr`` then runs on joblib's active backend, ``multinomial`` in this process).
+        hooks : FitHooks, optional
+            Progress, per-class checkpoints and resume (``distrib train``).
+        """
+        config = self._config()
+        hooks = hooks or FitHooks()
+        client = client if client is not None else _current_client()
+        labels = np.asarray(labels)
+        self.n_features_in_ = int(data.shape[1])
+        if self.strategy == "ovr":
+            self._fit_ovr(data, labels, config, client, hooks)
+        else:
+            y = np.asarray(data.arrays()[1])
+            counts = class_counts_of(np.searchsorted(labels, y), len(labels))
+            runner: BlockRunner
+            if client is None:
+                runner = LocalBlocks(data, labels)
+            else:
+                runner = ClusterBlocks.from_training_data(client, data, labels, run_id=hooks.run_id)
+            self._fit_multinomial(runner, counts, config, hooks)
+        self.classes_ = labels
         return self
 
-    def _model(self) -> OneVsRestModel:
+    def _fit_ovr(
+        self,
+        data: TrainingData,
+        labels: np.ndarray,
+        config: TrainConfig,
+        client: Any,
+        hooks: FitHooks,
+    ) -> None:
+        positives = [int(labels[1])] if len(labels) == 2 else [int(c) for c in labels]
+        todo = [c for c in positives if c not in hooks.done]
+        fits: list[BinaryFit] = []
+        if todo:
+            with _ovr_backend(client, data):
+                fits = fit_binary_classifiers(
+                    data,
+                    todo,
+                    config.estimator_params(),
+                    on_fit=hooks.on_binary_fit,
+                    run_id=hooks.run_id,
+                )
+        coef, intercept, records = reduce_fits([*hooks.done.values(), *fits], np.asarray(positives))
+        for record in records:
+            record["from_checkpoint"] = record["label"] in hooks.done
+        self.coef_ = coef
+        self.intercept_ = intercept
+        self.n_iter_ = np.array([r["n_iter"] for r in records])
+        self.fit_records_ = records
+        self.solver_ = {"strategy": "ovr"}
+
+    def _fit_multinomial(
+        self, runner: BlockRunner, counts: np.ndarray, config: TrainConfig, hooks: FitHooks
+    ) -> None:
+        every = max(1, config.max_iter // 10)
+
+        def on_iteration(iteration: int, loss: float) -> None:
+            if iteration % every == 0 or iteration == config.max_iter:
+                hooks.say(f"[{iteration}/{config.max_iter}] L-BFGS iteration, loss {loss:.6f}")
+
+        try:
+            blocks = runner.describe()
+            hooks.say(
+                f"{len(blocks)} row block(s) on {len({b['worker'] for b in blocks})} worker(s); "
+                f"L-BFGS over their summed softmax loss (at most {config.max_iter} iterations)"
+            )
+            fit: SoftmaxFit = fit_softmax(
+                runner,
+                n_features=self.n_features_in_,
+                class_counts=counts,
+                C=config.C,
+                tol=config.tol,
+                max_iter=config.max_iter,
+                fit_intercept=config.fit_intercept,
+                class_weight=config.class_weight,
+                on_iteration=on_iteration,
+            )
+            blocks = runner.describe()
+        finally:
+            runner.release()
+        if not fit.converged:
+            hooks.say(f"L-BFGS stopped before convergence ({fit.message}): raise --max-iter")
+        self.coef_ = fit.coef
+        self.intercept_ = fit.intercept
+        self.n_iter_ = np.array([fit.n_iter])
+        self.fit_records_ = blocks
+        self.solver_ = fit.record()
+
+    def _fit_dask_multinomial(self, X: da.Array, y: Any) -> DaskLogisticRegression:
+        """Multinomial on a Dask array: each chunk of rows becomes one block, computed on
+        a worker and kept there; the matrix is never gathered here."""
+        if X.ndim != 2:
+            raise ValueError(f"Expected a 2D array, got a Dask array of shape {X.shape}")
+        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+            raise ValueError(f"X must hold numbers, got dtype {X.dtype}")
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != X.shape[0]:
+            raise ValueError(f"y has shape {y.shape}, X has {X.shape[0]} rows: they must match")
+        classes, encoded = self._encode(y)
+        client = _current_client()
+        if client is None:
+            X = X.compute()
+            return self.fit(X, y)
+        config = self._config()
+        self.n_features_in_ = int(X.shape[1])
+        counts = class_counts_of(encoded, len(classes))
+        runner = ClusterBlocks.from_dask_array(client, X, encoded, np.arange(len(classes)))
+        self._fit_multinomial(runner, counts, config, FitHooks())
+        self.classes_ = classes
+        return self
+
+    # --- prediction -------------------------------------------------------------------
+
+    def to_model(self) -> LinearModel:
+        """The fitted coefficients as the model object that `save` writes."""
         check_is_fitted(self)
-        labels = self.classes_ if len(self.classes_) > 2 else self.classes_[1:]
-        return OneVsRestModel(coef=self.coef_, intercept=self.intercept_, classes=labels)
+        return LinearModel(
+            coef=self.coef_,
+            intercept=self.intercept_,
+            classes=self.classes_,
+            strategy=self.strategy,
+        )
 
     def _check_X(self, X: Any) -> Any:
         if isinstance(X, da.Array):
             check_is_fitted(self)
             if X.ndim != 2 or X.shape[1] != self.n_features_in_:
                 raise ValueError(
-                    f"X has {X.shape[-1]} features, but DaskOneVsRestClassifier is expecting "
+                    f"X has {X.shape[-1]} features, but {type(self).__name__} is expecting "
                     f"{self.n_features_in_} features as input"
                 )
             return X
@@ -170,7 +379,7 @@ class DaskOneVsRestClassifier(ClassifierMixin, BaseEstimator):
     def decision_function(self, X: Any) -> Any:
         """Scores per class; for two classes, the score of ``classes_[1]`` (1-D)."""
         check_is_fitted(self)
-        scores = self._model().decision_function(self._check_X(X))
+        scores = self.to_model().decision_function(self._check_X(X))
         if len(self.classes_) == 2:
             return scores[:, 0]
         return scores
@@ -178,56 +387,57 @@ class DaskOneVsRestClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any) -> Any:
         """The class of highest score; lazy and chunked for Dask arrays."""
         check_is_fitted(self)
-        X = self._check_X(X)
-        scores = self._model().decision_function(X)
-        binary = len(self.classes_) == 2
-        index = (scores[:, 0] > 0).astype(int) if binary else scores.argmax(axis=1)
-        if isinstance(index, da.Array):
-            return da.map_blocks(_take, index, self.classes_, dtype=self.classes_.dtype)
-        return self.classes_[index]
+        return self.to_model().predict(self._check_X(X))
 
     def predict_proba(self, X: Any) -> Any:
-        """One-vs-rest probabilities: each class's sigmoid, normalised to sum to 1."""
+        """Class probabilities: softmax (``multinomial``), or each class's sigmoid
+        normalised to sum to one (``ovr``, as scikit-learn's one-vs-rest does)."""
         check_is_fitted(self)
-        scores = self._model().decision_function(self._check_X(X))
-        lib = da if isinstance(scores, da.Array) else np
-        positive = 1.0 / (1.0 + lib.exp(-scores))
-        if len(self.classes_) == 2:
-            return lib.concatenate([1.0 - positive, positive], axis=1)
-        return positive / positive.sum(axis=1, keepdims=True)
+        return self.to_model().predict_proba(self._check_X(X))
 
     # --- files ------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``model.npz`` and ``model.json`` into the folder ``path`` (no pickle)."""
-        model = self._model()
+    def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
+        """Write ``model.npz`` and ``model.json`` into the folder ``path`` (no pickle).
+
+        ``metadata`` (JSON-ready) is stored in ``model.json`` beside the parameters.
+        """
+        model = self.to_model()
         os.makedirs(path, exist_ok=True)
         model.save(
             path,
             {
                 "estimator": type(self).__name__,
                 "estimator_params": self.get_params(),
-                "all_classes": self.classes_.tolist(),
                 "n_iter": self.n_iter_.tolist(),
+                **(metadata or {}),
             },
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> DaskOneVsRestClassifier:
-        """Read a folder written by `save` or by ``distrib train``."""
-        model, meta = OneVsRestModel.load(path)
+    def load(cls, path: str | os.PathLike[str]) -> DaskLogisticRegression:
+        """Read a folder written by `save` or by ``distrib train``.
+
+        The content of ``model.json`` is kept as ``saved_metadata_``.
+        """
+        model, meta = LinearModel.load(path)
         params = meta.get("estimator_params") or {
             k: v for k, v in meta.get("settings", {}).items() if k in ESTIMATOR_PARAMS
         }
+        params = {**params, "strategy": model.strategy}
         try:
             estimator = cls(**params)
         except TypeError as exc:
             raise OutputError(f"{path}: model.json holds unknown parameters ({exc})") from exc
-        classes = np.asarray(meta.get("all_classes", model.classes.tolist()))
-        estimator.classes_ = classes
+        estimator.classes_ = model.classes
         estimator.coef_ = model.coef
         estimator.intercept_ = model.intercept
         estimator.n_iter_ = np.asarray(meta.get("n_iter", []), dtype=int)
         estimator.n_features_in_ = model.n_features
         estimator.fit_records_ = []
+        estimator.saved_metadata_ = meta
         return estimator
+
+
+#: The name this estimator had when it fitted one-vs-rest only (distrib 0.1).
+DaskOneVsRestClassifier = DaskLogisticRegression

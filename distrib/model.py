@@ -1,11 +1,18 @@
-"""The fitted one-vs-rest model: prediction on numpy or Dask arrays, and its files.
+"""The fitted linear model: prediction on numpy or Dask arrays, and its files.
+
+One model type serves both training strategies: ``ovr`` (one binary logistic regression per
+class) and ``multinomial`` (one softmax regression). They predict alike (the class of highest
+score) and differ in their probabilities. With two classes there is one row of coefficients,
+the score of ``classes[1]``, as in scikit-learn.
 
 A model is saved as two files in a folder, never as a pickle:
 
-* ``model.npz``: arrays ``coef`` (n_classes, n_features), ``intercept`` (n_classes,),
-  ``classes`` (n_classes,);
-* ``model.json``: format and version, the digest of each array, and whatever metadata the
-  caller adds (settings, data hash, library versions).
+* ``model.npz``: arrays ``coef`` (n_rows, n_features), ``intercept`` (n_rows,), ``classes``
+  (n_classes,), where ``n_rows`` is ``n_classes``, or 1 for two classes;
+* ``model.json``: format and version, the strategy, the digest of each array, and whatever
+  metadata the caller adds (settings, data hash, library versions).
+
+Format version 1 (distrib 0.1: one-vs-rest only, one row per class) is still read.
 """
 
 from __future__ import annotations
@@ -25,8 +32,11 @@ import scipy.sparse as sp
 from distrib.errors import DataError, OutputError
 from distrib.files import write_json, write_npz
 
-MODEL_FORMAT = "distrib-ovr-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT = "distrib-linear-model"
+MODEL_FORMAT_VERSION = 2
+# Older formats this version still reads.
+_READABLE_FORMATS = {("distrib-ovr-model", 1), (MODEL_FORMAT, MODEL_FORMAT_VERSION)}
+STRATEGIES = ("ovr", "multinomial")
 MODEL_ARRAYS = ("coef", "intercept", "classes")
 
 
@@ -40,26 +50,59 @@ def _decision_block(X: Any, coef: np.ndarray, intercept: np.ndarray) -> np.ndarr
     return np.asarray(X, dtype=np.float64) @ coef.T + intercept
 
 
+def _index_of_best(scores: np.ndarray) -> np.ndarray:
+    """Row-wise winning class index; one column of scores means two classes."""
+    if scores.shape[1] == 1:
+        return (scores[:, 0] > 0).astype(np.intp)
+    return np.argmax(scores, axis=1)
+
+
 def _predict_block(
     X: np.ndarray, coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray
 ) -> np.ndarray:
-    return classes[np.argmax(_decision_block(X, coef, intercept), axis=1)]
+    return classes[_index_of_best(_decision_block(X, coef, intercept))]
+
+
+def _proba_block(scores: np.ndarray, strategy: str) -> np.ndarray:
+    if scores.shape[1] == 1:  # two classes: the sigmoid of classes[1]'s score
+        positive = 1.0 / (1.0 + np.exp(-scores))
+        return np.hstack([1.0 - positive, positive])
+    if strategy == "multinomial":
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    positive = 1.0 / (1.0 + np.exp(-scores))  # one-vs-rest: normalised sigmoids
+    return positive / positive.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
-class OneVsRestModel:
-    """Coefficients of one binary logistic regression per class.
+class LinearModel:
+    """Coefficients of a linear classifier: one row per class, or one row for two classes.
 
     Parameters
     ----------
-    coef : ndarray of shape (n_classes, n_features)
-    intercept : ndarray of shape (n_classes,)
+    coef : ndarray of shape (n_classes, n_features), or (1, n_features) for two classes
+    intercept : ndarray of shape (n_classes,), or (1,) for two classes
     classes : ndarray of shape (n_classes,)
+    strategy : {"ovr", "multinomial"}
+        How it was trained; decides `predict_proba` (normalised sigmoids or softmax).
     """
 
     coef: np.ndarray
     intercept: np.ndarray
     classes: np.ndarray
+    strategy: str = "ovr"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}: expected one of {STRATEGIES}")
+        if len(self.classes) < 2:
+            raise ValueError(f"a model needs at least 2 classes, got {len(self.classes)}")
+        rows = 1 if len(self.classes) == 2 else len(self.classes)
+        if self.coef.ndim != 2 or self.coef.shape[0] != rows or self.intercept.shape != (rows,):
+            raise ValueError(
+                f"{len(self.classes)} classes need coef of shape ({rows}, n_features) and "
+                f"intercept ({rows},), got {self.coef.shape} and {self.intercept.shape}"
+            )
 
     @property
     def n_features(self) -> int:
@@ -81,7 +124,7 @@ class OneVsRestModel:
         return X
 
     def decision_function(self, X: Any) -> Any:
-        """Per-class scores ``X @ coef.T + intercept``.
+        """Scores ``X @ coef.T + intercept``, shape (n_samples, n_rows).
 
         ``X`` may be a numpy array, a SciPy sparse matrix, or a Dask array (the result is
         then lazy and chunked like ``X``).
@@ -94,12 +137,30 @@ class OneVsRestModel:
                 self.coef,
                 self.intercept,
                 dtype=np.float64,
-                chunks=(X.chunks[0], (len(self.classes),)),
+                chunks=(X.chunks[0], (self.coef.shape[0],)),
             )
         return _decision_block(X, self.coef, self.intercept)
 
+    def predict_proba(self, X: Any) -> Any:
+        """Class probabilities, shape (n_samples, n_classes); lazy for Dask arrays.
+
+        ``multinomial``: the softmax of the scores. ``ovr``: each class's sigmoid, normalised
+        to sum to one (as scikit-learn's one-vs-rest does). Two classes: the sigmoid.
+        """
+        scores = self.decision_function(X)
+        if isinstance(scores, da.Array):
+            return da.map_blocks(
+                _proba_block,
+                scores,
+                self.strategy,
+                dtype=np.float64,
+                chunks=(scores.chunks[0], (len(self.classes),)),
+            )
+        return _proba_block(scores, self.strategy)
+
     def predict(self, X: Any) -> Any:
-        """The class of highest score per row; lazy (chunked) for Dask arrays."""
+        """The class of highest score per row (two classes: ``classes[1]`` where its score
+        is positive); lazy (chunked) for Dask arrays."""
         X = self._check_input(X)
         if isinstance(X, da.Array):
             X = X.rechunk({1: -1})
@@ -125,6 +186,7 @@ class OneVsRestModel:
             "format": MODEL_FORMAT,
             "format_version": MODEL_FORMAT_VERSION,
             "distrib_version": __version__,
+            "strategy": self.strategy,
             "n_classes": len(self.classes),
             "n_features": self.n_features,
             "classes": self.classes.tolist(),
@@ -134,7 +196,7 @@ class OneVsRestModel:
         write_json(folder / "model.json", {**header, **(metadata or {})})
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> tuple[OneVsRestModel, dict[str, Any]]:
+    def load(cls, folder: str | os.PathLike[str]) -> tuple[LinearModel, dict[str, Any]]:
         """Read a model folder; returns the model and its ``model.json`` content.
 
         Raises
@@ -154,13 +216,14 @@ class OneVsRestModel:
             meta = json.loads(json_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise OutputError(f"{json_path} is not valid JSON ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        known_names = {name for name, _ in _READABLE_FORMATS}
+        if not isinstance(meta, dict) or meta.get("format") not in known_names:
             raise OutputError(f"{json_path} is not a distrib model file (format {MODEL_FORMAT!r})")
-        if meta.get("format_version") != MODEL_FORMAT_VERSION:
+        if (meta.get("format"), meta.get("format_version")) not in _READABLE_FORMATS:
             raise OutputError(
                 f"{json_path} has model format version {meta.get('format_version')!r}, written by "
                 f"distrib {meta.get('distrib_version')}; this distrib reads version "
-                f"{MODEL_FORMAT_VERSION}: retrain, or load it with that distrib version"
+                f"{MODEL_FORMAT_VERSION} and older: retrain, or load it with that distrib version"
             )
         try:
             with np.load(npz_path, allow_pickle=False) as npz:
@@ -175,13 +238,14 @@ class OneVsRestModel:
                     "(the files were changed or mixed from two runs): retrain or restore them"
                 )
         coef, intercept, classes = arrays["coef"], arrays["intercept"], arrays["classes"]
-        if (
-            coef.ndim != 2
-            or intercept.shape != (coef.shape[0],)
-            or classes.shape != (coef.shape[0],)
-        ):
-            raise OutputError(
-                f"{npz_path} has inconsistent shapes coef {coef.shape}, intercept "
-                f"{intercept.shape}, classes {classes.shape}"
-            )
-        return cls(coef=coef, intercept=intercept, classes=classes), meta
+        strategy = meta.get("strategy", "ovr")
+        if strategy not in STRATEGIES:
+            raise OutputError(f"{json_path} names an unknown strategy {strategy!r}")
+        all_classes = meta.get("all_classes")
+        if meta["format_version"] == 1 and isinstance(all_classes, list) and len(classes) == 1:
+            classes = np.asarray(all_classes)  # version 1 kept a binary model's classes here
+        try:
+            model = cls(coef=coef, intercept=intercept, classes=classes, strategy=strategy)
+        except ValueError as exc:
+            raise OutputError(f"{npz_path} has inconsistent shapes: {exc}") from exc
+        return model, meta

@@ -12,7 +12,7 @@ import numpy as np
 from distrib.data import load_dataset
 from distrib.errors import DataError, OutputError
 from distrib.files import write_npy
-from distrib.model import OneVsRestModel
+from distrib.model import LinearModel
 from distrib.split import scale_pixels, split_arrays
 
 
@@ -91,7 +91,7 @@ def predict_saved(
     dict
         ``n_samples``, ``accuracy`` (when labels are known), prediction counts per class.
     """
-    model, meta = OneVsRestModel.load(model_dir)
+    model, meta = LinearModel.load(model_dir)
     data = meta.get("data")
     if not isinstance(data, dict) or not {"dataset", "split", "scale"} <= set(data):
         raise OutputError(f"{Path(model_dir) / 'model.json'} lacks its 'data' section")

@@ -9,28 +9,28 @@ import numpy as np
 
 from distrib.dispatch import BinaryFit
 from distrib.errors import DistribError
-from distrib.model import OneVsRestModel
 
 
 def reduce_fits(
-    fits: Sequence[BinaryFit], classes: np.ndarray
-) -> tuple[OneVsRestModel, list[dict[str, Any]]]:
-    """Assemble the ``(n_classes, n_features)`` coefficients, in the order of ``classes``.
+    fits: Sequence[BinaryFit], labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Assemble the binary fits' coefficients, one row per label, in the order of ``labels``.
+
+    ``labels`` are the classes fitted as positive: all classes, or ``classes[1]`` alone for
+    two classes (the rows of a `distrib.model.LinearModel`).
 
     Returns
     -------
-    model : OneVsRestModel
+    coef : ndarray of shape (n_labels, n_features)
+    intercept : ndarray of shape (n_labels,)
     records : list of dict
-        One record per class, in class order (iterations, convergence, time, worker).
+        One record per label, in label order (iterations, convergence, time, worker).
     """
     by_label = {fit.label: fit for fit in fits}
-    missing = [int(c) for c in classes if int(c) not in by_label]
+    missing = [int(c) for c in labels if int(c) not in by_label]
     if missing:
         raise DistribError(f"no fit arrived for class(es) {missing}")
-    ordered = [by_label[int(c)] for c in classes]
-    model = OneVsRestModel(
-        coef=np.vstack([fit.coef for fit in ordered]),
-        intercept=np.array([fit.intercept for fit in ordered], dtype=np.float64),
-        classes=np.asarray(classes),
-    )
-    return model, [fit.record() for fit in ordered]
+    ordered = [by_label[int(c)] for c in labels]
+    coef = np.vstack([fit.coef for fit in ordered])
+    intercept = np.array([fit.intercept for fit in ordered], dtype=np.float64)
+    return coef, intercept, [fit.record() for fit in ordered]

@@ -20,7 +20,7 @@ import numpy as np
 
 from distrib.errors import OutputError
 from distrib.files import write_bytes
-from distrib.model import OneVsRestModel
+from distrib.model import LinearModel
 from distrib.plots import (
     figure_png,
     plot_class_histograms,
@@ -68,7 +68,7 @@ def save_report_images(
     )
 
 
-def _load_run(run_dir: Path) -> tuple[OneVsRestModel, dict[str, Any], dict[str, Any], Any]:
+def _load_run(run_dir: Path) -> tuple[LinearModel, dict[str, Any], dict[str, Any], Any]:
     metrics_path = run_dir / "metrics.json"
     if not run_dir.is_dir():
         raise OutputError(f"{run_dir} is not a folder: pass a run folder of `distrib train`")
@@ -81,7 +81,7 @@ def _load_run(run_dir: Path) -> tuple[OneVsRestModel, dict[str, Any], dict[str, 
     missing = [k for k in _METRICS_KEYS if not isinstance(metrics, dict) or k not in metrics]
     if missing:
         raise OutputError(f"{metrics_path} lacks {', '.join(missing)}: it is not a distrib run")
-    model, meta = OneVsRestModel.load(run_dir)
+    model, meta = LinearModel.load(run_dir)
     images_path = run_dir / IMAGES_FILE
     try:
         with np.load(images_path, allow_pickle=False) as npz:

@@ -28,7 +28,7 @@ from distrib.dispatch import ATTEMPT_TOPIC, BinaryFit, cluster_backend, fit_bina
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
 from distrib.evaluate import evaluate
 from distrib.files import write_json
-from distrib.model import OneVsRestModel
+from distrib.model import LinearModel
 from distrib.reduce import reduce_fits
 from distrib.report import MISCLASSIFIED_IMAGES, SAMPLE_IMAGES, render_report, save_report_images
 from distrib.split import SplitArrays, check_labels, split_arrays
@@ -49,7 +49,7 @@ class RunResult:
     """What a training run produced (all of it is also in ``out``)."""
 
     out: Path
-    model: OneVsRestModel
+    model: LinearModel
     metrics: dict[str, Any]
     model_info: dict[str, Any] = field(repr=False)
 

@@ -45,11 +45,31 @@ Matrix: TypeAlias = np.ndarray | sp.csr_matrix
 
 
 class TrainingData(Protocol):
-    """What a binary-fit task receives: something that yields ``(X, y)`` on the worker."""
+    """What a training task receives: something that yields ``(X, y)`` on the worker."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
 
     def arrays(self) -> tuple[Matrix, np.ndarray]: ...
 
+    def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]: ...
+
     def describe(self) -> dict[str, Any]: ...
+
+
+def _row_slice(X: Matrix, y: np.ndarray, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
+    """Rows ``start:stop`` as a fresh, aligned copy (reads only those rows of a map)."""
+    if sp.issparse(X):
+        csr = sp.csr_matrix(X)
+        lo, hi = int(csr.indptr[start]), int(csr.indptr[stop])
+        indptr = np.array(csr.indptr[start : stop + 1], dtype=np.int64) - lo
+        part = sp.csr_matrix(
+            (np.array(csr.data[lo:hi]), np.array(csr.indices[lo:hi]), indptr),
+            shape=(stop - start, csr.shape[1]),
+            copy=False,
+        )
+        return part, np.array(y[start:stop])
+    return np.array(X[start:stop]), np.array(y[start:stop])
 
 
 def file_signature(path: str) -> tuple[int, int] | None:
@@ -109,6 +129,11 @@ class ArrayFiles:
         data, indices, indptr = (_load(folder / f"X_{p}.npy") for p in _SPARSE_PARTS)
         return sp.csr_matrix((data, indices, indptr), shape=self.shape, copy=False), y
 
+    def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
+        """Rows ``start:stop`` read from the files into memory (only those rows are read)."""
+        X, y = self.arrays()
+        return _row_slice(X, y, start, stop)
+
     def describe(self) -> dict[str, Any]:
         return {"mode": "path", "folder": self.folder, "layout": self.layout}
 
@@ -150,6 +175,19 @@ class InMemoryArrays:
                 _ALIGNED.clear()  # a new job: drop any earlier job's copy
                 _ALIGNED[self.token] = cached
         return cached
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.X.shape[0]), int(self.X.shape[1]))
+
+    def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
+        """Rows ``start:stop`` as an aligned copy."""
+        return _row_slice(self.X, self.y, start, stop)
+
+    def row_block(self, start: int, stop: int) -> InMemoryArrays:
+        """Rows ``start:stop`` as their own object, to be sent by value without the rest."""
+        X, y = self.rows(start, stop)
+        return InMemoryArrays(X, y)
 
     def describe(self) -> dict[str, Any]:
         layout = "sparse" if sp.issparse(self.X) else "dense"

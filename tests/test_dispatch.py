@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from distrib.config import TrainConfig
 from distrib.data import load_dataset, load_mnist
 from distrib.dispatch import BinaryFit, fit_binary_classifiers
+from distrib.model import LinearModel
 from distrib.reduce import reduce_fits
 from distrib.split import split_arrays
 from distrib.transfer import (
@@ -44,7 +45,8 @@ def _fit_on_cluster(client: Client, data, classes, params) -> tuple:
     with parallel_config(backend="dask", client=client, scatter=scatter):
         fits = fit_binary_classifiers(data, classes, params, on_fit=seen.append)
     assert seen == fits, "on_fit must see every fit as it arrives"
-    return reduce_fits(fits, classes)
+    coef, intercept, records = reduce_fits(fits, classes)
+    return LinearModel(coef, intercept, classes), records
 
 
 @pytest.mark.parametrize("layout", ["dense", "sparse"])

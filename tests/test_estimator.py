@@ -19,9 +19,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from distrib.data import load_mnist
 from distrib.dispatch import cluster_backend
-from distrib.errors import OutputError
-from distrib.estimator import DaskOneVsRestClassifier
+from distrib.errors import ConfigError, OutputError
+from distrib.estimator import DaskLogisticRegression, DaskOneVsRestClassifier
 
 
 @pytest.fixture
@@ -38,15 +39,24 @@ def digits() -> tuple[np.ndarray, ...]:
 
 
 EXPECTED_FAILURES = {
-    "check_class_weight_classifiers": (
-        "class_weight is None or 'balanced' within each binary problem; a dict keyed by the "
-        "original classes has no one-vs-rest meaning and is refused with a ConfigError"
-    ),
+    "ovr": {
+        "check_class_weight_classifiers": (
+            "class_weight is None or 'balanced' within each binary problem; a dict keyed by "
+            "the original classes has no one-vs-rest meaning and is refused with a ConfigError"
+        ),
+    },
+    "multinomial": {
+        "check_class_weight_classifiers": (
+            "class_weight is None or 'balanced' (the settings `distrib train` can store and "
+            "resume); a dict is refused with a ConfigError"
+        ),
+    },
 }
 
 
 @parametrize_with_checks(
-    [DaskOneVsRestClassifier()], expected_failed_checks=lambda _est: EXPECTED_FAILURES
+    [DaskLogisticRegression(), DaskLogisticRegression(strategy="multinomial")],
+    expected_failed_checks=lambda est: EXPECTED_FAILURES[est.strategy],
 )
 def test_scikit_learn_estimator_checks(estimator, check, on_cluster: Client) -> None:
     check(estimator)
@@ -108,3 +118,81 @@ def test_string_labels_and_two_classes(on_cluster: Client) -> None:
     assert clf.coef_.shape == (1, 64) and clf.classes_.tolist() == ["one", "zero"]
     assert set(clf.predict(X / 16.0)) <= {"one", "zero"}
     assert clf.score(X / 16.0, labels) > 0.95
+
+
+def _sklearn_multinomial(X, y, **params) -> LogisticRegression:
+    return LogisticRegression(tol=1e-10, max_iter=2000, **params).fit(X, y)
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_multinomial_matches_sklearn_on_digits(digits, on_cluster: Client, class_weight) -> None:
+    X_train, X_test, y_train, _ = digits
+    ours = DaskLogisticRegression(
+        strategy="multinomial", C=1.0, tol=1e-10, max_iter=2000, class_weight=class_weight
+    ).fit(X_train, y_train)
+    theirs = _sklearn_multinomial(X_train, y_train, C=1.0, class_weight=class_weight)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-5)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, atol=1e-4)
+    np.testing.assert_array_equal(ours.predict(X_test), theirs.predict(X_test))
+    np.testing.assert_allclose(ours.predict_proba(X_test), theirs.predict_proba(X_test), atol=1e-5)
+    # the rows were split over both workers, one block each
+    blocks = ours.fit_records_
+    half = len(y_train) // 2
+    assert sorted(b["rows"] for b in blocks) == [half, len(y_train) - half]
+    assert sum(b["rows"] for b in blocks) == len(y_train)
+    assert {b["worker"] for b in blocks} == set(on_cluster.scheduler_info()["workers"])
+    assert ours.solver_["converged"]
+    assert abs(ours.n_iter_[0] - theirs.n_iter_[0]) <= 0.1 * theirs.n_iter_[0]
+
+
+def test_multinomial_on_an_mnist_slice_and_a_dask_array(
+    mnist_home: Path, on_cluster: Client
+) -> None:
+    """A sparse float32 slice (as `distrib train` stores MNIST) and the same rows as a Dask
+    array of 4 row chunks (4 blocks, never gathered on the client) fit sklearn's model."""
+    import scipy.sparse as sp
+
+    from distrib.split import split_arrays
+
+    parts = split_arrays(load_mnist(mnist_home, fetch=False), "notebook", "unit")
+    X = parts.X_train[:4000].compute(scheduler="threads")
+    y = parts.y_train[:4000].compute(scheduler="threads")
+    X_test = parts.X_test[:2000].compute(scheduler="threads")
+    theirs = _sklearn_multinomial(X.astype(np.float64), y, C=0.1)
+    params = {"strategy": "multinomial", "C": 0.1, "tol": 1e-8, "max_iter": 2000}
+    for X_fit in (sp.csr_matrix(X), da.from_array(X, chunks=(1000, 392))):
+        ours = DaskLogisticRegression(**params).fit(X_fit, y)
+        # float32 products on the workers: agreement to float32 precision, not bit for bit
+        np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=2e-3)
+        agree = np.mean(ours.predict(X_test) == theirs.predict(X_test))
+        assert agree > 0.998, agree
+    assert len(ours.fit_records_) == 4 and ours.fit_records_[3]["start"] == 3000
+
+
+def test_multinomial_refuses_other_solvers_and_l1() -> None:
+    X, y = load_digits(return_X_y=True)
+    with pytest.raises(ConfigError, match="strategy 'multinomial' is fitted with L-BFGS"):
+        DaskLogisticRegression(strategy="multinomial", solver="saga").fit(X, y)
+    with pytest.raises(ConfigError, match="unknown strategy 'softmax'"):
+        DaskLogisticRegression(strategy="softmax").fit(X, y)
+
+
+def test_multinomial_without_a_cluster_runs_here(digits) -> None:
+    X_train, _, y_train, _ = digits
+    ours = DaskLogisticRegression(strategy="multinomial", C=1.0, tol=1e-10, max_iter=2000)
+    ours.fit(X_train, y_train)
+    theirs = _sklearn_multinomial(X_train, y_train, C=1.0)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-5)
+    assert ours.fit_records_ == [{"start": 0, "rows": len(y_train), "worker": "local"}]
+
+
+def test_multinomial_save_load_keeps_the_softmax(
+    digits, on_cluster: Client, tmp_path: Path
+) -> None:
+    X_train, X_test, y_train, _ = digits
+    clf = DaskLogisticRegression(strategy="multinomial").fit(X_train, y_train)
+    clf.save(tmp_path / "m")
+    loaded = DaskLogisticRegression.load(tmp_path / "m")
+    assert loaded.strategy == "multinomial"
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), clf.predict_proba(X_test))
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["strategy"] == "multinomial"

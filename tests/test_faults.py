@@ -18,7 +18,7 @@ from distributed import Client
 from distrib import TrainConfig, train
 from distrib.checkpoint import Checkpoints
 from distrib.cluster import start_local_cluster
-from distrib.model import OneVsRestModel
+from distrib.model import LinearModel
 
 from .conftest import REPO, DaskProcesses, run_cli
 
@@ -38,8 +38,8 @@ def reference_run(mnist_home: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _same_model(run: Path, reference: Path) -> None:
-    model, _ = OneVsRestModel.load(run)
-    expected, _ = OneVsRestModel.load(reference)
+    model, _ = LinearModel.load(run)
+    expected, _ = LinearModel.load(reference)
     np.testing.assert_allclose(model.coef, expected.coef, rtol=0, atol=1e-10)
     np.testing.assert_allclose(model.intercept, expected.intercept, rtol=0, atol=1e-10)
 

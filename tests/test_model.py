@@ -9,25 +9,25 @@ import pytest
 import scipy.sparse as sp
 
 from distrib.errors import DataError, OutputError
-from distrib.model import OneVsRestModel
+from distrib.model import LinearModel
 
 
 @pytest.fixture
-def model() -> OneVsRestModel:
+def model() -> LinearModel:
     rng = np.random.default_rng(1)
-    return OneVsRestModel(
+    return LinearModel(
         coef=rng.normal(size=(4, 6)), intercept=rng.normal(size=4), classes=np.array([1, 3, 5, 7])
     )
 
 
-def test_predict_is_the_argmax_of_the_decision_function(model: OneVsRestModel) -> None:
+def test_predict_is_the_argmax_of_the_decision_function(model: LinearModel) -> None:
     X = np.random.default_rng(2).normal(size=(50, 6))
     scores = model.decision_function(X)
     np.testing.assert_allclose(scores, X @ model.coef.T + model.intercept)
     np.testing.assert_array_equal(model.predict(X), model.classes[np.argmax(scores, axis=1)])
 
 
-def test_dask_prediction_is_lazy_chunked_and_equal(model: OneVsRestModel) -> None:
+def test_dask_prediction_is_lazy_chunked_and_equal(model: LinearModel) -> None:
     X = np.random.default_rng(3).normal(size=(1000, 6))
     lazy = model.predict(da.from_array(X, chunks=(128, 3)))
     assert isinstance(lazy, da.Array) and lazy.numblocks == (8,)
@@ -36,7 +36,7 @@ def test_dask_prediction_is_lazy_chunked_and_equal(model: OneVsRestModel) -> Non
     np.testing.assert_allclose(scores.compute(), model.decision_function(X))
 
 
-def test_sparse_input_predicts_like_dense(model: OneVsRestModel) -> None:
+def test_sparse_input_predicts_like_dense(model: LinearModel) -> None:
     X = np.random.default_rng(4).normal(size=(40, 6)) * (np.arange(6) % 2)
     np.testing.assert_allclose(
         model.decision_function(sp.csr_matrix(X)), model.decision_function(X)
@@ -44,7 +44,7 @@ def test_sparse_input_predicts_like_dense(model: OneVsRestModel) -> None:
     np.testing.assert_array_equal(model.predict(sp.csc_matrix(X)), model.predict(X))
 
 
-def test_wrong_inputs_are_named(model: OneVsRestModel) -> None:
+def test_wrong_inputs_are_named(model: LinearModel) -> None:
     with pytest.raises(DataError, match="X has 5 features per row, the model expects 6"):
         model.predict(np.zeros((2, 5)))
     with pytest.raises(DataError, match=r"X must be 2-D .*got shape \(6,\)"):
@@ -53,38 +53,38 @@ def test_wrong_inputs_are_named(model: OneVsRestModel) -> None:
         model.predict(np.array([["a"] * 6]))
 
 
-def test_save_load_round_trip(model: OneVsRestModel, tmp_path: Path) -> None:
+def test_save_load_round_trip(model: LinearModel, tmp_path: Path) -> None:
     model.save(tmp_path, {"settings": {"C": 1.0}})
-    loaded, meta = OneVsRestModel.load(tmp_path)
+    loaded, meta = LinearModel.load(tmp_path)
     for name in ("coef", "intercept", "classes"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name))
     assert meta["settings"] == {"C": 1.0} and meta["n_features"] == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.npz"]
 
 
-def test_tampered_or_foreign_files_are_refused(model: OneVsRestModel, tmp_path: Path) -> None:
+def test_tampered_or_foreign_files_are_refused(model: LinearModel, tmp_path: Path) -> None:
     model.save(tmp_path)
-    other = OneVsRestModel(model.coef * 2, model.intercept, model.classes)
+    other = LinearModel(model.coef * 2, model.intercept, model.classes)
     other_dir = tmp_path / "other"
     other_dir.mkdir()
     other.save(other_dir)
     (tmp_path / "model.npz").write_bytes((other_dir / "model.npz").read_bytes())
     with pytest.raises(OutputError, match=r"array 'coef' does not match the digest"):
-        OneVsRestModel.load(tmp_path)
+        LinearModel.load(tmp_path)
 
     meta = json.loads((other_dir / "model.json").read_text())
     (other_dir / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(OutputError, match="model format version 99"):
-        OneVsRestModel.load(other_dir)
+        LinearModel.load(other_dir)
 
     (other_dir / "model.json").write_text("{not json")
     with pytest.raises(OutputError, match="is not valid JSON"):
-        OneVsRestModel.load(other_dir)
+        LinearModel.load(other_dir)
 
     with pytest.raises(OutputError, match=r"model\.json is missing: .* is not a saved model"):
-        OneVsRestModel.load(tmp_path / "nowhere")
+        LinearModel.load(tmp_path / "nowhere")
 
     model.save(other_dir)
     (other_dir / "model.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(OutputError, match=r"model\.npz is corrupt or incomplete"):
-        OneVsRestModel.load(other_dir)
+        LinearModel.load(other_dir)

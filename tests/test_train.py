@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from distrib import ClusterConfig, TrainConfig, train
 from distrib.data import load_dataset, mnist_paths
 from distrib.errors import ClusterError, OutputError
-from distrib.model import OneVsRestModel
+from distrib.model import LinearModel
 from distrib.split import split_arrays
 
 from .conftest import DaskProcesses, run_cli
@@ -79,7 +79,7 @@ def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
         "report.md",
     ]
 
-    model, meta = OneVsRestModel.load(out)
+    model, meta = LinearModel.load(out)
     assert model.coef.shape == (10, 64) and model.classes.tolist() == list(range(10))
     with np.load(out / "model.npz", allow_pickle=False) as npz:
         assert sorted(npz.files) == ["classes", "coef", "intercept"]
