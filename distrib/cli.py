@@ -22,6 +22,7 @@ from distrib.config import (
     SCALES,
     SOLVERS,
     SPLITS,
+    STRATEGIES,
     ClusterConfig,
     TrainConfig,
 )
@@ -60,6 +61,13 @@ def _data_home_option(func: Any) -> Any:
 
 
 @cli.command()
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default=None,
+    help="ovr: one binary fit per class, classes spread over the workers; multinomial: one "
+    "softmax fit (L-BFGS, L2), rows spread over the workers [default: ovr].",
+)
 @click.option("--dataset", type=click.Choice(DATASETS), default=None, help="[default: mnist]")
 @click.option(
     "--split",
@@ -136,6 +144,7 @@ def _data_home_option(func: Any) -> Any:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def train(
+    strategy: str | None,
     dataset: str | None,
     split: str | None,
     scale: str | None,
@@ -162,15 +171,17 @@ def train(
     resume: str | None,
     quiet: bool,
 ) -> None:
-    """Fit one binary logistic regression per class on a Dask cluster.
+    """Fit logistic regression on a Dask cluster: one-vs-rest or multinomial.
 
-    Writes model.npz, model.json and metrics.json into the run folder; each finished class
-    is checkpointed there first, so an interrupted run can be finished with --resume.
+    Writes model.npz, model.json, metrics.json and the report into the run folder. With
+    --strategy ovr each finished class is checkpointed there first, so an interrupted run
+    can be finished with --resume.
     """
     from distrib.checkpoint import resume_config
     from distrib.train import train as run_training
 
     settings = {
+        "strategy": strategy,
         "dataset": dataset,
         "split": split,
         "scale": scale,

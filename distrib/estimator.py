@@ -301,6 +301,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
                 hooks.say(f"[{iteration}/{config.max_iter}] L-BFGS iteration, loss {loss:.6f}")
 
         try:
+            runner.wait_loaded()
             blocks = runner.describe()
             hooks.say(
                 f"{len(blocks)} row block(s) on {len({b['worker'] for b in blocks})} worker(s); "

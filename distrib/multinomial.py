@@ -153,6 +153,8 @@ class BlockRunner(Protocol):
         self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
     ) -> list[BlockResult]: ...
 
+    def wait_loaded(self) -> None: ...
+
     def describe(self) -> list[dict[str, Any]]: ...
 
     def release(self) -> None: ...
@@ -171,6 +173,9 @@ class LocalBlocks:
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"start": 0, "rows": self.block.n_rows, "worker": "local"}]
+
+    def wait_loaded(self) -> None:
+        """Loaded already, in this process."""
 
     def release(self) -> None:
         """Nothing to release: the block lives in this process."""
@@ -384,6 +389,11 @@ class SoftmaxFit:
             "median_block_compute_seconds": float(np.median(compute)),
             "median_compute_seconds_all_blocks": float(np.median(total)),
             "median_coordination_seconds": float(np.median(walls - compute)),
+            "per_evaluation": {
+                "loss": [e["loss"] for e in self.evaluations],
+                "seconds": walls.tolist() if self.evaluations else [],
+                "slowest_block_seconds": compute.tolist() if self.evaluations else [],
+            },
         }
 
 
@@ -468,6 +478,7 @@ def fit_softmax(
         loss = sum(r.loss for r in results) / weight_sum
         grad = np.sum([r.grad for r in results], axis=0) / weight_sum
         loss += 0.5 * penalty * float(np.sum(coef * coef))
+        evaluations[-1]["loss"] = loss
         grad[:, :-1] += penalty * coef
         if not fit_intercept:
             grad[:, -1] = 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -268,4 +269,31 @@ def plot_timeline(fits: list[dict[str, Any]]) -> Figure:
     ax.set_xlabel("seconds since the first fit started")
     ax.set_title("Where each class was fitted (bar = one binary fit, number = class)")
     ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def plot_convergence(solver: dict[str, Any]) -> Figure:
+    """A multinomial fit: the objective per evaluation, and where each evaluation's time went."""
+    per = solver.get("per_evaluation", {})
+    loss = np.asarray(per.get("loss", []), dtype=float)
+    wall = np.asarray(per.get("seconds", []), dtype=float)
+    block = np.asarray(per.get("slowest_block_seconds", []), dtype=float)
+    fig = Figure(figsize=(10, 3.6))
+    loss_ax, time_ax = fig.subplots(1, 2)
+    steps = np.arange(1, len(loss) + 1)
+    if len(loss):
+        loss_ax.semilogy(steps, loss - loss.min() + 1e-12, color="C0")
+    loss_ax.set_xlabel("evaluation")
+    loss_ax.set_ylabel("objective - final objective")
+    loss_ax.set_title(f"L-BFGS: {solver.get('n_iter')} iterations, {len(loss)} evaluations")
+    loss_ax.grid(True, alpha=0.3)
+    if len(wall):
+        time_ax.bar(steps, block * 1e3, width=1.0, color="C1", label="slowest block (compute)")
+        time_ax.bar(steps, (wall - block) * 1e3, width=1.0, bottom=block * 1e3, color="C7",
+                    label="coordination (send, schedule, gather)")  # fmt: skip
+    time_ax.set_xlabel("evaluation")
+    time_ax.set_ylabel("milliseconds")
+    time_ax.set_title("Time per evaluation of loss and gradient")
+    time_ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig

@@ -1,4 +1,8 @@
-"""Predict with a saved model: on the run's own test split, or on a user's ``.npy`` images."""
+"""Predict with a saved model: on the run's own test split, or on a user's ``.npy`` images.
+
+The model is read back as the estimator that ``distrib train`` fitted
+(`distrib.estimator.DaskLogisticRegression.load`), which predicts.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ import numpy as np
 
 from distrib.data import load_dataset
 from distrib.errors import DataError, OutputError
+from distrib.estimator import DaskLogisticRegression
 from distrib.files import write_npy
-from distrib.model import LinearModel
 from distrib.split import scale_pixels, split_arrays
 
 
@@ -91,7 +95,8 @@ def predict_saved(
     dict
         ``n_samples``, ``accuracy`` (when labels are known), prediction counts per class.
     """
-    model, meta = LinearModel.load(model_dir)
+    estimator = DaskLogisticRegression.load(model_dir)
+    meta = estimator.saved_metadata_
     data = meta.get("data")
     if not isinstance(data, dict) or not {"dataset", "split", "scale"} <= set(data):
         raise OutputError(f"{Path(model_dir) / 'model.json'} lacks its 'data' section")
@@ -106,19 +111,19 @@ def predict_saved(
                 "(sha256): pass --input with your own images"
             )
         parts = split_arrays(dataset, data["split"], data["scale"])
-        pred = model.predict(parts.X_test).compute(scheduler="threads")
+        pred = estimator.predict(parts.X_test).compute(scheduler="threads")
         y = parts.y_test.compute(scheduler="threads")
         source = f"{dataset.name} {data['split']} test split"
     else:
         X = check_images(
             _load_npy(input_path, "input"),
             str(input_path),
-            model.n_features,
+            estimator.n_features_in_,
             image_shape,
             pixel_max,
         )
         X_scaled = scale_pixels(X, pixel_max, data["scale"])
-        pred = model.predict(np.asarray(X_scaled))
+        pred = estimator.predict(np.asarray(X_scaled))
         y = None
         source = str(input_path)
         if labels_path is not None:

@@ -26,6 +26,7 @@ from distrib.plots import (
     plot_class_histograms,
     plot_coefficients,
     plot_confusion,
+    plot_convergence,
     plot_misclassified,
     plot_samples,
     plot_timeline,
@@ -105,15 +106,43 @@ def _table(header: list[str], rows: list[list[Any]]) -> tuple[str, str]:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", md
 
 
-def _tables(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, tuple[str, str]]:
+def _is_multinomial(metrics: dict[str, Any]) -> bool:
+    return bool(metrics.get("solver", {}).get("strategy") == "multinomial")
+
+
+def _fit_tables(metrics: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Per class (with each binary fit for ``ovr``), and the solver and blocks of a
+    multinomial fit."""
+    scores = ["class", "precision", "recall", "F1", "support"]
+
+    def score_cells(c: dict[str, Any]) -> list[Any]:
+        return [c["class"], f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}",
+                c["support"]]  # fmt: skip
+
+    if _is_multinomial(metrics):
+        solver = metrics["solver"]
+        solver_rows = [
+            ["L-BFGS iterations", solver["n_iter"]],
+            ["loss and gradient evaluations", solver["n_evaluations"]],
+            ["converged", "yes" if solver["converged"] else f"NO ({solver['message']})"],
+            ["fit seconds", f"{solver['seconds']:.2f}"],
+            ["median seconds per evaluation", f"{solver['median_evaluation_seconds']:.4f}"],
+            ["of which the slowest block", f"{solver['median_block_compute_seconds']:.4f}"],
+            ["of which coordination", f"{solver['median_coordination_seconds']:.4f}"],
+        ]
+        blocks = [
+            [b["start"], b["rows"], b["worker"], len(b.get("loads", [])) or 1]
+            for b in metrics["fits"]
+        ]
+        return {
+            "per_class": _table(scores, [score_cells(c) for c in metrics["per_class"]]),
+            "solver": _table(["", ""], solver_rows),
+            "blocks": _table(["first row", "rows", "worker", "times loaded"], blocks),
+        }
     fits = {f["label"]: f for f in metrics["fits"]}
     per_class = [
         [
-            c["class"],
-            f"{c['precision']:.4f}",
-            f"{c['recall']:.4f}",
-            f"{c['f1']:.4f}",
-            c["support"],
+            *score_cells(c),
             fits[c["class"]]["n_iter"],
             "yes" if fits[c["class"]]["converged"] else "NO",
             f"{fits[c['class']]['seconds']:.2f}",
@@ -122,6 +151,11 @@ def _tables(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, tuple[st
         ]
         for c in metrics["per_class"]
     ]
+    header = [*scores, "iterations", "converged", "fit seconds", "worker", "lost attempts"]
+    return {"per_class": _table(header, per_class)}
+
+
+def _tables(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, tuple[str, str]]:
     settings = [[k, v] for k, v in meta.get("settings", {}).items()]
     data = meta.get("data", {})
     cluster = meta.get("cluster", {})
@@ -147,21 +181,7 @@ def _tables(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, tuple[st
     timings = [[k, f"{v:.3f}"] for k, v in metrics["timings"].items()]
     return {
         "run": _table(["", ""], run),
-        "per_class": _table(
-            [
-                "class",
-                "precision",
-                "recall",
-                "F1",
-                "support",
-                "iterations",
-                "converged",
-                "fit seconds",
-                "worker",
-                "lost attempts",
-            ],
-            per_class,
-        ),
+        **_fit_tables(metrics),
         "settings": _table(["setting", "value"], settings),
         "timings": _table(["phase", "seconds"], timings),
         "versions": _table(["library", "version"], versions),
@@ -208,7 +228,11 @@ def render_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
                 images["wrong"], images["wrong_true"], images["wrong_pred"], image_shape, n_wrong
             ),
         ),
-        "timeline": ("Timeline of the fits on the cluster", plot_timeline(metrics["fits"])),
+        "timeline": (
+            ("Convergence and time per evaluation", plot_convergence(metrics["solver"]))
+            if _is_multinomial(metrics)
+            else ("Timeline of the fits on the cluster", plot_timeline(metrics["fits"]))
+        ),
     }
     pngs = {name: figure_png(fig) for name, (_, fig) in figures.items()}
     tables = _tables(metrics, meta)
@@ -230,6 +254,10 @@ def render_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
         md_parts += [f"## {caption}\n", f"![{caption}](figures/{name}.png)\n"]
     html_parts += ["<h2>Per class</h2>", tables["per_class"][0]]
     md_parts += ["## Per class\n", tables["per_class"][1]]
+    for name, caption in (("solver", "Multinomial solver"), ("blocks", "Row blocks")):
+        if name in tables:
+            html_parts += [f"<h2>{caption}</h2>", tables[name][0]]
+            md_parts += [f"## {caption}\n", tables[name][1]]
     encoded = base64.b64encode(pngs["timeline"]).decode("ascii")
     html_parts += [
         f"<h2>{figures['timeline'][0]}</h2>",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
@@ -17,30 +16,28 @@ from typing import Any
 
 import numpy as np
 from distributed import Client, KilledWorker
-from joblib import parallel_config
 
 from distrib import __version__
 from distrib.checkpoint import RUN_FILES, Checkpoints, refuse_finished
 from distrib.cluster import ClusterConfig, connect, describe, package_versions
 from distrib.config import TrainConfig
 from distrib.data import Dataset, data_home, load_dataset
-from distrib.dispatch import ATTEMPT_TOPIC, BinaryFit, cluster_backend, fit_binary_classifiers
+from distrib.dispatch import ATTEMPT_TOPIC, BinaryFit
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
+from distrib.estimator import ESTIMATOR_PARAMS, DaskLogisticRegression, FitHooks
 from distrib.evaluate import evaluate
 from distrib.files import write_json
 from distrib.model import LinearModel
-from distrib.reduce import reduce_fits
+from distrib.multinomial import block_loads
 from distrib.report import MISCLASSIFIED_IMAGES, SAMPLE_IMAGES, render_report, save_report_images
 from distrib.split import SplitArrays, check_labels, split_arrays
 from distrib.transfer import (
     TRANSFER_MODES,
     ArrayFiles,
-    InMemoryArrays,
     TrainingData,
     file_signatures,
     load_in_memory,
     prepare_split_arrays,
-    release_aligned,
 )
 
 
@@ -156,55 +153,52 @@ def _warm_up() -> None:
     import sklearn.linear_model  # noqa: F401
 
 
-def _fit_classes(
+def _fit(
+    estimator: DaskLogisticRegression,
     client: Client,
     data: TrainingData,
-    labels: list[int],
-    config: TrainConfig,
-    run_id: str,
+    classes: np.ndarray,
+    hooks: FitHooks,
     checkpoints: Checkpoints,
     folder: Path,
-    already: int,
-    say: Callable[[str], None],
-) -> list[BinaryFit]:
-    """Dispatch the classes; checkpoint each as it arrives; name what went wrong."""
-    progress = _progress(say, already + len(labels), already)
-    finished: list[int] = []
-
-    def on_fit(fit: BinaryFit) -> None:
-        checkpoints.save(fit)
-        finished.append(fit.label)
-        progress(fit)
-
-    resume_hint = (
-        f"{already + len(finished)} class(es) are checkpointed in {checkpoints.folder}; "
-        f"run `distrib train --resume {folder}` to fit only the rest"
-    )
-    if not labels:
-        return []
-    try:
-        return fit_binary_classifiers(
-            data, labels, config.estimator_params(), on_fit=on_fit, run_id=run_id
+) -> None:
+    """Fit through the estimator; name what went wrong in the terms of this run."""
+    if estimator.strategy == "ovr":
+        hint = (
+            f"{{}} class(es) are checkpointed in {checkpoints.folder}; run "
+            f"`distrib train --resume {folder}` to fit only the rest"
         )
+    else:
+        hint = f"run `distrib train --resume {folder}` to start the multinomial fit again"
+    n_done = len(hooks.done)
+    try:
+        estimator.fit_training_data(data, classes, client=client, hooks=hooks)
     except KilledWorker as exc:
-        attempts = _attempts(client, run_id)
-        lost = [label for label in labels if label not in finished]
-        tries = {label: len(attempts.get(label, [])) for label in lost}
-        worst = max(lost, key=tries.__getitem__, default=None)
-        if worst is not None and tries[worst] >= 2:
-            what = f"class {worst} was started {tries[worst]} times and each time its worker died"
+        if estimator.strategy == "ovr":
+            n_done = len(checkpoints.load())
+            attempts = _attempts(client, hooks.run_id)
+            lost = [int(c) for c in classes if int(c) not in checkpoints.load()]
+            tries = {label: len(attempts.get(label, [])) for label in lost}
+            worst = max(lost, key=tries.__getitem__, default=None)
+            if worst is not None and tries[worst] >= 2:
+                what = (
+                    f"class {worst} was started {tries[worst]} times and each time its worker died"
+                )
+            else:
+                what = f"a worker died again and again running one of the classes {lost}"
         else:
-            what = f"a worker died again and again running one of the classes {lost}"
+            what = "a worker died again and again holding or evaluating a block of rows"
         raise DistribError(
             f"{what} (dask gave up after distributed.scheduler.allowed-failures retries): "
-            f"check the workers' memory limit and logs. {resume_hint}"
+            f"check the workers' memory limit and logs. {hint.format(n_done)}"
         ) from exc
     except (CancelledError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         address = getattr(client.scheduler, "address", "?")
+        n_done = len(checkpoints.load()) if estimator.strategy == "ovr" else 0
         raise ClusterError(
             f"lost the Dask scheduler at {address} during the fit ({reason}); "
-            f"{resume_hint} once it is back"
+            f"{hint.format(n_done)} once it is back"
         ) from exc
 
 
@@ -223,16 +217,20 @@ def _attempts(client: Client, run_id: str) -> dict[int, list[dict[str, Any]]]:
     return by_label
 
 
-def _retries(client: Client, run_id: str, fits: list[BinaryFit]) -> dict[int, list[dict[str, Any]]]:
+def _retries(
+    client: Client, run_id: str, fits: list[dict[str, Any]]
+) -> dict[int, list[dict[str, Any]]]:
     """For each class that ran more than once: where the earlier attempts ran and why they
     did not finish."""
     alive = set(client.scheduler_info(n_workers=-1).get("workers", {}))
     attempts = _attempts(client, run_id)
     retries: dict[int, list[dict[str, Any]]] = {}
     for fit in fits:
-        earlier = attempts.get(fit.label, [])[:-1]  # the last start is the one that finished
+        if fit["from_checkpoint"]:
+            continue
+        earlier = attempts.get(fit["label"], [])[:-1]  # the last start is the one that finished
         if earlier:
-            retries[fit.label] = [
+            retries[fit["label"]] = [
                 {
                     "worker": a["worker"],
                     "started": a["time"],
@@ -243,6 +241,19 @@ def _retries(client: Client, run_id: str, fits: list[BinaryFit]) -> dict[int, li
                 for a in earlier
             ]
     return retries
+
+
+def _add_block_loads(client: Client, run_id: str, blocks: list[dict[str, Any]]) -> None:
+    """Record in each block where it was loaded; more than one load means Dask recomputed
+    it from its source after losing a worker."""
+    alive = set(client.scheduler_info(n_workers=-1).get("workers", {}))
+    loads = block_loads(client, run_id)
+    for block in blocks:
+        mine = [m for m in loads if m["start"] == block["start"]]
+        block["loads"] = [
+            {"worker": m["worker"], "time": m["time"], "worker_alive": m["worker"] in alive}
+            for m in mine
+        ]
 
 
 def _progress(
@@ -354,6 +365,7 @@ def _run(
         layout = files.layout
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
 
+    estimator = DaskLogisticRegression(**{name: getattr(config, name) for name in ESTIMATOR_PARAMS})
     with contextlib.ExitStack() as stack:
         if client is None:
             with phase("connect"):
@@ -363,8 +375,6 @@ def _run(
             client.run(_warm_up)
             mode = _choose_transfer(client, files, transfer)
             data: TrainingData = files if mode == "path" else load_in_memory(files)
-            scatter = [data] if isinstance(data, InMemoryArrays) else None
-            backend = parallel_config(backend=cluster_backend(client, scatter))
         say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
         checkpoints = Checkpoints(folder)
         manifest = {
@@ -375,28 +385,36 @@ def _run(
             "distrib_version": __version__,
         }
         checkpoints.begin(manifest, resume)
-        done = checkpoints.load() if resume else {}
-        todo = [c for c in classes.tolist() if c not in done]
-        if done:
-            say(f"resuming: {len(done)} class(es) from checkpoints, {len(todo)} to fit")
-        say(f"fitting {len(todo)} one-vs-rest classifiers on {cluster_info['workers']} workers")
-        run_id = uuid.uuid4().hex
-        try:
-            with phase("fit"), backend:
-                fits = _fit_classes(
-                    client, data, todo, config, run_id, checkpoints, folder, len(done), say
-                )
-        finally:
-            if isinstance(data, InMemoryArrays):
-                with contextlib.suppress(Exception):
-                    client.run(release_aligned, data.token)
-        retries = _retries(client, run_id, fits)
+        hooks = FitHooks(log=say)
+        if config.strategy == "ovr":
+            hooks.done = checkpoints.load() if resume else {}
+            todo = [c for c in classes.tolist() if c not in hooks.done]
+            if hooks.done:
+                say(f"resuming: {len(hooks.done)} class(es) from checkpoints, {len(todo)} to fit")
+            progress = _progress(say, len(classes), len(hooks.done))
 
-    with phase("reduce"):
-        model, records = reduce_fits([*done.values(), *fits], classes)
-        for record in records:
-            record["from_checkpoint"] = record["label"] in done
-            record["retries"] = retries.get(record["label"], [])
+            def on_fit(fit: BinaryFit) -> None:
+                checkpoints.save(fit)
+                progress(fit)
+
+            hooks.on_binary_fit = on_fit
+            say(f"fitting {len(todo)} one-vs-rest classifiers on {cluster_info['workers']} workers")
+        else:
+            if resume:
+                say("resuming: a multinomial fit has no per-class checkpoints; fitting it again")
+            say(f"fitting one multinomial model on {cluster_info['workers']} workers")
+        with phase("fit"):
+            _fit(estimator, client, data, classes, hooks, checkpoints, folder)
+        with phase("reduce"):
+            records = estimator.fit_records_
+            if config.strategy == "ovr":
+                retries = _retries(client, hooks.run_id, records)
+                for record in records:
+                    record["retries"] = retries.get(record["label"], [])
+            else:
+                _add_block_loads(client, hooks.run_id, records)
+
+    model = estimator.to_model()
     with phase("evaluate"):
         train_pred = model.predict(files.arrays()[0])
         test_pred = model.predict(test_files.arrays()[0])
@@ -422,11 +440,12 @@ def _run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with phase("write"):
-        model.save(folder, model_info)
+        estimator.save(folder, model_info)
         _save_images(folder, dataset, parts, metrics)
     metrics = {
         **metrics,
         "fits": records,
+        "solver": estimator.solver_,
         "settings": config.to_dict(),
         "data": data_info,
         "cluster": cluster_info,
