@@ -6,18 +6,25 @@ Baselines on the same split, settings and matrix layout: the binary fits one aft
 one process, and ``OneVsRestClassifier(n_jobs=k)`` with loky (on the same layout, and on the
 dense matrix a notebook user would pass); optionally the notebook's own settings.
 
+With the multinomial strategy in the list, its runs get the same treatment (fresh clusters,
+same repeats) and its baseline is scikit-learn's own multinomial ``LogisticRegression`` (lbfgs,
+same ``C``, ``tol`` and ``max_iter``) in one process, on the same matrix.
+
 A projection past this machine simulates the one-vs-rest schedule on 1..32 workers from the
-measured per-class compute times and the measured fixed overhead.
+measured per-class compute times and the measured fixed overhead; for the multinomial fit,
+each evaluation's compute divided over the workers plus its measured coordination cost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +33,12 @@ import numpy as np
 import scipy.sparse as sp
 from distributed import Client
 from joblib import parallel_config
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from distrib.cluster import connect, package_versions, start_local_cluster
-from distrib.config import ClusterConfig, TrainConfig
+from distrib.config import STRATEGIES, ClusterConfig, TrainConfig
 from distrib.data import load_dataset
 from distrib.dispatch import fit_binary_classifiers
 from distrib.errors import ConfigError, OutputError
@@ -141,28 +149,35 @@ def _distrib_runs(
         idle_rss = client.run(_idle_rss_bytes)
         for i in range(warmup + repeat):
             label = f"warm-up {i + 1}/{warmup}" if i < warmup else f"run {i - warmup + 1}/{repeat}"
-            out = scratch / f"w{workers}-{i}"
+            out = scratch / f"{config.strategy}-w{workers}-{i}"
             result = train(config, client=client, out=out, home=home)
             t = result.metrics["timings"]
             say(
-                f"[distrib, {present} worker(s)] {label}: wall {t['total']:.2f} s, "
-                f"fit {t['fit']:.2f} s, test accuracy {result.metrics['test_accuracy']:.4f}"
+                f"[distrib {config.strategy}, {present} worker(s)] {label}: "
+                f"wall {t['total']:.2f} s, fit {t['fit']:.2f} s, "
+                f"test accuracy {result.metrics['test_accuracy']:.4f}"
             )
             if i < warmup:
                 continue
-            runs.append(
-                {
-                    "wall": t["total"],
-                    "fit": t["fit"],
-                    "transfer": t["transfer"],
-                    "phases": t,
-                    "test_accuracy": result.metrics["test_accuracy"],
-                    "classes": [
-                        {k: f[k] for k in ("label", "seconds", "worker", "n_iter", "converged")}
-                        for f in result.metrics["fits"]
-                    ],
-                }
-            )
+            run: dict[str, Any] = {
+                "wall": t["total"],
+                "fit": t["fit"],
+                "transfer": t["transfer"],
+                "phases": t,
+                "test_accuracy": result.metrics["test_accuracy"],
+            }
+            if config.strategy == "ovr":
+                run["classes"] = [
+                    {k: f[k] for k in ("label", "seconds", "worker", "n_iter", "converged")}
+                    for f in result.metrics["fits"]
+                ]
+            else:
+                solver = result.metrics["solver"]
+                run["solver"] = {k: v for k, v in solver.items() if k != "per_evaluation"}
+                run["blocks"] = [
+                    {k: b[k] for k in ("start", "rows", "worker")} for b in result.metrics["fits"]
+                ]
+            runs.append(run)
         peak_rss = client.run(_peak_rss_bytes)
     return {
         "workers": present,
@@ -179,6 +194,41 @@ def _distrib_runs(
             for w, peak in sorted(peak_rss.items())
         },
     }
+
+
+def _scaling(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Speedup and efficiency of each worker count over the smallest one."""
+    base_k = min(runs)
+    base = runs[base_k]
+    return {
+        str(k): {
+            "speedup_wall": base["median_wall"] / r["median_wall"],
+            "speedup_fit": base["median_fit"] / r["median_fit"],
+            "efficiency_wall": base["median_wall"] / r["median_wall"] / (k / base_k),
+            "relative_to_workers": base_k,
+        }
+        for k, r in runs.items()
+    }
+
+
+def _memory(
+    runs: dict[int, dict[str, Any]], matrix_bytes: int, dense_bytes: int
+) -> dict[str, dict[str, float]]:
+    """Peak worker memory per worker count, absolute and over the training matrix (as stored,
+    and as a dense float32 matrix). ``job`` = peak minus the worker's idle size."""
+    memory: dict[str, dict[str, float]] = {}
+    for k, r in runs.items():
+        workers = r["worker_memory"].values()
+        peak = max(m["peak_rss_bytes"] for m in workers)
+        job = max(m["peak_rss_bytes"] - (m["idle_rss_bytes"] or 0) for m in workers)
+        memory[str(k)] = {
+            "max_peak_rss_bytes": peak,
+            "max_job_bytes": job,
+            "peak_rss_over_matrix": peak / matrix_bytes,
+            "job_bytes_over_matrix": job / matrix_bytes,
+            "job_bytes_over_dense_matrix": job / dense_bytes,
+        }
+    return memory
 
 
 def _timed(
@@ -277,6 +327,82 @@ def project(distrib_by_workers: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Projected wall time of the multinomial fit on 1..32 workers, from the smallest
+    measured worker count.
+
+    Per evaluation: the compute of all blocks divided over the workers, plus the measured
+    coordination cost (sending coefficients, scheduling, gathering); times the evaluations
+    L-BFGS needed; plus the run's fixed overhead (end-to-end wall minus fit).
+    """
+    base_workers = min(runs_by_workers)
+    base = runs_by_workers[base_workers]
+    solvers = [run["solver"] for run in base["runs"]]
+    evaluations = _median([s["n_evaluations"] for s in solvers])
+    compute = _median([s["median_compute_seconds_all_blocks"] for s in solvers])
+    coordination = _median([s["median_coordination_seconds"] for s in solvers])
+    setup = max(0.0, base["median_fit"] - _median([s["seconds"] for s in solvers]))
+    fixed = max(0.0, base["median_wall"] - base["median_fit"])
+    walls = {
+        k: fixed + setup + evaluations * (compute / k + coordination) for k in PROJECTION_WORKERS
+    }
+    half = compute / coordination if coordination > 0 else float("inf")
+    return {
+        "basis_workers": base_workers,
+        "evaluations": evaluations,
+        "compute_seconds_per_evaluation_all_blocks": compute,
+        "coordination_seconds_per_evaluation": coordination,
+        "block_setup_seconds": setup,
+        "fixed_overhead_seconds": fixed,
+        "workers": list(PROJECTION_WORKERS),
+        "wall": [walls[k] for k in PROJECTION_WORKERS],
+        "speedup": [walls[PROJECTION_WORKERS[0]] / walls[k] for k in PROJECTION_WORKERS],
+        "note": (
+            f"rows, not classes, are divided: every worker stays busy at any count, but each "
+            f"of the {evaluations:.0f} evaluations pays {coordination * 1e3:.1f} ms of "
+            f"coordination; past ~{half:.0f} workers that cost exceeds the compute it divides. "
+            "Simulated from the measured times, assuming one core and its own memory bandwidth "
+            "per worker and a coordination cost that does not grow with the worker count."
+        ),
+    }
+
+
+def _sklearn_multinomial(
+    X: Any,
+    y: np.ndarray,
+    X_test: Any,
+    y_test: np.ndarray,
+    config: TrainConfig,
+    repeat: int,
+    warmup: int,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """scikit-learn's multinomial lbfgs in this process: the reference for the multinomial
+    strategy (same matrix, C, tol and max_iter)."""
+    params = {
+        "C": config.C,
+        "tol": config.tol,
+        "max_iter": config.max_iter,
+        "fit_intercept": config.fit_intercept,
+        "class_weight": config.class_weight,
+    }
+    fitted: list[LogisticRegression] = []
+
+    def fit() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fitted.append(LogisticRegression(**params).fit(X, y))
+
+    timing = _timed("scikit-learn multinomial lbfgs, one process", fit, repeat, warmup, say)
+    model = fitted[-1]
+    return {
+        **timing,
+        "settings": params,
+        "n_iter": int(np.max(model.n_iter_)),
+        "test_accuracy": float(model.score(X_test, y_test)),
+    }
+
+
 def run_bench(
     config: TrainConfig | None = None,
     *,
@@ -288,6 +414,7 @@ def run_bench(
     out: str | os.PathLike[str] = "bench",
     baselines: bool = True,
     notebook: bool = False,
+    strategies: Sequence[str] = ("ovr",),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmark `distrib train` against worker count; write ``bench.json`` and ``bench.png``.
@@ -311,10 +438,16 @@ def run_bench(
         Also time the serial fits and loky's `OneVsRestClassifier` for each worker count.
     notebook : bool
         Also time the notebook's own settings in one process (minutes on MNIST).
+    strategies : sequence of {"ovr", "multinomial"}
+        Which strategies to time. ``ovr`` results are under ``distrib``, ``multinomial``
+        under ``multinomial`` (with scikit-learn's multinomial fit as its baseline).
     log : callable, optional
         Receives a progress line per run.
     """
     config = config or TrainConfig()
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown or not strategies:
+        raise ConfigError(f"--strategy takes a list of {STRATEGIES}, got {list(strategies)}")
     if repeat < 1 or warmup < 0:
         raise ConfigError(f"--repeat must be >= 1 and --warmup >= 0, got {repeat}, {warmup}")
     counts = list(workers or range(1, (os.cpu_count() or 1) + 1))
@@ -350,48 +483,37 @@ def run_bench(
         "scheduler": scheduler,
         "machine": machine(),
     }
-    distrib_runs: dict[int, dict[str, Any]] = {}
+    by_strategy: dict[str, dict[int, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="distrib-bench-") as scratch:
-        for k in counts:
-            distrib_runs[k] = _distrib_runs(
-                config,
-                k,
-                scheduler=scheduler,
-                repeat=repeat,
-                warmup=warmup,
-                home=home,
-                scratch=Path(scratch),
-                say=say,
-            )
-    report["distrib"] = {str(k): v for k, v in distrib_runs.items()}
+        for strategy in STRATEGIES:
+            if strategy not in strategies:
+                continue
+            job = dataclasses.replace(config, strategy=strategy)
+            by_strategy[strategy] = {
+                k: _distrib_runs(
+                    job,
+                    k,
+                    scheduler=scheduler,
+                    repeat=repeat,
+                    warmup=warmup,
+                    home=home,
+                    scratch=Path(scratch),
+                    say=say,
+                )
+                for k in counts
+            }
+    dense_bytes = int(X_dense.nbytes)
+    report["dense_matrix_bytes"] = dense_bytes
+    for strategy, runs in by_strategy.items():
+        key = "distrib" if strategy == "ovr" else "multinomial"
+        report[key] = {str(k): v for k, v in runs.items()}
+        report["scaling" if strategy == "ovr" else "multinomial_scaling"] = _scaling(runs)
+        report["memory" if strategy == "ovr" else "multinomial_memory"] = _memory(
+            runs, report["training_matrix_bytes"], dense_bytes
+        )
+    distrib_runs = by_strategy.get("ovr", {})
 
-    base_k = min(distrib_runs)
-    base = distrib_runs[base_k]
-    report["scaling"] = {
-        str(k): {
-            "speedup_wall": base["median_wall"] / r["median_wall"],
-            "speedup_fit": base["median_fit"] / r["median_fit"],
-            "efficiency_wall": base["median_wall"] / r["median_wall"] / (k / base_k),
-            "relative_to_workers": base_k,
-        }
-        for k, r in distrib_runs.items()
-    }
-    matrix = report["training_matrix_bytes"]
-    report["memory"] = {
-        str(k): {
-            "max_peak_rss_bytes": max(m["peak_rss_bytes"] for m in r["worker_memory"].values()),
-            "max_job_bytes": max(
-                m["peak_rss_bytes"] - (m["idle_rss_bytes"] or 0)
-                for m in r["worker_memory"].values()
-            ),
-        }
-        for k, r in distrib_runs.items()
-    }
-    for entry in report["memory"].values():
-        entry["peak_rss_over_matrix"] = entry["max_peak_rss_bytes"] / matrix
-        entry["job_bytes_over_matrix"] = entry["max_job_bytes"] / matrix
-
-    if baselines:
+    if baselines and distrib_runs:
         serial_data = InMemoryArrays(X_fit, y_train)
 
         def serial_fit() -> None:
@@ -421,7 +543,21 @@ def run_bench(
             }
             for k in counts
         }
-    if notebook:
+    if "multinomial" in by_strategy:
+        multinomial = by_strategy["multinomial"]
+        X_test = parts.X_test.compute(scheduler="threads")
+        y_test = parts.y_test.compute(scheduler="threads")
+        if layout == "sparse":
+            X_test = sp.csr_matrix(X_test)
+        reference = _sklearn_multinomial(
+            X_fit, y_train, X_test, y_test, config, repeat, warmup, say
+        )
+        reference["fit_over_sklearn"] = {
+            str(k): r["median_fit"] / reference["median_wall"] for k, r in multinomial.items()
+        }
+        report["sklearn_multinomial"] = reference
+        report["multinomial_projection"] = project_multinomial(multinomial)
+    if notebook and distrib_runs:
         raw = split_arrays(load_dataset(config.dataset, home), config.split, "raw")
         report["notebook"] = _notebook_baseline(
             raw.X_train.compute(scheduler="threads").astype(np.float64),
@@ -435,7 +571,8 @@ def run_bench(
             str(k): report["notebook"]["median_wall"] / r["median_wall"]
             for k, r in distrib_runs.items()
         }
-    report["projection"] = project(distrib_runs)
+    if distrib_runs:
+        report["projection"] = project(distrib_runs)
 
     from distrib.plots import plot_bench
 

@@ -275,6 +275,15 @@ def predict(
     metavar="LIST",
     help="Worker counts, e.g. 1,2,4 [default: 1..cores].",
 )
+@click.option(
+    "--strategy",
+    "strategies_text",
+    default="ovr,multinomial",
+    show_default=True,
+    metavar="LIST",
+    help="Strategies to time, each on fresh clusters (multinomial adds scikit-learn's "
+    "multinomial fit in one process as its baseline).",
+)
 @click.option("--repeat", type=int, default=3, show_default=True, help="Timed runs each.")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs first.")
 @click.option(
@@ -306,6 +315,7 @@ def predict(
 def bench(
     dataset: str,
     workers_text: str | None,
+    strategies_text: str,
     repeat: int,
     warmup: int,
     scheduler: str | None,
@@ -328,14 +338,20 @@ def bench(
         out=out,
         baselines=baselines,
         notebook=notebook_baseline,
+        strategies=[part.strip() for part in strategies_text.split(",") if part.strip()],
         log=None if quiet else _log,
     )
-    for k, run in report["distrib"].items():
-        scaling = report["scaling"][k]
-        click.echo(
-            f"{k} worker(s): wall {run['median_wall']:.2f} s, fit {run['median_fit']:.2f} s, "
-            f"speedup {scaling['speedup_wall']:.2f} (fit {scaling['speedup_fit']:.2f})"
-        )
+    for name, key, scaling_key in (
+        ("ovr", "distrib", "scaling"),
+        ("multinomial", "multinomial", "multinomial_scaling"),
+    ):
+        for k, run in report.get(key, {}).items():
+            scaling = report[scaling_key][k]
+            click.echo(
+                f"{name}, {k} worker(s): wall {run['median_wall']:.2f} s, fit "
+                f"{run['median_fit']:.2f} s, speedup {scaling['speedup_wall']:.2f} "
+                f"(fit {scaling['speedup_fit']:.2f}), test accuracy {run['test_accuracy']:.4f}"
+            )
 
 
 @cli.command()

@@ -26,39 +26,54 @@ def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> None:
     write_bytes(path, figure_png(fig, dpi))
 
 
+def _strategy_lines(
+    wall_ax: Any,
+    speed_ax: Any,
+    runs: dict[str, Any],
+    projection: dict[str, Any] | None,
+    name: str,
+    colors: tuple[str, str],
+) -> list[int]:
+    """One strategy's measured wall and fit times, speedups and projection; its worker counts."""
+    by_k = {int(k): v for k, v in runs.items()}
+    ks = sorted(by_k)
+    walls = [by_k[k]["median_wall"] for k in ks]
+    fits = [by_k[k]["median_fit"] for k in ks]
+    accuracy = by_k[ks[-1]]["test_accuracy"]
+    wall_ax.plot(ks, walls, "o-", color=colors[0], lw=2,
+                 label=f"distrib {name}, end to end (test acc {accuracy:.4f})")  # fmt: skip
+    wall_ax.plot(ks, fits, "s-", color=colors[1], lw=2, label=f"distrib {name}, fit phase")
+    speed_ax.plot(ks, [walls[0] / w for w in walls], "o-", color=colors[0], lw=2,
+                  label=f"distrib {name}, end to end")  # fmt: skip
+    speed_ax.plot(ks, [fits[0] / f for f in fits], "s-", color=colors[1], lw=2,
+                  label=f"distrib {name}, fit phase")  # fmt: skip
+    if projection:
+        flat = projection.get("saturates_at_workers")
+        label = f"{name} projection (simulated)" + (f", flat from {flat}" if flat else "")
+        wall_ax.plot(projection["workers"], projection["wall"], "--", color=colors[0],
+                     alpha=0.6, label=label)  # fmt: skip
+        speed_ax.plot(projection["workers"], projection["speedup"], "--", color=colors[0],
+                      alpha=0.6, label=f"{name} projection (simulated)")  # fmt: skip
+    return ks
+
+
 def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Wall time and speedup against workers, measured and projected (``bench.png``)."""
+    """Wall time and speedup against workers, measured and projected (``bench.png``).
+
+    One line set per strategy in the report (``distrib``: one-vs-rest, ``multinomial``), with
+    the baselines measured in the same run.
+    """
     fig = Figure(figsize=(12, 4.8))
     wall_ax, speed_ax = fig.subplots(1, 2)
-    distrib = {int(k): v for k, v in report["distrib"].items()}
-    ks = sorted(distrib)
-    base_k = ks[0]
-
-    walls = [distrib[k]["median_wall"] for k in ks]
-    fits = [distrib[k]["median_fit"] for k in ks]
-    wall_ax.plot(ks, walls, "o-", color="C0", lw=2, label="distrib, end to end")
-    wall_ax.plot(ks, fits, "s-", color="C1", lw=2, label="distrib, fit phase")
-    ideal = [walls[0] * base_k / k for k in ks]
-    wall_ax.plot(ks, ideal, ":", color="C0", label="ideal scaling (end to end)")
-
-    proj = report.get("projection")
-    if proj:
-        wall_ax.plot(
-            proj["workers"],
-            proj["wall"],
-            "--",
-            color="C0",
-            alpha=0.6,
-            label=f"projection (simulated), flat from {proj['saturates_at_workers']}",
-        )
-        speed_ax.plot(
-            proj["workers"],
-            proj["speedup"],
-            "--",
-            color="C0",
-            alpha=0.6,
-            label="projection (simulated)",
-        )
+    ks: list[int] = []
+    if "distrib" in report:
+        ks += _strategy_lines(wall_ax, speed_ax, report["distrib"], report.get("projection"),
+                              "ovr", ("C0", "C1"))  # fmt: skip
+    if "multinomial" in report:
+        ks += _strategy_lines(wall_ax, speed_ax, report["multinomial"],
+                              report.get("multinomial_projection"), "multinomial",
+                              ("C5", "C6"))  # fmt: skip
+    base_k = min(ks)
     for i, (name, by_k) in enumerate(sorted(report.get("loky", {}).items())):
         lk = sorted(int(k) for k in by_k)
         wall_ax.plot(
@@ -75,6 +90,14 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
             ls="-.",
             label="binary fits one after another, one process",
         )
+    if "sklearn_multinomial" in report:
+        ref = report["sklearn_multinomial"]
+        wall_ax.axhline(
+            ref["median_wall"],
+            color="C6",
+            ls="-.",
+            label=f"scikit-learn multinomial lbfgs, one process (acc {ref['test_accuracy']:.4f})",
+        )
     if "notebook" in report:
         nb = report["notebook"]
         wall_ax.axhline(
@@ -87,17 +110,12 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     wall_ax.set_yscale("log")
     wall_ax.set_xlabel("workers (1 thread each)")
     wall_ax.set_ylabel("seconds (median)")
-    accuracy = distrib[ks[-1]]["test_accuracy"]
-    wall_ax.set_title(f"Wall time, {report['settings']['dataset']} (test accuracy {accuracy:.4f})")
+    wall_ax.set_title(f"Wall time, {report['settings']['dataset']}")
     wall_ax.grid(True, which="both", alpha=0.3)
     wall_ax.legend(fontsize=7, loc="best")
 
-    speed = [walls[0] / w for w in walls]
-    speed_ax.plot(ks, speed, "o-", color="C0", lw=2, label="distrib, end to end")
-    speed_ax.plot(
-        ks, [fits[0] / f for f in fits], "s-", color="C1", lw=2, label="distrib, fit phase"
-    )
-    top = max(proj["workers"]) if proj else max(ks)
+    projections = [report.get(k) for k in ("projection", "multinomial_projection")]
+    top = max([max(p["workers"]) for p in projections if p] + ks)
     speed_ax.plot([base_k, top], [1, top / base_k], ":", color="gray", label="ideal")
     speed_ax.set_xscale("log", base=2)
     speed_ax.set_yscale("log", base=2)

@@ -7,7 +7,13 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from distrib.bench import parse_workers, project, simulate_schedule
+from distrib.bench import (
+    PROJECTION_WORKERS,
+    parse_workers,
+    project,
+    project_multinomial,
+    simulate_schedule,
+)
 from distrib.errors import ConfigError
 
 from .conftest import run_cli
@@ -33,6 +39,8 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
         "digits",
         "--workers",
         "1,2",
+        "--strategy",
+        "ovr,multinomial",
         "--repeat",
         "2",
         "--warmup",
@@ -43,7 +51,8 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
         str(tmp_path / "home"),
     )
     assert proc.returncode == 0, proc.stderr
-    assert "[distrib, 2 worker(s)] run 2/2" in proc.stderr  # a progress line per run
+    assert "[distrib ovr, 2 worker(s)] run 2/2" in proc.stderr  # a progress line per run
+    assert "[distrib multinomial, 2 worker(s)] run 2/2" in proc.stderr
     report = json.loads((out / "bench.json").read_text())
 
     assert set(report["distrib"]) == {"1", "2"}
@@ -82,6 +91,18 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
         may_be_zero = where.endswith(("label", "per_task_overhead_seconds"))
         assert value > 0 or (may_be_zero and value == 0), (where, value)
 
+    # the multinomial line: same worker counts, its blocks on every worker, sklearn's
+    # multinomial fit as the reference, at the same accuracy
+    assert set(report["multinomial"]) == {"1", "2"}
+    for k, entry in report["multinomial"].items():
+        for run in entry["runs"]:
+            assert len({b["worker"] for b in run["blocks"]}) == int(k)
+            assert run["solver"]["n_evaluations"] >= run["solver"]["n_iter"] > 0
+    reference = report["sklearn_multinomial"]
+    assert set(reference["fit_over_sklearn"]) == {"1", "2"}
+    assert abs(report["multinomial"]["2"]["test_accuracy"] - reference["test_accuracy"]) < 0.01
+    assert len(report["multinomial_projection"]["wall"]) == len(PROJECTION_WORKERS)
+
     image = matplotlib.image.imread(out / "bench.png")
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
 
@@ -117,3 +138,15 @@ def test_projection_saturates_at_the_class_count() -> None:
     assert walls[2] == pytest.approx(1.5 + 5 * 1.05)
     assert walls[10] == walls[32] == pytest.approx(1.5 + 1.05)
     assert proj["saturates_at_workers"] == 10
+
+
+def test_multinomial_projection_divides_compute_and_keeps_coordination() -> None:
+    solver = {"n_evaluations": 100, "median_compute_seconds_all_blocks": 0.08,
+              "median_coordination_seconds": 0.01, "seconds": 9.0}  # fmt: skip
+    measured = {1: {"median_wall": 10.5, "median_fit": 9.5, "runs": [{"solver": solver}]}}
+    proj = project_multinomial(measured)
+    walls = dict(zip(proj["workers"], proj["wall"], strict=True))
+    assert walls[1] == pytest.approx(1.0 + 0.5 + 100 * (0.08 + 0.01))
+    assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01))
+    assert walls[32] < walls[16] < walls[8], "rows keep dividing past the class count"
+    assert "8 workers" in proj["note"]
