@@ -175,7 +175,8 @@ def _distrib_runs(
                 solver = result.metrics["solver"]
                 run["solver"] = {k: v for k, v in solver.items() if k != "per_evaluation"}
                 run["blocks"] = [
-                    {k: b[k] for k in ("start", "rows", "worker")} for b in result.metrics["fits"]
+                    {k: b[k] for k in ("start", "rows", "worker", "copies")}
+                    for b in result.metrics["fits"]
                 ]
             runs.append(run)
         peak_rss = client.run(_peak_rss_bytes)

@@ -172,7 +172,7 @@ class LocalBlocks:
         return [block_loss_grad(self.block, coef, intercept, class_weight)]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"start": 0, "rows": self.block.n_rows, "worker": "local"}]
+        return [{"start": 0, "rows": self.block.n_rows, "worker": "local", "copies": 1}]
 
     def wait_loaded(self) -> None:
         """Loaded already, in this process."""
@@ -228,6 +228,10 @@ class ClusterBlocks:
         Names this fit in task keys and block-load events.
     timeout : float, optional
         Seconds one evaluation may take before the fit fails.
+    homes : list of str or None
+        The worker each block was placed on. Evaluations of a block are asked to run there
+        (a loose restriction: if that worker dies they run wherever Dask recomputed the block);
+        it also keeps Dask's work stealing from copying blocks to other workers.
     """
 
     def __init__(
@@ -237,10 +241,12 @@ class ClusterBlocks:
         bounds: list[tuple[int, int]],
         run_id: str,
         timeout: float | None = None,
+        homes: list[str | None] | None = None,
     ) -> None:
         self.client = client
         self.futures = futures
         self.bounds = bounds
+        self.homes = homes or [None] * len(futures)
         self.run_id = run_id
         self.timeout = timeout
         self._evaluations = 0
@@ -266,6 +272,9 @@ class ClusterBlocks:
         slots = worker_slots(client)
         bounds = _block_bounds(data.shape[0], n_blocks or len(slots) or 1)
         futures = []
+        homes: list[str | None] = [
+            slots[i % len(slots)] if slots else None for i in range(len(bounds))
+        ]
         with _quiet_large_graph():
             for i, (start, stop) in enumerate(bounds):
                 if isinstance(data, InMemoryArrays):
@@ -280,11 +289,11 @@ class ClusterBlocks:
                         run_id,
                         start,
                         key=f"distrib-rows-{run_id}-{start}",
-                        workers=[slots[i % len(slots)]] if slots else None,
+                        workers=[homes[i]] if homes[i] else None,
                         allow_other_workers=True,
                     )
                 )
-        return cls(client, futures, bounds, run_id, timeout)
+        return cls(client, futures, bounds, run_id, timeout, homes)
 
     @classmethod
     def from_dask_array(
@@ -312,7 +321,14 @@ class ClusterBlocks:
             make(chunk, codes[a:b], a, classes, run_id, dask_key_name=f"distrib-rows-{run_id}-{a}")
             for chunk, (a, b) in zip(X.to_delayed().ravel(), bounds, strict=True)
         ]
-        return cls(client, list(client.compute(blocks)), bounds, run_id, timeout)
+        futures = list(client.compute(blocks))
+        with client.as_current():
+            from distributed import wait
+
+            wait(futures, timeout=timeout)
+        holders = client.who_has(futures)
+        homes = [next(iter(sorted(holders.get(f.key, ()))), None) for f in futures]
+        return cls(client, futures, bounds, run_id, timeout, homes)
 
     def wait_loaded(self) -> None:
         """Block until every block is in worker memory (raises a load error here)."""
@@ -338,8 +354,10 @@ class ClusterBlocks:
                 intercept,
                 class_weight,
                 key=f"distrib-softmax-{self.run_id}-{self._evaluations}-{start}",
+                workers=[home] if home else None,
+                allow_other_workers=True,
             )
-            for block, (start, _) in zip(self.futures, self.bounds, strict=True)
+            for block, (start, _), home in zip(self.futures, self.bounds, self.homes, strict=True)
         ]
         with self.client.as_current():
             wait(tasks, timeout=self.timeout)
@@ -348,10 +366,18 @@ class ClusterBlocks:
 
     def describe(self) -> list[dict[str, Any]]:
         holders = self.client.who_has(self.futures)
-        return [
-            {"start": start, "rows": stop - start, "worker": next(iter(holders.get(f.key, [])), "")}
-            for f, (start, stop) in zip(self.futures, self.bounds, strict=True)
-        ]
+        described = []
+        for f, (start, stop) in zip(self.futures, self.bounds, strict=True):
+            held_by = sorted(holders.get(f.key, ()))
+            described.append(
+                {
+                    "start": start,
+                    "rows": stop - start,
+                    "worker": held_by[0] if held_by else "",
+                    "copies": len(held_by),
+                }
+            )
+        return described
 
     def release(self) -> None:
         """Drop the blocks from the workers' memory."""

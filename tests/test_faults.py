@@ -78,6 +78,39 @@ def test_worker_killed_mid_fit_gives_the_same_model(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_worker_killed_mid_multinomial_fit_recomputes_its_rows_same_model(
+    mnist_home: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a worker after 20 L-BFGS iterations: Dask reloads its block of rows from the
+    prepared files (by path) on a live worker, the solver continues, the model is the one an
+    undisturbed run gives."""
+    config = TrainConfig(strategy="multinomial")
+    cluster = start_local_cluster(2)
+    client = Client(cluster, set_as_default=False)
+    try:
+        reference = train(config, client=client, out=tmp_path / "reference", home=mnist_home)
+        pids = client.run(os.getpid)
+        victim = sorted(pids)[0]
+
+        def log(message: str) -> None:
+            if message.startswith("[20/100] L-BFGS"):
+                os.kill(pids[victim], signal.SIGKILL)
+
+        result = train(config, client=client, out=tmp_path / "run", home=mnist_home, log=log)
+    finally:
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+
+    _same_model(tmp_path / "run", tmp_path / "reference")
+    assert result.metrics["test_accuracy"] == reference.metrics["test_accuracy"]
+    assert result.metrics["solver"]["n_evaluations"] == reference.metrics["solver"]["n_evaluations"]
+    reloaded = [b for b in result.metrics["fits"] if len(b["loads"]) > 1]
+    assert len(reloaded) == 1, result.metrics["fits"]
+    first, again = reloaded[0]["loads"][:2]
+    assert first["worker"] == victim and not first["worker_alive"]
+    assert again["worker"] != victim
+
+
 def _start_train(*args: str, new_session: bool = False) -> subprocess.Popen[str]:
     """``distrib train ARGS`` in the background, its stderr readable line by line."""
     return subprocess.Popen(
