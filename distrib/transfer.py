@@ -100,6 +100,15 @@ def choose_layout(layout: str, density: float) -> str:
     return layout
 
 
+def _read_npy_range(path: Path, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` (first axis) of a C-ordered ``.npy`` file, read into new memory."""
+    header = _load(path)  # a map: only its shape, dtype and offset are used, no page is read
+    row = int(np.prod(header.shape[1:], dtype=np.int64))
+    offset = int(getattr(header, "offset", 0)) + start * row * header.dtype.itemsize
+    out = np.fromfile(path, dtype=header.dtype, count=(stop - start) * row, offset=offset)
+    return out.reshape((stop - start, *header.shape[1:]))
+
+
 def _load(path: Path) -> np.ndarray:
     # np.save puts the data at a 64-byte-aligned offset, so the map is aligned.
     return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -130,9 +139,21 @@ class ArrayFiles:
         return sp.csr_matrix((data, indices, indptr), shape=self.shape, copy=False), y
 
     def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
-        """Rows ``start:stop`` read from the files into memory (only those rows are read)."""
-        X, y = self.arrays()
-        return _row_slice(X, y, start, stop)
+        """Rows ``start:stop`` read from the files into fresh memory.
+
+        Read, not memory-mapped: only the copy counts in this process's memory (mapped pages
+        of the file would count too while the copy is made).
+        """
+        folder = Path(self.folder)
+        y = _read_npy_range(folder / "y.npy", start, stop)
+        if self.layout == "dense":
+            return _read_npy_range(folder / "X.npy", start, stop), y
+        indptr = np.array(_load(folder / "X_indptr.npy")[start : stop + 1], dtype=np.int64)
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        data = _read_npy_range(folder / "X_data.npy", lo, hi)
+        indices = _read_npy_range(folder / "X_indices.npy", lo, hi)
+        shape = (stop - start, self.shape[1])
+        return sp.csr_matrix((data, indices, indptr - lo), shape=shape, copy=False), y
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "path", "folder": self.folder, "layout": self.layout}

@@ -105,6 +105,21 @@ def test_mnist_slice_saga_l1_matches_in_process(
     assert np.mean(model.coef == 0) > 0.3, "an L1 fit should zero many pixels"
 
 
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_row_ranges_read_from_files_equal_slices(tmp_path: Path, layout: str) -> None:
+    """What a multinomial block reads by path: exactly its rows, in fresh aligned memory."""
+    parts = split_arrays(load_dataset("digits"), "notebook", "unit")
+    files = write_array_files(parts.X_train, parts.y_train, tmp_path, {"test": 2}, layout)
+    X_all, y_all = parts.X_train.compute(), parts.y_train.compute()
+    for start, stop in [(0, 1), (17, 400), (1000, len(y_all))]:
+        X, y = files.rows(start, stop)
+        assert not isinstance(X, np.memmap) and not isinstance(y, np.memmap)
+        dense = X.toarray() if sp.issparse(X) else X
+        np.testing.assert_array_equal(dense, X_all[start:stop])
+        np.testing.assert_array_equal(y, y_all[start:stop])
+        assert sp.issparse(X) == (layout == "sparse")
+
+
 def test_auto_layout_follows_density() -> None:
     assert density_of(da.from_array(np.eye(8, dtype=np.float32))) == 0.125
     assert choose_layout("auto", 0.125) == "sparse"
