@@ -294,10 +294,10 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
     def _fit_multinomial(
         self, runner: BlockRunner, counts: np.ndarray, config: TrainConfig, hooks: FitHooks
     ) -> None:
-        every = max(1, config.max_iter // 10)
+        every = 10  # a line per ten iterations: ~0.5 s apart on full MNIST, 2 workers
 
         def on_iteration(iteration: int, loss: float) -> None:
-            if iteration % every == 0 or iteration == config.max_iter:
+            if iteration % every == 0 or iteration in (1, config.max_iter):
                 hooks.say(f"[{iteration}/{config.max_iter}] L-BFGS iteration, loss {loss:.6f}")
 
         try:
