@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Wall time of `distrib train` against core count, with the serial and loky baselines
+# Wall time of `distrib train` against core count, both strategies (ovr, multinomial), with
+# the serial, loky and scikit-learn multinomial baselines
 # measured in the same run; writes bench/bench.json and bench/bench.png.
 #
 #   scripts/bench_cores.sh                        # MNIST, workers 1..cores, 5 repeats
