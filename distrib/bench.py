@@ -197,7 +197,7 @@ def _distrib_runs(
     }
 
 
-def _scaling(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, float]]:
+def speedups(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Speedup and efficiency of each worker count over the smallest one."""
     base_k = min(runs)
     base = runs[base_k]
@@ -508,7 +508,7 @@ def run_bench(
     for strategy, runs in by_strategy.items():
         key = "distrib" if strategy == "ovr" else "multinomial"
         report[key] = {str(k): v for k, v in runs.items()}
-        report["scaling" if strategy == "ovr" else "multinomial_scaling"] = _scaling(runs)
+        report["scaling" if strategy == "ovr" else "multinomial_scaling"] = speedups(runs)
         report["memory" if strategy == "ovr" else "multinomial_memory"] = _memory(
             runs, report["training_matrix_bytes"], dense_bytes
         )

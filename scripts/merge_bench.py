@@ -12,9 +12,21 @@ import json
 import sys
 from pathlib import Path
 
-from distrib.bench import project
+from distrib.bench import project, project_multinomial, speedups
 from distrib.files import write_json
 from distrib.plots import plot_bench
+
+# per strategy: its runs, scaling, memory and projection keys in bench.json
+STRATEGY_KEYS = {
+    "ovr": ("distrib", "scaling", "memory", "projection"),
+    "multinomial": (
+        "multinomial",
+        "multinomial_scaling",
+        "multinomial_memory",
+        "multinomial_projection",
+    ),
+}
+PROJECT = {"ovr": project, "multinomial": project_multinomial}
 
 
 def main(argv: list[str]) -> int:
@@ -23,28 +35,26 @@ def main(argv: list[str]) -> int:
         return 2
     out, paths = Path(argv[0]), [Path(p) for p in argv[1:]]
     reports = [json.loads(p.read_text()) for p in paths]
-    merged = {k: v for k, v in reports[0].items() if k not in ("distrib", "scaling", "memory")}
-    merged["distrib"] = {k: v for r in reports for k, v in r["distrib"].items()}
-    runs = {int(k): v for k, v in merged["distrib"].items()}
-    base_k = min(runs)
-    merged["scaling"] = {
-        str(k): {
-            "speedup_wall": runs[base_k]["median_wall"] / r["median_wall"],
-            "speedup_fit": runs[base_k]["median_fit"] / r["median_fit"],
-            "relative_to_workers": base_k,
-        }
-        for k, r in sorted(runs.items())
-    }
-    merged["projection"] = project(runs)
+    per_strategy = {key for keys in STRATEGY_KEYS.values() for key in keys}
+    merged = {k: v for k, v in reports[0].items() if k not in per_strategy}
+    for strategy, (runs_key, scaling_key, memory_key, projection_key) in STRATEGY_KEYS.items():
+        if not any(runs_key in r for r in reports):
+            continue
+        merged[runs_key] = {k: v for r in reports for k, v in r.get(runs_key, {}).items()}
+        merged[memory_key] = {k: v for r in reports for k, v in r.get(memory_key, {}).items()}
+        runs = {int(k): v for k, v in merged[runs_key].items()}
+        merged[scaling_key] = speedups(runs)
+        merged[projection_key] = PROJECT[strategy](runs)
+        for k, r in sorted(runs.items()):
+            speedup = merged[scaling_key][str(k)]["speedup_wall"]
+            print(
+                f"{strategy}, {k} worker(s): wall {r['median_wall']:.2f} s, fit "
+                f"{r['median_fit']:.2f} s, speedup {speedup:.2f}"
+            )
     merged["sources"] = [str(p) for p in paths]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", merged)
     plot_bench(merged, out / "bench.png")
-    for k, r in sorted(runs.items()):
-        print(
-            f"{k} worker(s): wall {r['median_wall']:.2f} s, fit {r['median_fit']:.2f} s, "
-            f"speedup {merged['scaling'][str(k)]['speedup_wall']:.2f}"
-        )
     return 0
 
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -16,7 +18,7 @@ from distrib.bench import (
 )
 from distrib.errors import ConfigError
 
-from .conftest import run_cli
+from .conftest import REPO, run_cli
 
 
 def _numbers(node: object, path: str = "") -> list[tuple[str, float]]:
@@ -88,7 +90,7 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
     assert numbers
     for where, value in numbers:
         assert math.isfinite(value), where
-        may_be_zero = where.endswith(("label", "per_task_overhead_seconds"))
+        may_be_zero = where.endswith(("label", "slowest_class", "per_task_overhead_seconds"))
         assert value > 0 or (may_be_zero and value == 0), (where, value)
 
     # the multinomial line: same worker counts, its blocks on every worker, sklearn's
@@ -106,6 +108,26 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
 
     image = matplotlib.image.imread(out / "bench.png")
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
+
+    # scripts/merge_bench.py (compose_bench.sh): one report per worker count -> the same
+    # scaling and projections as the run that had both
+    parts = []
+    for k in ("1", "2"):
+        part = {**report}
+        for key in ("distrib", "memory", "multinomial", "multinomial_memory"):
+            part[key] = {k: report[key][k]}
+        (tmp_path / f"part{k}.json").write_text(json.dumps(part))
+        parts.append(str(tmp_path / f"part{k}.json"))
+    merged_dir = tmp_path / "merged"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "merge_bench.py"), str(merged_dir), *parts],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads((merged_dir / "bench.json").read_text())
+    for key in ("scaling", "multinomial_scaling", "projection", "multinomial_projection"):
+        assert merged[key] == report[key], key
+    assert (merged_dir / "bench.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("text", ["0,1", "a,b", "", "-2"])
