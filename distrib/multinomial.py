@@ -67,11 +67,6 @@ class RowBlock:
 PART_ROWS = 2048
 
 
-def _split_rows(X: Matrix) -> tuple[Matrix, ...]:
-    edges = range(0, max(int(X.shape[0]), 1), PART_ROWS)
-    return tuple(aligned_copy(X[a : a + PART_ROWS]) for a in edges)
-
-
 @dataclass(frozen=True)
 class BlockResult:
     """One block's share of one objective evaluation."""
@@ -113,12 +108,15 @@ def load_block(
             BLOCK_TOPIC,
             {"run_id": run_id, "start": offset, "worker": worker.address, "time": time.time()},
         )
-    X, y = source.rows(start, stop)
+    # Part by part: the block never exists a second time as one matrix (peak memory).
+    pieces = [source.rows(a, min(a + PART_ROWS, stop)) for a in range(start, stop, PART_ROWS)]
+    parts = tuple(aligned_copy(X) for X, _ in pieces)
+    y = np.concatenate([labels for _, labels in pieces]) if pieces else np.empty(0)
     codes = np.searchsorted(classes, y)
     codes[codes == len(classes)] = 0
     if not np.array_equal(classes[codes], y):
         raise DataError(f"rows {start}:{stop} hold labels outside the classes {classes.tolist()}")
-    return RowBlock(_split_rows(X), codes.astype(np.intp), offset)
+    return RowBlock(parts, codes.astype(np.intp), offset)
 
 
 def block_loss_grad(
@@ -135,6 +133,9 @@ def block_loss_grad(
     started = time.time()
     t0 = time.perf_counter()
     parts, codes = block.parts, block.codes
+    if not parts:  # an empty chunk of a Dask array
+        grad = np.zeros((coef.shape[0], coef.shape[1] + 1))
+        return BlockResult(0.0, grad, time.perf_counter() - t0, _worker_address(), started)
     dtype = parts[0].dtype
     rows = np.arange(len(codes))
     weights_t = coef.T.astype(dtype)
@@ -307,7 +308,7 @@ class ClusterBlocks:
                         classes,
                         run_id,
                         start,
-                        key=f"distrib-rows-{run_id}-{start}",
+                        key=f"distrib-rows-{run_id}-{i}",
                         workers=[homes[i]] if homes[i] else None,
                         allow_other_workers=True,
                     )
@@ -336,9 +337,10 @@ class ClusterBlocks:
         edges = np.cumsum((0, *X.chunks[0]))
         bounds = [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
         make = dask.delayed(_block_from_rows, pure=True)
+        chunks = X.to_delayed().ravel()
         blocks = [
-            make(chunk, codes[a:b], a, classes, run_id, dask_key_name=f"distrib-rows-{run_id}-{a}")
-            for chunk, (a, b) in zip(X.to_delayed().ravel(), bounds, strict=True)
+            make(chunk, codes[a:b], a, classes, run_id, dask_key_name=f"distrib-rows-{run_id}-{i}")
+            for i, (chunk, (a, b)) in enumerate(zip(chunks, bounds, strict=True))
         ]
         futures = list(client.compute(blocks))
         with client.as_current():
@@ -372,11 +374,11 @@ class ClusterBlocks:
                 coef,
                 intercept,
                 class_weight,
-                key=f"distrib-softmax-{self.run_id}-{self._evaluations}-{start}",
+                key=f"distrib-softmax-{self.run_id}-{self._evaluations}-{i}",
                 workers=[home] if home else None,
                 allow_other_workers=True,
             )
-            for block, (start, _), home in zip(self.futures, self.bounds, self.homes, strict=True)
+            for i, (block, home) in enumerate(zip(self.futures, self.homes, strict=True))
         ]
         with self.client.as_current():
             wait(tasks, timeout=self.timeout)

@@ -197,3 +197,14 @@ def test_multinomial_save_load_keeps_the_softmax(
     assert loaded.strategy == "multinomial"
     np.testing.assert_array_equal(loaded.predict_proba(X_test), clf.predict_proba(X_test))
     assert json.loads((tmp_path / "m" / "model.json").read_text())["strategy"] == "multinomial"
+
+
+def test_multinomial_dask_array_with_an_empty_chunk(digits, on_cluster: Client) -> None:
+    X_train, _, y_train, _ = digits
+    n = len(y_train)
+    X = da.from_array(X_train, chunks=((600, 0, n - 600), (64,)))
+    params = {"strategy": "multinomial", "C": 1.0, "tol": 1e-10, "max_iter": 2000}
+    ours = DaskLogisticRegression(**params).fit(X, y_train)
+    assert [b["rows"] for b in ours.fit_records_] == [600, 0, n - 600]
+    theirs = _sklearn_multinomial(X_train, y_train, C=1.0)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-5)
