@@ -106,7 +106,13 @@ def load_block(
         worker = get_worker()
         worker.log_event(
             BLOCK_TOPIC,
-            {"run_id": run_id, "start": offset, "worker": worker.address, "time": time.time()},
+            {
+                "run_id": run_id,
+                "key": str(worker.get_current_task()),
+                "start": offset,
+                "worker": worker.address,
+                "time": time.time(),
+            },
         )
     # Part by part: the block never exists a second time as one matrix (peak memory).
     pieces = [source.rows(a, min(a + PART_ROWS, stop)) for a in range(start, stop, PART_ROWS)]
@@ -392,6 +398,7 @@ class ClusterBlocks:
             held_by = sorted(holders.get(f.key, ()))
             described.append(
                 {
+                    "key": str(f.key),
                     "start": start,
                     "rows": stop - start,
                     "worker": held_by[0] if held_by else "",

@@ -249,7 +249,7 @@ def _add_block_loads(client: Client, run_id: str, blocks: list[dict[str, Any]]) 
     alive = set(client.scheduler_info(n_workers=-1).get("workers", {}))
     loads = block_loads(client, run_id)
     for block in blocks:
-        mine = [m for m in loads if m["start"] == block["start"]]
+        mine = [m for m in loads if m.get("key") == block.get("key")]
         block["loads"] = [
             {"worker": m["worker"], "time": m["time"], "worker_alive": m["worker"] in alive}
             for m in mine

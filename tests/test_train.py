@@ -81,6 +81,8 @@ def test_train_multinomial_digits_matches_sklearn_and_reads_back(
     workers = set(cluster_client.scheduler_info()["workers"])
     assert {b["worker"] for b in result.metrics["fits"]} == workers
     assert sum(b["rows"] for b in result.metrics["fits"]) == len(y_train)
+    # each block was loaded once, on the worker that holds it
+    assert all([m["worker"] for m in b["loads"]] == [b["worker"]] for b in result.metrics["fits"])
     assert any("L-BFGS iteration, loss" in m for m in messages)
     assert not (run / "checkpoints").exists()
 
