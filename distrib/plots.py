@@ -174,7 +174,9 @@ def plot_class_histograms(classes: list[int], train: list[int], test: list[int])
     return fig
 
 
-def plot_coefficients(coef: Any, classes: list[int], image_shape: tuple[int, int]) -> Figure:
+def plot_coefficients(
+    coef: Any, classes: list[int], image_shape: tuple[int, int], strategy: str = "ovr"
+) -> Figure:
     """Every class's coefficients as an image, one shared symmetric diverging scale."""
     import numpy as np
 
@@ -203,7 +205,8 @@ def plot_coefficients(coef: Any, classes: list[int], image_shape: tuple[int, int
             label="coefficient (red: votes for the class)",
         )
     note = f" ({clipped} weights beyond ±{scale:.2g} clipped)" if clipped else ""
-    fig.suptitle(f"What each one-vs-rest classifier learned{note}")
+    what = "one-vs-rest classifier" if strategy == "ovr" else "class's row of the softmax model"
+    fig.suptitle(f"What each {what} learned{note}")
     return fig
 
 
@@ -300,9 +303,9 @@ def plot_convergence(solver: dict[str, Any]) -> Figure:
     loss_ax, time_ax = fig.subplots(1, 2)
     steps = np.arange(1, len(loss) + 1)
     if len(loss):
-        loss_ax.semilogy(steps, loss - loss.min() + 1e-12, color="C0")
+        loss_ax.semilogy(steps, loss, color="C0")
     loss_ax.set_xlabel("evaluation")
-    loss_ax.set_ylabel("objective - final objective")
+    loss_ax.set_ylabel("objective (mean loss + L2 term)")
     loss_ax.set_title(f"L-BFGS: {solver.get('n_iter')} iterations, {len(loss)} evaluations")
     loss_ax.grid(True, alpha=0.3)
     if len(wall):

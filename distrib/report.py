@@ -216,7 +216,7 @@ def render_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
         ),
         "coefficients": (
             "Coefficients of each class",
-            plot_coefficients(model.coef, classes, image_shape),
+            plot_coefficients(model.coef, classes, image_shape, model.strategy),
         ),
         "confusion_matrix": (
             "Confusion matrix",
