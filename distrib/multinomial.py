@@ -220,13 +220,26 @@ def _block_bounds(n_rows: int, n_blocks: int) -> list[tuple[int, int]]:
 
 
 def worker_slots(client: Any) -> list[str]:
-    """One entry per worker thread, workers interleaved: where block ``i`` should live."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    """One entry per worker thread, workers interleaved: where block ``i`` should live.
+
+    Empty if the scheduler names no worker (its answer can come back empty under load); the
+    blocks are then placed by Dask.
+    """
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    if not workers:
+        with contextlib.suppress(Exception):  # ask once more, after the workers answer
+            client.wait_for_workers(1, timeout=30)
+            workers = client.scheduler_info(n_workers=-1).get("workers", {})
     threads = {address: int(info.get("nthreads", 1)) for address, info in workers.items()}
     slots: list[str] = []
     for round_ in range(max(threads.values(), default=0)):
         slots += [a for a in sorted(threads) if threads[a] > round_]
     return slots
+
+
+def _placement(home: str | None) -> dict[str, Any]:
+    """Ask for ``home`` but let any worker take over (it may die); nothing if unknown."""
+    return {"workers": [home], "allow_other_workers": True} if home else {}
 
 
 @contextlib.contextmanager
@@ -315,8 +328,7 @@ class ClusterBlocks:
                         run_id,
                         start,
                         key=f"distrib-rows-{run_id}-{i}",
-                        workers=[homes[i]] if homes[i] else None,
-                        allow_other_workers=True,
+                        **_placement(homes[i]),
                     )
                 )
         return cls(client, futures, bounds, run_id, timeout, homes)
@@ -381,8 +393,7 @@ class ClusterBlocks:
                 intercept,
                 class_weight,
                 key=f"distrib-softmax-{self.run_id}-{self._evaluations}-{i}",
-                workers=[home] if home else None,
-                allow_other_workers=True,
+                **_placement(home),
             )
             for i, (block, home) in enumerate(zip(self.futures, self.homes, strict=True))
         ]
