@@ -37,7 +37,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
-from distrib.cluster import connect, package_versions, start_local_cluster
+from distrib.cluster import connect, package_versions, start_local_cluster, worker_infos
 from distrib.config import STRATEGIES, ClusterConfig, TrainConfig
 from distrib.data import load_dataset
 from distrib.dispatch import fit_binary_classifiers
@@ -145,7 +145,7 @@ def _distrib_runs(
 ) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     with _cluster(workers, scheduler) as (client, startup):
-        present = len(client.scheduler_info(n_workers=-1)["workers"])
+        present = len(worker_infos(client))
         idle_rss = client.run(_idle_rss_bytes)
         for i in range(warmup + repeat):
             label = f"warm-up {i + 1}/{warmup}" if i < warmup else f"run {i - warmup + 1}/{repeat}"

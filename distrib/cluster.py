@@ -104,9 +104,26 @@ def check_versions(client: Client) -> None:
         )
 
 
+def scheduler_identity(client: Client) -> dict[str, Any]:
+    """The scheduler's identity, every worker included, asked of the scheduler now.
+
+    Not ``Client.scheduler_info(n_workers=-1)``: that returns a copy the client shares with a
+    periodic refresh which asks for no workers (distributed 2026.8), so under load it can come
+    back with none (seen in CI).
+    """
+    if client.scheduler is None:
+        raise ClusterError("the Dask client is not connected to a scheduler")
+    return dict(client.sync(client.scheduler.identity, n_workers=-1))
+
+
+def worker_infos(client: Client) -> dict[str, dict[str, Any]]:
+    """Address -> info (threads, memory limit, ...) of every worker the scheduler knows."""
+    return dict(scheduler_identity(client).get("workers", {}))
+
+
 def describe(client: Client) -> dict[str, Any]:
     """Workers, threads and memory of the cluster, for ``model.json`` and reports."""
-    info = client.scheduler_info(n_workers=-1)
+    info = scheduler_identity(client)
     workers = info.get("workers", {})
     return {
         "scheduler": info.get("address"),
@@ -134,7 +151,7 @@ def _wait_for_workers(client: Client, address: str, wanted: int, timeout: float)
     try:
         client.wait_for_workers(wanted, timeout=timeout)
     except (TimeoutError, OSError) as exc:
-        seen = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        seen = len(worker_infos(client))
         raise ClusterError(
             f"the Dask scheduler at {address} has {seen} worker(s) after {timeout:g} s, "
             f"{wanted} needed: start workers with `dask worker {address}`, or lower "

@@ -222,14 +222,11 @@ def _block_bounds(n_rows: int, n_blocks: int) -> list[tuple[int, int]]:
 def worker_slots(client: Any) -> list[str]:
     """One entry per worker thread, workers interleaved: where block ``i`` should live.
 
-    Empty if the scheduler names no worker (its answer can come back empty under load); the
-    blocks are then placed by Dask.
+    Empty if the cluster has no worker yet; the blocks are then placed by Dask.
     """
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    if not workers:
-        with contextlib.suppress(Exception):  # ask once more, after the workers answer
-            client.wait_for_workers(1, timeout=30)
-            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    from distrib.cluster import worker_infos
+
+    workers = worker_infos(client)
     threads = {address: int(info.get("nthreads", 1)) for address, info in workers.items()}
     slots: list[str] = []
     for round_ in range(max(threads.values(), default=0)):

@@ -19,7 +19,7 @@ from distributed import Client, KilledWorker
 
 from distrib import __version__
 from distrib.checkpoint import RUN_FILES, Checkpoints, refuse_finished
-from distrib.cluster import ClusterConfig, connect, describe, package_versions
+from distrib.cluster import ClusterConfig, connect, describe, package_versions, worker_infos
 from distrib.config import TrainConfig
 from distrib.data import Dataset, data_home, load_dataset
 from distrib.dispatch import ATTEMPT_TOPIC, BinaryFit
@@ -222,7 +222,7 @@ def _retries(
 ) -> dict[int, list[dict[str, Any]]]:
     """For each class that ran more than once: where the earlier attempts ran and why they
     did not finish."""
-    alive = set(client.scheduler_info(n_workers=-1).get("workers", {}))
+    alive = set(worker_infos(client))
     attempts = _attempts(client, run_id)
     retries: dict[int, list[dict[str, Any]]] = {}
     for fit in fits:
@@ -246,7 +246,7 @@ def _retries(
 def _add_block_loads(client: Client, run_id: str, blocks: list[dict[str, Any]]) -> None:
     """Record in each block where it was loaded; more than one load means Dask recomputed
     it from its source after losing a worker."""
-    alive = set(client.scheduler_info(n_workers=-1).get("workers", {}))
+    alive = set(worker_infos(client))
     loads = block_loads(client, run_id)
     for block in blocks:
         mine = [m for m in loads if m.get("key") == block.get("key")]

@@ -13,6 +13,7 @@ from distributed import Client
 from joblib import parallel_config
 from sklearn.linear_model import LogisticRegression
 
+from distrib.cluster import worker_infos
 from distrib.config import TrainConfig
 from distrib.data import load_dataset, load_mnist
 from distrib.dispatch import BinaryFit, fit_binary_classifiers
@@ -73,7 +74,7 @@ def test_digits_coefficients_match_in_process_fits(
     expected = classes[np.argmax(X_test @ coef.T + intercept, axis=1)]
     np.testing.assert_array_equal(model.predict(X_test), expected)
     # every class ran as its own task on a real worker process
-    workers = set(cluster_client.scheduler_info()["workers"])
+    workers = set(worker_infos(cluster_client))
     assert [r["label"] for r in records] == classes.tolist()
     assert {r["worker"] for r in records} <= workers
     assert len({r["worker"] for r in records}) == 2, "both workers should get classes"

@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from distrib.cluster import worker_infos
 from distrib.data import load_mnist
 from distrib.dispatch import cluster_backend
 from distrib.errors import ConfigError, OutputError
@@ -71,7 +72,7 @@ def test_matches_sklearn_one_vs_rest(digits, on_cluster: Client) -> None:
     np.testing.assert_array_equal(ours.predict(X_test), theirs.predict(X_test))
     np.testing.assert_allclose(ours.predict_proba(X_test), theirs.predict_proba(X_test),
                                rtol=1e-6, atol=1e-8)  # fmt: skip
-    workers = set(on_cluster.scheduler_info()["workers"])
+    workers = set(worker_infos(on_cluster))
     assert {r["worker"] for r in ours.fit_records_} <= workers
     assert [r["label"] for r in ours.fit_records_] == list(range(10))
 
@@ -140,7 +141,7 @@ def test_multinomial_matches_sklearn_on_digits(digits, on_cluster: Client, class
     half = len(y_train) // 2
     assert sorted(b["rows"] for b in blocks) == [half, len(y_train) - half]
     assert sum(b["rows"] for b in blocks) == len(y_train)
-    assert {b["worker"] for b in blocks} == set(on_cluster.scheduler_info()["workers"])
+    assert {b["worker"] for b in blocks} == set(worker_infos(on_cluster))
     assert all(b["copies"] == 1 for b in blocks), "no block may be copied to another worker"
     assert ours.solver_["converged"]
     assert abs(ours.n_iter_[0] - theirs.n_iter_[0]) <= 0.1 * theirs.n_iter_[0]

@@ -13,6 +13,7 @@ from distributed import Client
 from sklearn.linear_model import LogisticRegression
 
 from distrib import ClusterConfig, TrainConfig, train
+from distrib.cluster import describe, worker_infos
 from distrib.data import load_dataset, mnist_paths
 from distrib.errors import ClusterError, OutputError
 from distrib.model import LinearModel
@@ -78,7 +79,7 @@ def test_train_multinomial_digits_matches_sklearn_and_reads_back(
     assert result.model.strategy == "multinomial"
     assert result.metrics["test_accuracy"] == pytest.approx(ref.score(X_test, y_test))
     assert result.metrics["solver"]["converged"]
-    workers = set(cluster_client.scheduler_info()["workers"])
+    workers = set(worker_infos(cluster_client))
     assert {b["worker"] for b in result.metrics["fits"]} == workers
     assert sum(b["rows"] for b in result.metrics["fits"]) == len(y_train)
     # each block was loaded once, on the worker that holds it
@@ -378,3 +379,13 @@ def test_full_mnist_multinomial_two_workers(mnist_home: Path, tmp_path: Path) ->
     assert sorted(b["rows"] for b in result.metrics["fits"]) == [30_000, 30_000]
     assert all(b["copies"] == 1 for b in result.metrics["fits"])
     assert len({b["worker"] for b in result.metrics["fits"]}) == 2
+
+
+def test_worker_infos_do_not_depend_on_the_clients_shared_copy(cluster_client: Client) -> None:
+    """distributed's client refreshes its shared scheduler info every few seconds asking for no
+    workers; `Client.scheduler_info()` can then list none (it failed a multinomial fit in CI).
+    `worker_infos` asks the scheduler itself."""
+    cluster_client.sync(cluster_client._update_scheduler_info)  # what the periodic refresh does
+    assert cluster_client._scheduler_identity.get("workers", {}) == {}
+    assert len(worker_infos(cluster_client)) == 2
+    assert describe(cluster_client)["workers"] == 2
