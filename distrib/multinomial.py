@@ -36,7 +36,7 @@ import scipy.optimize
 from threadpoolctl import threadpool_limits
 
 from distrib.errors import DataError
-from distrib.transfer import InMemoryArrays, Matrix, TrainingData, aligned_copy, matrix_nbytes
+from distrib.transfer import InMemoryArrays, Matrix, TrainingData, aligned_copy
 
 BLOCK_TOPIC = "distrib-block-load"
 
@@ -56,10 +56,6 @@ class RowBlock:
     @property
     def n_rows(self) -> int:
         return len(self.codes)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(matrix_nbytes(part) for part in self.parts)
 
 
 # Rows per part of a block: float32 sums over at most this many rows lose at most
