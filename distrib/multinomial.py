@@ -230,6 +230,14 @@ def worker_slots(client: Any) -> list[str]:
     return slots
 
 
+def _wait_all(client: Any, futures: list[Any], timeout: float | None) -> None:
+    """`distributed.wait` on ``client``'s futures (it otherwise asks for the default client)."""
+    from distributed import wait
+
+    with client.as_current():
+        wait(futures, timeout=timeout)
+
+
 def _placement(home: str | None) -> dict[str, Any]:
     """Ask for ``home`` but let any worker take over (it may die); nothing if unknown."""
     return {"workers": [home], "allow_other_workers": True} if home else {}
@@ -354,20 +362,14 @@ class ClusterBlocks:
             for i, (chunk, (a, b)) in enumerate(zip(chunks, bounds, strict=True))
         ]
         futures = list(client.compute(blocks))
-        with client.as_current():
-            from distributed import wait
-
-            wait(futures, timeout=timeout)
+        _wait_all(client, futures, timeout)
         holders = client.who_has(futures)
         homes = [next(iter(sorted(holders.get(f.key, ()))), None) for f in futures]
         return cls(client, futures, bounds, run_id, timeout, homes)
 
     def wait_loaded(self) -> None:
         """Block until every block is in worker memory (raises a load error here)."""
-        from distributed import wait
-
-        with self.client.as_current():
-            wait(self.futures, timeout=self.timeout)
+        _wait_all(self.client, self.futures, self.timeout)
         for future in self.futures:
             if future.status == "error":
                 future.result()
@@ -375,8 +377,6 @@ class ClusterBlocks:
     def evaluate(
         self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
     ) -> list[BlockResult]:
-        from distributed import wait
-
         self._evaluations += 1
         tasks = [
             self.client.submit(
@@ -390,8 +390,7 @@ class ClusterBlocks:
             )
             for i, (block, home) in enumerate(zip(self.futures, self.homes, strict=True))
         ]
-        with self.client.as_current():
-            wait(tasks, timeout=self.timeout)
+        _wait_all(self.client, tasks, self.timeout)
         results: list[BlockResult] = self.client.gather(tasks)
         return results
 

@@ -175,9 +175,10 @@ def _fit(
         estimator.fit_training_data(data, classes, client=client, hooks=hooks)
     except KilledWorker as exc:
         if estimator.strategy == "ovr":
-            n_done = len(checkpoints.load())
+            saved = checkpoints.load()
+            n_done = len(saved)
             attempts = _attempts(client, hooks.run_id)
-            lost = [int(c) for c in classes if int(c) not in checkpoints.load()]
+            lost = [int(c) for c in classes if int(c) not in saved]
             tries = {label: len(attempts.get(label, [])) for label in lost}
             worst = max(lost, key=tries.__getitem__, default=None)
             if worst is not None and tries[worst] >= 2:
