@@ -33,13 +33,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from distrib.block_hosts import ClusterBlocks
 from distrib.config import TrainConfig
 from distrib.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
 from distrib.errors import OutputError
 from distrib.model import LinearModel
 from distrib.multinomial import (
     BlockRunner,
-    ClusterBlocks,
     LocalBlocks,
     SoftmaxFit,
     class_counts_of,

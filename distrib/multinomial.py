@@ -3,10 +3,10 @@
 The other way to distribute the same model (issue 8). One-vs-rest sends whole problems to
 workers: it cannot use more workers than classes, and every worker holds the whole matrix.
 Here the training rows are cut into blocks, one per worker thread; each block is loaded once
-onto its worker and kept there as a Dask future (no worker holds more than its rows). Each
-evaluation of the objective sends the current coefficients to every block; the worker returns
-its block's softmax loss and gradient; the driver sums them, adds the L2 term, and SciPy's
-L-BFGS takes the step, with scikit-learn's options and its ``C`` convention::
+onto its worker and kept there (no worker holds more than its rows). Each evaluation of the
+objective sends the current coefficients to every block; the worker returns its block's
+softmax loss and gradient (`distrib.softmax`); the driver sums them, adds the L2 term, and
+SciPy's L-BFGS takes the step, with scikit-learn's options and its ``C`` convention::
 
     mean_i w_i * (logsumexp(z_i) - z_i[y_i]) + ||coef||^2 / (2 * C * sum_i w_i)
 
@@ -14,20 +14,16 @@ L-BFGS takes the step, with scikit-learn's options and its ``C`` convention::
 ``LogisticRegression(solver="lbfgs")`` multinomial fit. Two classes are fitted as the
 equivalent binomial problem (one row, as scikit-learn does).
 
-Blocks are Dask tasks that read their rows from their source: the prepared files opened by
-path (`distrib.transfer.ArrayFiles`), or a slice of an in-memory matrix carried in the task
-itself. When a worker dies, Dask recomputes its blocks from that source on another worker and
-the pending evaluation runs there: the fit continues on the same path, to the same model.
+This module holds the solver and the blocks themselves; where the blocks live is a
+`BlockRunner`'s business: `LocalBlocks` (this process) or `distrib.block_hosts.ClusterBlocks`
+(actors on the workers of a Dask cluster, called directly at each evaluation).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
-import uuid
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,32 +31,24 @@ import numpy as np
 import scipy.optimize
 from threadpoolctl import threadpool_limits
 
+from distrib import softmax
 from distrib.errors import DataError
-from distrib.transfer import InMemoryArrays, Matrix, TrainingData, aligned_copy
+from distrib.transfer import Matrix, TrainingData, aligned_copy
 
 BLOCK_TOPIC = "distrib-block-load"
 
 
 @dataclass(frozen=True, eq=False)
 class RowBlock:
-    """Rows of the training matrix as held by one worker: pixels and class indices.
+    """Rows of the training matrix as held by one worker: pixels and class indices."""
 
-    The pixels are kept as consecutive parts of at most `PART_ROWS` rows, so that sums over
-    rows in the data's own precision (float32) stay short; the parts are added in float64.
-    """
-
-    parts: tuple[Matrix, ...]
+    X: Matrix
     codes: np.ndarray
     start: int
 
     @property
     def n_rows(self) -> int:
         return len(self.codes)
-
-
-# Rows per part of a block: float32 sums over at most this many rows lose at most
-# ~PART_ROWS * 6e-8 of their relative precision; whole blocks of 30,000 rows lost ~2e-3.
-PART_ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -89,11 +77,13 @@ def load_block(
     classes: np.ndarray,
     run_id: str = "",
     offset: int | None = None,
+    key: str = "",
 ) -> RowBlock:
-    """Read rows ``start:stop`` of ``source`` into a block (a task on a worker).
+    """Read rows ``start:stop`` of ``source`` into a block (on a worker, or here).
 
     ``classes`` are the sorted labels; the block keeps each row's index into them.
-    ``offset`` is the block's first row in the whole matrix (default ``start``).
+    ``offset`` is the block's first row in the whole matrix (default ``start``); ``key``
+    names the block in the load event a worker records (`block_loads`).
     """
     offset = start if offset is None else offset
     with contextlib.suppress(ImportError, ValueError):
@@ -104,21 +94,22 @@ def load_block(
             BLOCK_TOPIC,
             {
                 "run_id": run_id,
-                "key": str(worker.get_current_task()),
+                "key": key,
                 "start": offset,
                 "worker": worker.address,
                 "time": time.time(),
             },
         )
-    # Part by part: the block never exists a second time as one matrix (peak memory).
-    pieces = [source.rows(a, min(a + PART_ROWS, stop)) for a in range(start, stop, PART_ROWS)]
-    parts = tuple(aligned_copy(X) for X, _ in pieces)
-    y = np.concatenate([labels for _, labels in pieces]) if pieces else np.empty(0)
+    X, y = source.rows(start, stop)  # a fresh copy of just these rows
     codes = np.searchsorted(classes, y)
     codes[codes == len(classes)] = 0
     if not np.array_equal(classes[codes], y):
         raise DataError(f"rows {start}:{stop} hold labels outside the classes {classes.tolist()}")
-    return RowBlock(parts, codes.astype(np.intp), offset)
+    block = RowBlock(softmax.prepare(aligned_copy(X)), codes.astype(np.intp), offset)
+    if block.n_rows:  # compile (or load from numba's cache) the kernel for these rows now
+        zeros = np.zeros((len(classes), X.shape[1]))
+        softmax.loss_grad(block.X, block.codes, zeros, zeros[:, 0])
+    return block
 
 
 def block_loss_grad(
@@ -127,40 +118,14 @@ def block_loss_grad(
     intercept: np.ndarray,
     class_weight: np.ndarray | None,
 ) -> BlockResult:
-    """Softmax loss (summed over the block's rows) and its gradient, for one block.
-
-    The two products with ``X`` run in ``X``'s precision (float32 for prepared data: half
-    the bytes to read), part by part; the parts and everything else are summed in float64.
-    """
+    """Softmax loss (summed over the block's rows) and its gradient, for one block
+    (`distrib.softmax.loss_grad`: one pass over the rows, products in their precision)."""
     started = time.time()
     t0 = time.perf_counter()
-    parts, codes = block.parts, block.codes
-    if not parts:  # an empty chunk of a Dask array
-        grad = np.zeros((coef.shape[0], coef.shape[1] + 1))
-        return BlockResult(0.0, grad, time.perf_counter() - t0, _worker_address(), started)
-    dtype = parts[0].dtype
-    rows = np.arange(len(codes))
-    weights_t = coef.T.astype(dtype)
-    scores = np.vstack([np.asarray(part @ weights_t, dtype=np.float64) for part in parts])
-    scores += intercept
-    scores -= scores.max(axis=1, keepdims=True)
-    np.exp(scores, out=(expd := np.empty_like(scores)))
-    total = expd.sum(axis=1)
-    point_loss = np.log(total) - scores[rows, codes]
-    residual = expd / total[:, None]
-    residual[rows, codes] -= 1.0
-    if class_weight is not None:
-        weights = class_weight[codes]
-        point_loss *= weights
-        residual *= weights[:, None]
-    grad = np.zeros((coef.shape[0], coef.shape[1] + 1))
-    low_precision = residual.astype(dtype)
-    for part, first in zip(parts, range(0, len(codes), PART_ROWS), strict=True):
-        chunk = low_precision[first : first + part.shape[0]]
-        grad[:, :-1] += np.asarray(part.T @ chunk, dtype=np.float64).T
-    grad[:, -1] = residual.sum(axis=0)
+    weights = None if class_weight is None else class_weight[block.codes]
+    loss, grad = softmax.loss_grad(block.X, block.codes, coef, intercept, weights)
     return BlockResult(
-        loss=float(point_loss.sum()),
+        loss=loss,
         grad=grad,
         seconds=time.perf_counter() - t0,
         worker=_worker_address(),
@@ -201,220 +166,6 @@ class LocalBlocks:
 
     def release(self) -> None:
         """Nothing to release: the block lives in this process."""
-
-
-def _block_from_rows(
-    X: Matrix, codes: np.ndarray, start: int, classes: np.ndarray, run_id: str
-) -> RowBlock:
-    """A block from rows already computed on the worker (a chunk of a Dask array)."""
-    return load_block(InMemoryArrays(X, classes[codes]), 0, len(codes), classes, run_id, start)
-
-
-def _block_bounds(n_rows: int, n_blocks: int) -> list[tuple[int, int]]:
-    edges = np.linspace(0, n_rows, max(1, min(n_blocks, n_rows)) + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
-
-
-def worker_slots(client: Any) -> list[str]:
-    """One entry per worker thread, workers interleaved: where block ``i`` should live.
-
-    Empty if the cluster has no worker yet; the blocks are then placed by Dask.
-    """
-    from distrib.cluster import worker_infos
-
-    workers = worker_infos(client)
-    threads = {address: int(info.get("nthreads", 1)) for address, info in workers.items()}
-    slots: list[str] = []
-    for round_ in range(max(threads.values(), default=0)):
-        slots += [a for a in sorted(threads) if threads[a] > round_]
-    return slots
-
-
-def _wait_all(client: Any, futures: list[Any], timeout: float | None) -> None:
-    """`distributed.wait` on ``client``'s futures (it otherwise asks for the default client)."""
-    from distributed import wait
-
-    with client.as_current():
-        wait(futures, timeout=timeout)
-
-
-def _placement(home: str | None) -> dict[str, Any]:
-    """Ask for ``home`` but let any worker take over (it may die); nothing if unknown."""
-    return {"workers": [home], "allow_other_workers": True} if home else {}
-
-
-@contextlib.contextmanager
-def _quiet_large_graph() -> Iterator[None]:
-    """Blocks sent by value travel in their task on purpose: that is what lets Dask
-    recompute them after a worker dies (scattered data would be lost with the worker)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ll]arge (object|graph).*")
-        yield
-
-
-class ClusterBlocks:
-    """Row blocks held by the workers of a Dask cluster (futures of `RowBlock`).
-
-    Build it with `from_training_data` or `from_dask_array`.
-
-    Parameters
-    ----------
-    client : distributed.Client
-    futures : list of Future
-        One `RowBlock` each, in row order.
-    bounds : list of (int, int)
-        Each block's rows in the whole matrix.
-    run_id : str
-        Names this fit in task keys and block-load events.
-    timeout : float, optional
-        Seconds one evaluation may take before the fit fails.
-    homes : list of str or None
-        The worker each block was placed on. Evaluations of a block are asked to run there
-        (a loose restriction: if that worker dies they run wherever Dask recomputed the block);
-        it also keeps Dask's work stealing from copying blocks to other workers.
-    """
-
-    def __init__(
-        self,
-        client: Any,
-        futures: list[Any],
-        bounds: list[tuple[int, int]],
-        run_id: str,
-        timeout: float | None = None,
-        homes: list[str | None] | None = None,
-    ) -> None:
-        self.client = client
-        self.futures = futures
-        self.bounds = bounds
-        self.homes = homes or [None] * len(futures)
-        self.run_id = run_id
-        self.timeout = timeout
-        self._evaluations = 0
-
-    @classmethod
-    def from_training_data(
-        cls,
-        client: Any,
-        data: TrainingData,
-        classes: np.ndarray,
-        *,
-        n_blocks: int | None = None,
-        run_id: str = "",
-        timeout: float | None = None,
-    ) -> ClusterBlocks:
-        """One block per worker thread (or ``n_blocks``), block ``i`` placed on the
-        ``i``-th thread's worker (other workers may take it over if that one dies).
-
-        `distrib.transfer.ArrayFiles` are read by path on the workers; in-memory arrays are
-        cut here and each block travels in its own task.
-        """
-        run_id = run_id or uuid.uuid4().hex
-        slots = worker_slots(client)
-        bounds = _block_bounds(data.shape[0], n_blocks or len(slots) or 1)
-        futures = []
-        homes: list[str | None] = [
-            slots[i % len(slots)] if slots else None for i in range(len(bounds))
-        ]
-        with _quiet_large_graph():
-            for i, (start, stop) in enumerate(bounds):
-                if isinstance(data, InMemoryArrays):
-                    args: tuple[Any, ...] = (data.row_block(start, stop), 0, stop - start)
-                else:
-                    args = (data, start, stop)
-                futures.append(
-                    client.submit(
-                        load_block,
-                        *args,
-                        classes,
-                        run_id,
-                        start,
-                        key=f"distrib-rows-{run_id}-{i}",
-                        **_placement(homes[i]),
-                    )
-                )
-        return cls(client, futures, bounds, run_id, timeout, homes)
-
-    @classmethod
-    def from_dask_array(
-        cls,
-        client: Any,
-        X: Any,
-        codes: np.ndarray,
-        classes: np.ndarray,
-        *,
-        run_id: str = "",
-        timeout: float | None = None,
-    ) -> ClusterBlocks:
-        """One block per chunk of rows of the Dask array ``X``, computed on the workers.
-
-        ``codes`` are the rows' class indices (0 .. n_classes - 1).
-        """
-        import dask
-
-        run_id = run_id or uuid.uuid4().hex
-        X = X.rechunk({1: -1})
-        edges = np.cumsum((0, *X.chunks[0]))
-        bounds = [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
-        make = dask.delayed(_block_from_rows, pure=True)
-        chunks = X.to_delayed().ravel()
-        blocks = [
-            make(chunk, codes[a:b], a, classes, run_id, dask_key_name=f"distrib-rows-{run_id}-{i}")
-            for i, (chunk, (a, b)) in enumerate(zip(chunks, bounds, strict=True))
-        ]
-        futures = list(client.compute(blocks))
-        _wait_all(client, futures, timeout)
-        holders = client.who_has(futures)
-        homes = [next(iter(sorted(holders.get(f.key, ()))), None) for f in futures]
-        return cls(client, futures, bounds, run_id, timeout, homes)
-
-    def wait_loaded(self) -> None:
-        """Block until every block is in worker memory (raises a load error here)."""
-        _wait_all(self.client, self.futures, self.timeout)
-        for future in self.futures:
-            if future.status == "error":
-                future.result()
-
-    def evaluate(
-        self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
-    ) -> list[BlockResult]:
-        self._evaluations += 1
-        tasks = [
-            self.client.submit(
-                block_loss_grad,
-                block,
-                coef,
-                intercept,
-                class_weight,
-                key=f"distrib-softmax-{self.run_id}-{self._evaluations}-{i}",
-                **_placement(home),
-            )
-            for i, (block, home) in enumerate(zip(self.futures, self.homes, strict=True))
-        ]
-        _wait_all(self.client, tasks, self.timeout)
-        results: list[BlockResult] = self.client.gather(tasks)
-        return results
-
-    def describe(self) -> list[dict[str, Any]]:
-        holders = self.client.who_has(self.futures)
-        described = []
-        for f, (start, stop) in zip(self.futures, self.bounds, strict=True):
-            held_by = sorted(holders.get(f.key, ()))
-            described.append(
-                {
-                    "key": str(f.key),
-                    "start": start,
-                    "rows": stop - start,
-                    "worker": held_by[0] if held_by else "",
-                    "copies": len(held_by),
-                }
-            )
-        return described
-
-    def release(self) -> None:
-        """Drop the blocks from the workers' memory."""
-        with contextlib.suppress(Exception):
-            self.client.cancel(self.futures)
-        self.futures = []
 
 
 @dataclass

@@ -1,0 +1,273 @@
+"""The multinomial loss and its gradient over a block of rows, in one pass per row.
+
+For each row the kernel computes the class scores, the softmax, the row's loss and its
+residual, then adds the residual times the row into the gradient while the row is still in
+cache: the matrix is read once per evaluation (scipy's ``X @ W`` then ``X.T @ R`` read it
+twice and make two temporaries of rows x classes). The classes are processed in groups of
+`LANES`: LLVM's SLP vectorizer turns each group's sixteen multiply-adds into vector
+instructions, which scipy's sparse products do not use. Measured on 30,000 MNIST rows as
+float32 CSR, one thread: scores 8 ms and gradient 8.5 ms here against 26 ms and 17 ms for
+scipy's two products (README, "Multinomial: where the time goes").
+
+Precision follows scikit-learn's float32 path: products in the data's precision (float32 for
+the prepared data: half the bytes to read), softmax, loss and the per-row residuals in
+float64, and the gradient summed in float32 over at most `PART_ROWS` rows before it is added
+in float64 (a float32 sum over 30,000 rows lost ~2e-3 of its relative precision).
+
+Numba compiles the kernels on first use in each process and caches them on disk
+(``cache=True``); the first call in a fresh environment costs a few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any, TypeAlias
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: Classes per vector group: 16 float32 (two AVX2 registers, one AVX-512 register).
+LANES = 16
+#: Dense rows with more non-zero entries than this share stay dense (BLAS); others go CSR.
+DENSE_ABOVE = 0.25
+#: Rows whose gradient is summed in the data's precision before it is added in float64.
+PART_ROWS = 2048
+
+Matrix: TypeAlias = np.ndarray | sp.csr_matrix
+
+
+@intrinsic
+def _lane_buffer(typingctx: Any, like: Any) -> Any:
+    """`LANES` scalars of ``like``'s dtype on the stack of the calling function.
+
+    A stack buffer cannot alias any array, so LLVM keeps it in (vector) registers; a heap
+    array in its place keeps every multiply-add a scalar load, multiply-add and store.
+    """
+    dtype = like.dtype
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        size = context.get_constant(types.intp, LANES)
+        return cgutils.alloca_once(builder, context.get_value_type(dtype), size=size)
+
+    return types.CPointer(dtype)(like), codegen
+
+
+def _kernel(func: Any) -> Any:
+    """Compile ``func`` with numba: once per process and signature, cached on disk where
+    numba finds a writable folder (else compiled again in each process); contractions into
+    FMA allowed, no other reordering of floating-point operations."""
+    options = {"nogil": True, "boundscheck": False, "fastmath": {"contract"}}
+    try:
+        return numba.njit(cache=True, **options)(func)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(cache=False, **options)(func)
+
+
+@_kernel
+def _softmax_row(scores, intercept, code, weight):
+    """Turn one row's scores into its weighted residual in place; return its loss."""
+    n_classes = intercept.shape[0]
+    top = -np.inf
+    for k in range(n_classes):
+        scores[k] += intercept[k]
+        top = max(top, scores[k])
+    own = scores[code]
+    total = 0.0
+    for k in range(n_classes):
+        scores[k] = np.exp(scores[k] - top)
+        total += scores[k]
+    for k in range(n_classes):
+        scores[k] = weight * (scores[k] / total)
+    scores[code] -= weight
+    return weight * (np.log(total) + top - own)
+
+
+@_kernel
+def _flush(G, G_total):
+    """Add the low-precision partial gradient ``G`` into ``G_total`` and clear it."""
+    for j in range(G_total.shape[0]):
+        for k in range(G_total.shape[1]):
+            G_total[j, k] += G[j, k]
+            G[j, k] = 0
+
+
+@_kernel
+def _csr_pass(data, indices, indptr, codes, weights, W, intercept, G, G_total, g0):
+    """Rows of a CSR matrix: return their loss; add their gradient to ``G_total``
+    (features x classes, float64) and their intercept gradient to ``g0``.
+
+    ``W`` holds the coefficients as features x padded classes in the data's precision;
+    ``G``, of the same shape and dtype, sums the gradient of up to `PART_ROWS` rows before
+    it is added to ``G_total``."""
+    n_classes = intercept.shape[0]
+    width = W.shape[1]
+    lanes = numba.carray(_lane_buffer(W), LANES)  # type: ignore[call-arg]
+    scores = np.zeros(width)
+    loss = 0.0
+    for i in range(indptr.shape[0] - 1):
+        if i % PART_ROWS == 0:
+            _flush(G, G_total)
+        lo, hi = indptr[i], indptr[i + 1]
+        for group in range(0, width, LANES):
+            for k in range(LANES):
+                lanes[k] = 0
+            for p in range(lo, hi):
+                j, v = indices[p], data[p]
+                for k in range(LANES):
+                    lanes[k] += v * W[j, group + k]
+            for k in range(LANES):
+                scores[group + k] = lanes[k]
+        weight = weights[i] if weights.shape[0] else 1.0
+        loss += _softmax_row(scores, intercept, codes[i], weight)
+        for k in range(n_classes):
+            g0[k] += scores[k]
+        for group in range(0, width, LANES):
+            for k in range(LANES):
+                lanes[k] = scores[group + k] if group + k < n_classes else 0
+            for p in range(lo, hi):
+                j, v = indices[p], data[p]
+                for k in range(LANES):
+                    G[j, group + k] += v * lanes[k]
+    _flush(G, G_total)
+    return loss
+
+
+_COMPILE_LOCK = threading.Lock()
+_COMPILED: set[tuple[Any, ...]] = set()
+
+
+@contextlib.contextmanager
+def _vectorize_across_lanes() -> Iterator[None]:
+    """Compile with LLVM's SLP vectorizer (numba leaves it off by default) and without its
+    loop vectorizer (which would vectorize the loop over a row's entries with gathers,
+    slower than scalar code here). Measured: 26 -> 8 ms for the scores of 30,000 rows."""
+    config: Any = numba.config
+    saved = config.SLP_VECTORIZE, config.LOOP_VECTORIZE
+    config.SLP_VECTORIZE, config.LOOP_VECTORIZE = 1, 0
+    try:
+        yield
+    finally:
+        config.SLP_VECTORIZE, config.LOOP_VECTORIZE = saved
+
+
+def _run(kernel: Any, *args: Any) -> float:
+    """Call a kernel, compiling it first (vectorized) for these argument types if needed."""
+    signature = tuple(numba.typeof(a) for a in args)
+    key = (kernel.py_func.__name__, signature)
+    if key not in _COMPILED:
+        with _COMPILE_LOCK, _vectorize_across_lanes():
+            kernel.compile(signature)
+            _COMPILED.add(key)
+    return float(kernel(*args))
+
+
+def prepare(X: Matrix) -> Matrix:
+    """``X`` as `loss_grad` takes it best: float32 or float64, C-ordered, and CSR unless
+    more than `DENSE_ABOVE` of its entries are non-zero (the kernel skips zeros; BLAS does
+    not). A copy only where needed; blocks of rows convert once, when they are loaded."""
+    if sp.issparse(X):
+        csr = sp.csr_matrix(X)
+        if csr.dtype in (np.float32, np.float64) and all(
+            a.flags.c_contiguous for a in (csr.data, csr.indices, csr.indptr)
+        ):
+            return csr
+        dtype = csr.dtype if csr.dtype in (np.float32, np.float64) else np.float64
+        return sp.csr_matrix(
+            (
+                np.ascontiguousarray(csr.data, dtype=dtype),
+                np.ascontiguousarray(csr.indices),
+                np.ascontiguousarray(csr.indptr),
+            ),
+            shape=csr.shape,
+            copy=False,
+        )
+    X = np.asarray(X)
+    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+    if np.count_nonzero(X) <= DENSE_ABOVE * X.size:
+        return sp.csr_matrix(X, dtype=dtype)
+    return np.ascontiguousarray(X, dtype=dtype)
+
+
+def _dense_loss_grad(
+    X: np.ndarray, codes: np.ndarray, coef: np.ndarray, intercept: np.ndarray, weights: Any
+) -> tuple[float, np.ndarray]:
+    """`loss_grad` for dense rows, with BLAS: two matrix products in ``X``'s precision."""
+    rows = np.arange(len(codes))
+    scores = np.asarray(X @ coef.T.astype(X.dtype), dtype=np.float64) + intercept
+    top = scores.max(axis=1, keepdims=True)
+    np.exp(scores - top, out=(residual := np.empty_like(scores)))
+    total = residual.sum(axis=1)
+    point_loss = np.log(total) + top[:, 0] - scores[rows, codes]
+    residual /= total[:, None]
+    residual[rows, codes] -= 1.0
+    if weights.size:
+        point_loss *= weights
+        residual *= weights[:, None]
+    grad = np.empty((coef.shape[0], coef.shape[1] + 1))
+    grad[:, :-1] = 0.0
+    low = residual.astype(X.dtype)
+    for a in range(0, len(codes), PART_ROWS):  # short sums in the data's precision
+        grad[:, :-1] += np.asarray(X[a : a + PART_ROWS].T @ low[a : a + PART_ROWS]).T
+    grad[:, -1] = residual.sum(axis=0)
+    return float(point_loss.sum()), grad
+
+
+def loss_grad(
+    X: Matrix,
+    codes: np.ndarray,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> tuple[float, np.ndarray]:
+    """Summed softmax loss of the rows of ``X`` and its gradient.
+
+    Parameters
+    ----------
+    X : ndarray or csr_matrix of shape (n_rows, n_features)
+        float32 or float64 (`prepare` converts anything else, once if you keep the result).
+    codes : ndarray of shape (n_rows,)
+        Each row's class index, 0 .. n_classes - 1.
+    coef : ndarray of shape (n_classes, n_features)
+    intercept : ndarray of shape (n_classes,)
+    weights : ndarray of shape (n_rows,), optional
+        Each row's weight (class and sample weights); 1 when omitted.
+
+    Returns
+    -------
+    loss : float
+        ``sum_i w_i * (logsumexp(z_i) - z_i[y_i])`` with ``z_i = coef @ x_i + intercept``.
+    grad : ndarray of shape (n_classes, n_features + 1)
+        Its gradient: coefficients, then the intercept (float64).
+    """
+    X = prepare(X)
+    n_classes, n_features = coef.shape
+    if X.shape != (len(codes), n_features) or (weights is not None and len(weights) != len(codes)):
+        raise ValueError(
+            f"X has shape {X.shape}, codes {np.shape(codes)}, weights "
+            f"{None if weights is None else np.shape(weights)} and coef {coef.shape}: "
+            "they must agree (rows, features)"
+        )
+    codes = np.ascontiguousarray(codes, dtype=np.intp)
+    weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
+    intercept = np.ascontiguousarray(intercept, dtype=np.float64)
+    if not sp.issparse(X):
+        return _dense_loss_grad(X, codes, coef, intercept, weights)
+    width = -(-n_classes // LANES) * LANES
+    W = np.zeros((n_features, width), dtype=X.dtype)
+    W[:, :n_classes] = coef.T
+    G = np.zeros_like(W)
+    G_total = np.zeros((n_features, n_classes))
+    g0 = np.zeros(n_classes)
+    csr: Any = X
+    args = (csr.data, csr.indices, csr.indptr, codes, weights, W, intercept, G, G_total, g0)
+    loss = _run(_csr_pass, *args)
+    grad = np.empty((n_classes, n_features + 1))
+    grad[:, :-1] = G_total.T
+    grad[:, -1] = g0
+    return loss, grad
