@@ -62,7 +62,7 @@ def _kernel(func: Any) -> Any:
     """Compile ``func`` with numba: once per process and signature, cached on disk where
     numba finds a writable folder (else compiled again in each process); contractions into
     FMA allowed, no other reordering of floating-point operations."""
-    options = {"nogil": True, "boundscheck": False, "fastmath": {"contract"}}
+    options: dict[str, Any] = {"nogil": True, "boundscheck": False, "fastmath": {"contract"}}
     try:
         return numba.njit(cache=True, **options)(func)
     except RuntimeError:  # "cannot cache function ...: no locator available"
@@ -254,6 +254,8 @@ def loss_grad(
             "they must agree (rows, features)"
         )
     codes = np.ascontiguousarray(codes, dtype=np.intp)
+    if codes.size and (codes.min() < 0 or codes.max() >= n_classes):
+        raise ValueError(f"class indices must lie in 0..{n_classes - 1} (one row of coef each)")
     weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
     intercept = np.ascontiguousarray(intercept, dtype=np.float64)
     if not sp.issparse(X):

@@ -1,0 +1,133 @@
+"""The block kernel without a cluster: finite differences and scikit-learn's own loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn._loss.loss import HalfMultinomialLoss
+from sklearn.linear_model._linear_loss import LinearModelLoss
+
+from distrib.softmax import LANES, PART_ROWS, loss_grad, prepare
+
+
+def _problem(
+    n_rows: int, n_features: int, n_classes: int, density: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, n_features)) * (rng.random((n_rows, n_features)) < density)
+    codes = rng.integers(0, n_classes, n_rows)
+    coef = rng.normal(size=(n_classes, n_features)) * 0.3
+    intercept = rng.normal(size=n_classes) * 0.3
+    weights = rng.uniform(0.2, 3.0, n_rows)
+    return X, codes, coef, intercept, weights
+
+
+def _reference(X, codes, coef, intercept, weights):  # float64, the textbook formulas
+    scores = X @ coef.T + intercept
+    top = scores.max(axis=1, keepdims=True)
+    total = np.exp(scores - top).sum(axis=1)
+    rows = np.arange(len(codes))
+    w = np.ones(len(codes)) if weights is None else weights
+    loss = float(np.sum(w * (np.log(total) + top[:, 0] - scores[rows, codes])))
+    residual = np.exp(scores - top) / total[:, None]
+    residual[rows, codes] -= 1.0
+    residual *= w[:, None]
+    return loss, np.hstack([(X.T @ residual).T, residual.sum(axis=0)[:, None]])
+
+
+LAYOUTS = {
+    "csr": sp.csr_matrix,
+    "dense": np.asarray,  # dense data (70 % non-zero) stays dense: the BLAS path
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("n_classes", [2, 3, LANES + 4])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gradient_matches_finite_differences(layout: str, n_classes: int, weighted: bool) -> None:
+    X, codes, coef, intercept, weights = _problem(60, 7, n_classes, 0.7)
+    w = weights if weighted else None
+    data = LAYOUTS[layout](X)
+    _, grad = loss_grad(data, codes, coef, intercept, w)
+    assert grad.shape == (n_classes, 8)
+    step = 1e-6
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        k, j = int(rng.integers(n_classes)), int(rng.integers(8))
+        up, down = coef.copy(), coef.copy()
+        b_up, b_down = intercept.copy(), intercept.copy()
+        if j < 7:
+            up[k, j] += step
+            down[k, j] -= step
+        else:
+            b_up[k] += step
+            b_down[k] -= step
+        numeric = (
+            loss_grad(data, codes, up, b_up, w)[0] - loss_grad(data, codes, down, b_down, w)[0]
+        ) / (2 * step)
+        assert numeric == pytest.approx(grad[k, j], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_matches_scikit_learns_multinomial_loss(layout: str, dtype: type, weighted: bool) -> None:
+    """More rows than `PART_ROWS` (the float32 gradient is flushed into float64 in parts)."""
+    n_classes = 10
+    X, codes, coef, intercept, weights = _problem(2 * PART_ROWS + 300, 40, n_classes, 0.3)
+    X = X.astype(dtype)
+    if layout == "dense":
+        X[X == 0] = 0.01  # dense data
+    w = weights if weighted else None
+    data = LAYOUTS[layout](X)
+    loss, grad = loss_grad(data, codes, coef, intercept, w)
+
+    theirs = LinearModelLoss(base_loss=HalfMultinomialLoss(n_classes=n_classes), fit_intercept=True)
+    packed = np.hstack([coef, intercept[:, None]])
+    X64 = X.astype(np.float64)
+    their_loss, their_grad = theirs.loss_gradient(packed, X64, codes.astype(np.float64), w)
+    total = len(codes) if w is None else w.sum()  # scikit-learn averages; we sum
+    rtol = 1e-10 if dtype == np.float64 else 2e-6
+    assert loss / total == pytest.approx(their_loss, rel=rtol)
+    np.testing.assert_allclose(grad / total, their_grad, rtol=rtol * 10, atol=rtol * 1e-1)
+    ref_loss, ref_grad = _reference(X64, codes, coef, intercept, w)
+    assert loss == pytest.approx(ref_loss, rel=rtol)
+    np.testing.assert_allclose(grad, ref_grad, rtol=rtol * 10, atol=rtol * total * 1e-1)
+
+
+def test_sparse_like_dense_rows_go_through_the_sparse_kernel() -> None:
+    X, codes, coef, intercept, _ = _problem(500, 30, 4, 0.1)
+    assert sp.issparse(prepare(X))  # 10 % non-zero: CSR, same numbers
+    assert isinstance(prepare(X + 1.0), np.ndarray)
+    dense_result = loss_grad(X, codes, coef, intercept)
+    sparse_result = loss_grad(sp.csr_matrix(X), codes, coef, intercept)
+    assert dense_result[0] == pytest.approx(sparse_result[0], rel=1e-12)
+    np.testing.assert_allclose(dense_result[1], sparse_result[1], rtol=1e-12, atol=1e-12)
+
+
+def test_integer_rows_and_csr_with_int64_indices() -> None:
+    X, codes, coef, intercept, _ = _problem(100, 12, 3, 0.4)
+    ref_loss, ref_grad = _reference(np.round(X * 10), codes, coef, intercept, None)
+    as_int = sp.csr_matrix(np.round(X * 10).astype(np.int16))
+    as_int.indices = as_int.indices.astype(np.int64)
+    as_int.indptr = as_int.indptr.astype(np.int64)
+    loss, grad = loss_grad(as_int, codes, coef, intercept)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_empty_rows_and_mismatched_shapes() -> None:
+    X, codes, coef, intercept, _ = _problem(10, 5, 3, 0.5)
+    loss, grad = loss_grad(sp.csr_matrix((0, 5)), codes[:0], coef, intercept)
+    assert loss == 0.0 and not grad.any()
+    with pytest.raises(ValueError, match=r"X has shape \(10, 5\), codes \(9,\).*must agree"):
+        loss_grad(X, codes[:9], coef, intercept)
+    with pytest.raises(ValueError, match=r"coef \(3, 4\).*must agree"):
+        loss_grad(X, codes, coef[:, :4], intercept)
+
+
+def test_class_indices_outside_coef_are_refused() -> None:
+    X, codes, coef, intercept, _ = _problem(10, 5, 3, 0.5)
+    with pytest.raises(ValueError, match=r"class indices must lie in 0\.\.2"):
+        loss_grad(sp.csr_matrix(X), codes + 3, coef, intercept)
