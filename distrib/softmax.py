@@ -108,6 +108,7 @@ def _csr_pass(data, indices, indptr, codes, weights, W, intercept, G, G_total, g
     n_classes = intercept.shape[0]
     width = W.shape[1]
     lanes = numba.carray(_lane_buffer(W), LANES)  # type: ignore[call-arg]
+    odd = numba.carray(_lane_buffer(W), LANES)  # type: ignore[call-arg]
     scores = np.zeros(width)
     loss = 0.0
     for i in range(indptr.shape[0] - 1):
@@ -115,14 +116,21 @@ def _csr_pass(data, indices, indptr, codes, weights, W, intercept, G, G_total, g
             _flush(G, G_total)
         lo, hi = indptr[i], indptr[i + 1]
         for group in range(0, width, LANES):
+            # Two sums, even and odd entries: two chains of multiply-adds in flight.
             for k in range(LANES):
                 lanes[k] = 0
-            for p in range(lo, hi):
-                j, v = indices[p], data[p]
+                odd[k] = 0
+            for p in range(lo, hi - 1, 2):
+                j, v, j2, v2 = indices[p], data[p], indices[p + 1], data[p + 1]
+                for k in range(LANES):
+                    lanes[k] += v * W[j, group + k]
+                    odd[k] += v2 * W[j2, group + k]
+            if (hi - lo) % 2:
+                j, v = indices[hi - 1], data[hi - 1]
                 for k in range(LANES):
                     lanes[k] += v * W[j, group + k]
             for k in range(LANES):
-                scores[group + k] = lanes[k]
+                scores[group + k] = lanes[k] + odd[k]
         weight = weights[i] if weights.shape[0] else 1.0
         loss += _softmax_row(scores, intercept, codes[i], weight)
         for k in range(n_classes):
