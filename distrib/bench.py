@@ -132,6 +132,56 @@ def _cluster(workers: int, scheduler: str | None) -> Iterator[tuple[Client, floa
         cluster.close(timeout=10)
 
 
+@dataclasses.dataclass(frozen=True)
+class EstimatorInputs:
+    """The training matrix as a user of the estimator hands it over, and the test split."""
+
+    inputs: dict[str, Any]  # name -> X (numpy, CSR, Dask array)
+    y: np.ndarray
+    X_test: Any
+    y_test: np.ndarray
+
+
+def _estimator_runs(
+    client: Client,
+    config: TrainConfig,
+    data: EstimatorInputs,
+    repeat: int,
+    warmup: int,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """`DaskLogisticRegression.fit` on the current client, once per input kind, as a user
+    with a ``Client`` calls it: the data is handed over in memory at each fit."""
+    from distrib.estimator import ESTIMATOR_PARAMS, DaskLogisticRegression
+
+    params = {name: getattr(config, name) for name in ESTIMATOR_PARAMS}
+    present = len(worker_infos(client))
+    results: dict[str, Any] = {}
+    with client.as_current():
+        for name, X in data.inputs.items():
+            walls: list[float] = []
+            solvers: list[dict[str, Any]] = []
+            for i in range(warmup + repeat):
+                started = time.perf_counter()
+                clf = DaskLogisticRegression(**params).fit(X, data.y)
+                wall = time.perf_counter() - started
+                label = (
+                    f"warm-up {i + 1}/{warmup}" if i < warmup else f"run {i - warmup + 1}/{repeat}"
+                )
+                where = f"estimator {config.strategy}, {name}, {present} worker(s)"
+                say(f"[{where}] {label}: fit {wall:.2f} s")
+                if i >= warmup:
+                    walls.append(wall)
+                    solvers.append({k: v for k, v in clf.solver_.items() if k != "per_evaluation"})
+            results[name] = {
+                "walls": walls,
+                "median_fit": _median(walls),
+                "solver": solvers,
+                "test_accuracy": float(clf.score(data.X_test, data.y_test)),
+            }
+    return results
+
+
 def _distrib_runs(
     config: TrainConfig,
     workers: int,
@@ -142,8 +192,10 @@ def _distrib_runs(
     home: str | os.PathLike[str] | None,
     scratch: Path,
     say: Callable[[str], None],
+    estimator_inputs: EstimatorInputs | None = None,
 ) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
+    estimator: dict[str, Any] = {}
     with _cluster(workers, scheduler) as (client, startup):
         present = len(worker_infos(client))
         idle_rss = client.run(_idle_rss_bytes)
@@ -180,6 +232,8 @@ def _distrib_runs(
                 ]
             runs.append(run)
         peak_rss = client.run(_peak_rss_bytes)
+        if estimator_inputs is not None:
+            estimator = _estimator_runs(client, config, estimator_inputs, repeat, warmup, say)
     return {
         "workers": present,
         "cluster_start_seconds": startup,
@@ -194,6 +248,7 @@ def _distrib_runs(
             w: {"idle_rss_bytes": idle_rss.get(w), "peak_rss_bytes": peak}
             for w, peak in sorted(peak_rss.items())
         },
+        **({"estimator": estimator} if estimator else {}),
     }
 
 
@@ -416,6 +471,7 @@ def run_bench(
     baselines: bool = True,
     notebook: bool = False,
     strategies: Sequence[str] = ("ovr",),
+    estimators: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmark `distrib train` against worker count; write ``bench.json`` and ``bench.png``.
@@ -442,6 +498,10 @@ def run_bench(
     strategies : sequence of {"ovr", "multinomial"}
         Which strategies to time. ``ovr`` results are under ``distrib``, ``multinomial``
         under ``multinomial`` (with scikit-learn's multinomial fit as its baseline).
+    estimators : bool
+        With ``multinomial``: also time `DaskLogisticRegression` given the training matrix in
+        memory (numpy, CSR) and as a Dask array, on each cluster, against scikit-learn on
+        the same matrix.
     log : callable, optional
         Receives a progress line per run.
     """
@@ -484,6 +544,14 @@ def run_bench(
         "scheduler": scheduler,
         "machine": machine(),
     }
+    X_test = parts.X_test.compute(scheduler="threads")
+    y_test = parts.y_test.compute(scheduler="threads")
+    estimator_inputs = EstimatorInputs(
+        inputs={"numpy": X_dense, "csr": sp.csr_matrix(X_dense), "dask": parts.X_train},
+        y=y_train,
+        X_test=X_test,
+        y_test=y_test,
+    )
     by_strategy: dict[str, dict[int, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="distrib-bench-") as scratch:
         for strategy in STRATEGIES:
@@ -500,6 +568,9 @@ def run_bench(
                     home=home,
                     scratch=Path(scratch),
                     say=say,
+                    estimator_inputs=estimator_inputs
+                    if estimators and strategy == "multinomial"
+                    else None,
                 )
                 for k in counts
             }
@@ -546,17 +617,31 @@ def run_bench(
         }
     if "multinomial" in by_strategy:
         multinomial = by_strategy["multinomial"]
-        X_test = parts.X_test.compute(scheduler="threads")
-        y_test = parts.y_test.compute(scheduler="threads")
-        if layout == "sparse":
-            X_test = sp.csr_matrix(X_test)
+        X_test_fit = sp.csr_matrix(X_test) if layout == "sparse" else X_test
         reference = _sklearn_multinomial(
-            X_fit, y_train, X_test, y_test, config, repeat, warmup, say
+            X_fit, y_train, X_test_fit, y_test, config, repeat, warmup, say
         )
         reference["fit_over_sklearn"] = {
             str(k): r["median_fit"] / reference["median_wall"] for k, r in multinomial.items()
         }
         report["sklearn_multinomial"] = reference
+        if estimators:
+            # The estimator on each input against scikit-learn on that same matrix (a Dask
+            # array is the dense matrix, chunked).
+            on_dense = reference
+            if layout == "sparse":
+                on_dense = _sklearn_multinomial(
+                    X_dense, y_train, X_test, y_test, config, repeat, warmup, say
+                )
+            references = {"numpy": on_dense, "csr": reference, "dask": on_dense}
+            report["sklearn_multinomial_dense"] = on_dense
+            report["estimator_over_sklearn"] = {
+                str(k): {
+                    name: e["median_fit"] / references[name]["median_wall"]
+                    for name, e in r.get("estimator", {}).items()
+                }
+                for k, r in multinomial.items()
+            }
         report["multinomial_projection"] = project_multinomial(multinomial)
     if notebook and distrib_runs:
         raw = split_arrays(load_dataset(config.dataset, home), config.split, "raw")

@@ -299,6 +299,13 @@ def predict(
     help="Also time serial fits and loky's OneVsRestClassifier.",
 )
 @click.option(
+    "--estimators/--no-estimators",
+    default=True,
+    show_default=True,
+    help="With multinomial: also time DaskLogisticRegression.fit on the same clusters with "
+    "the matrix in memory (numpy, CSR) and as a Dask array, against scikit-learn on it.",
+)
+@click.option(
     "--notebook-baseline",
     is_flag=True,
     help="Also time the notebook's own settings in one process (minutes on MNIST).",
@@ -320,6 +327,7 @@ def bench(
     warmup: int,
     scheduler: str | None,
     baselines: bool,
+    estimators: bool,
     notebook_baseline: bool,
     data_home: str | None,
     out: str,
@@ -338,6 +346,7 @@ def bench(
         out=out,
         baselines=baselines,
         notebook=notebook_baseline,
+        estimators=estimators,
         strategies=[part.strip() for part in strategies_text.split(",") if part.strip()],
         log=None if quiet else _log,
     )
@@ -352,6 +361,11 @@ def bench(
                 f"{run['median_fit']:.2f} s, speedup {scaling['speedup_wall']:.2f} "
                 f"(fit {scaling['speedup_fit']:.2f}), test accuracy {run['test_accuracy']:.4f}"
             )
+    for k, ratios in report.get("estimator_over_sklearn", {}).items():
+        parts = ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items())
+        click.echo(f"estimator multinomial, {k} worker(s), fit over scikit-learn's: {parts}")
+    for k, ratio in report.get("sklearn_multinomial", {}).get("fit_over_sklearn", {}).items():
+        click.echo(f"distrib multinomial, {k} worker(s), fit over scikit-learn's: {ratio:.2f}x")
 
 
 @cli.command()

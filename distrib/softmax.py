@@ -108,7 +108,7 @@ def _csr_pass(data, indices, indptr, codes, weights, W, intercept, G, G_total, g
     n_classes = intercept.shape[0]
     width = W.shape[1]
     lanes = numba.carray(_lane_buffer(W), LANES)  # type: ignore[call-arg]
-    odd = numba.carray(_lane_buffer(W), LANES)  # type: ignore[call-arg]
+    odd = numba.carray(_lane_buffer(W), LANES)
     scores = np.zeros(width)
     loss = 0.0
     for i in range(indptr.shape[0] - 1):
