@@ -324,16 +324,30 @@ def test_a_class_that_kills_workers_is_named(
     assert 3 not in Checkpoints(run).load()
 
 
+@pytest.mark.parametrize(
+    ("strategy", "progress"), [("ovr", "[ 1/10]"), ("multinomial", "[10/100] L-BFGS")]
+)
 def test_scheduler_lost_mid_fit_fails_fast(
-    dask_processes: DaskProcesses, mnist_home: Path, tmp_path: Path
+    dask_processes: DaskProcesses, mnist_home: Path, tmp_path: Path, strategy: str, progress: str
 ) -> None:
+    """The multinomial fit calls its workers directly between evaluations, not through the
+    scheduler: it must notice the scheduler's loss all the same."""
     address = dask_processes.start_scheduler()
     dask_processes.start_worker()
     run = tmp_path / "run"
-    proc = _start_train("--scheduler", address, "--out", str(run), "--data-home", str(mnist_home))
+    proc = _start_train(
+        "--scheduler",
+        address,
+        "--strategy",
+        strategy,
+        "--out",
+        str(run),
+        "--data-home",
+        str(mnist_home),
+    )
     try:
-        lines = _read_lines_until(proc, "[ 1/10]", timeout=120)
-        assert any("[ 1/10]" in ln for ln in lines), "".join(lines)
+        lines = _read_lines_until(proc, progress, timeout=120)
+        assert any(progress in ln for ln in lines), "".join(lines)
         dask_processes.procs[0].kill()  # the scheduler
         killed = time.monotonic()
         proc.wait(timeout=60)
