@@ -72,25 +72,23 @@ class BlockHost:
         rows = InMemoryArrays(X, kw["classes"][codes])
         return self.load(index, rows, 0, len(codes), **kw)
 
-    async def evaluate(
+    def evaluate(
         self,
         indices: list[int],
         coef: np.ndarray,
         intercept: np.ndarray,
         class_weight: np.ndarray | None,
     ) -> list[BlockResult]:
-        """The loss and gradient of each block in ``indices`` at these coefficients."""
-        loop = asyncio.get_running_loop()
-        return list(
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(
-                        self._pool, block_loss_grad, self.blocks[i], coef, intercept, class_weight
-                    )
-                    for i in indices
-                )
-            )
-        )
+        """The loss and gradient of each block in ``indices`` at these coefficients.
+
+        Runs in the worker's actor thread: one block right there (a hand-off to another
+        thread costs ~0.2 ms per evaluation), several at once on the host's threads.
+        """
+        blocks = [self.blocks[i] for i in indices]
+        args = (coef, intercept, class_weight)
+        if len(blocks) == 1:
+            return [block_loss_grad(blocks[0], *args)]
+        return list(self._pool.map(lambda block: block_loss_grad(block, *args), blocks))
 
     def close(self) -> None:
         """Drop the blocks and the threads."""
