@@ -388,7 +388,7 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     measured worker count.
 
     Per evaluation: the compute of all blocks divided over the workers, plus the measured
-    coordination cost (sending coefficients, scheduling, gathering); times the evaluations
+    coordination cost (one direct call per worker host); times the evaluations
     L-BFGS needed; plus the run's fixed overhead (end-to-end wall minus fit).
     """
     base_workers = min(runs_by_workers)

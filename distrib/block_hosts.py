@@ -306,12 +306,25 @@ class ClusterBlocks:
         return "load", (index, data, start, stop), dict(kw, offset=source.start)
 
     def _compute_chunks(self, indices: list[int]) -> dict[int, Any]:
-        """Compute the Dask chunks of blocks ``indices`` (where Dask likes) and place each
-        block on the worker that holds its chunk."""
-        chunks = {i: self.sources[i].chunk for i in indices if self.sources[i].data is None}
-        if not chunks:
+        """Compute the Dask chunks of blocks ``indices``, each on the live worker with the
+        fewest rows so far (Dask alone may put most chunks on one worker), and place each
+        block where its chunk is."""
+        todo = [i for i in indices if self.sources[i].data is None]
+        if not todo:
             return {}
-        futures = dict(zip(chunks, self.client.compute(list(chunks.values())), strict=True))
+        workers = sorted(worker_infos(self.client))
+        rows = Counter({w: 0 for w in workers})
+        for i, w in enumerate(self.placement):
+            if i not in todo and w in rows:
+                rows[w] += self.sources[i].stop - self.sources[i].start
+        futures = {}
+        for index in todo:
+            target = min(workers, key=lambda w: (rows[w], workers.index(w))) if workers else None
+            source = self.sources[index]
+            if target is not None:
+                rows[target] += source.stop - source.start
+            where = {"workers": [target], "allow_other_workers": True} if target else {}
+            futures[index] = self.client.compute(source.chunk, **where)
         _wait_all(self.client, list(futures.values()), self.timeout)
         holders = self.client.who_has(list(futures.values()))
         for index, future in futures.items():

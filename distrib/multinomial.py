@@ -223,6 +223,17 @@ def _minimize(
     )
 
 
+def busiest_worker_seconds(results: Sequence[BlockResult]) -> float:
+    """How long the busiest worker computed in one evaluation: from the start of its first
+    block to the end of its last (blocks of one worker may run one after another or at once).
+    The rest of the evaluation's wall time is coordination."""
+    spans: dict[str, tuple[float, float]] = {}
+    for r in results:
+        first, last = spans.get(r.worker, (r.started, r.started + r.seconds))
+        spans[r.worker] = (min(first, r.started), max(last, r.started + r.seconds))
+    return max((last - first for first, last in spans.values()), default=0.0)
+
+
 def balanced_weights(codes_count: np.ndarray) -> np.ndarray:
     """scikit-learn's ``class_weight="balanced"``: n_samples / (n_classes * count)."""
     return codes_count.sum() / (len(codes_count) * codes_count.astype(np.float64))
@@ -279,9 +290,12 @@ def fit_softmax(
         t0 = time.perf_counter()
         results = runner.evaluate(coef, intercept, weights)
         wall = time.perf_counter() - t0
-        seconds = [r.seconds for r in results]
         evaluations.append(
-            {"wall": wall, "compute_max": max(seconds), "compute_sum": float(np.sum(seconds))}
+            {
+                "wall": wall,
+                "compute_max": busiest_worker_seconds(results),
+                "compute_sum": float(np.sum([r.seconds for r in results])),
+            }
         )
         loss = sum(r.loss for r in results) / weight_sum
         grad = np.sum([r.grad for r in results], axis=0) / weight_sum

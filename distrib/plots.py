@@ -309,9 +309,9 @@ def plot_convergence(solver: dict[str, Any]) -> Figure:
     loss_ax.set_title(f"L-BFGS: {solver.get('n_iter')} iterations, {len(loss)} evaluations")
     loss_ax.grid(True, alpha=0.3)
     if len(wall):
-        time_ax.bar(steps, block * 1e3, width=1.0, color="C1", label="slowest block (compute)")
+        time_ax.bar(steps, block * 1e3, width=1.0, color="C1", label="busiest worker (compute)")
         time_ax.bar(steps, (wall - block) * 1e3, width=1.0, bottom=block * 1e3, color="C7",
-                    label="coordination (send, schedule, gather)")  # fmt: skip
+                    label="coordination (send coefficients, return gradients)")  # fmt: skip
     time_ax.set_xlabel("evaluation")
     time_ax.set_ylabel("milliseconds")
     time_ax.set_title("Time per evaluation of loss and gradient")

@@ -127,7 +127,7 @@ def _fit_tables(metrics: dict[str, Any]) -> dict[str, tuple[str, str]]:
             ["converged", "yes" if solver["converged"] else f"NO ({solver['message']})"],
             ["fit seconds", f"{solver['seconds']:.2f}"],
             ["median seconds per evaluation", f"{solver['median_evaluation_seconds']:.4f}"],
-            ["of which the slowest block", f"{solver['median_block_compute_seconds']:.4f}"],
+            ["of which the busiest worker", f"{solver['median_block_compute_seconds']:.4f}"],
             ["of which coordination", f"{solver['median_coordination_seconds']:.4f}"],
         ]
         blocks = [

@@ -6,7 +6,7 @@
 #     with wheels downloaded on the host (--no-index inside: containers have no CA bundle);
 #  4. bring up a scheduler and 3 workers with host networking on a free loopback port, run
 #     `distrib train` on digits through them, and check the job's exit code and that all
-#     3 workers ran fits;
+#     3 workers ran fits; then the multinomial strategy, its row blocks on the 3 workers;
 #  5. tear everything down, stopping the engine by its PID.
 # Needs root, and the Debian packages docker.io, debootstrap and docker-compose (installed
 # here when missing). Set DISTRIB_CI_CACHE to keep the base image and wheels between runs.
@@ -127,5 +127,23 @@ print(f"== compose: test accuracy {metrics['test_accuracy']:.4f}; fits ran on {l
 assert metrics["cluster"]["workers"] == 3, metrics["cluster"]
 assert len(workers) == 3, f"expected fits on 3 workers, got {sorted(workers)}"
 assert metrics["transfer"] == "path", metrics["transfer"]
+PY
+log "running distrib train --strategy multinomial through the stack (row blocks on actors)"
+set +e
+compose run --rm -T train distrib train --dataset digits --strategy multinomial \
+  --scheduler "tcp://scheduler:$PORT" --wait-workers 3 --worker-timeout 120 --out /runs/ci-multi
+rc=$?
+set -e
+if [[ $rc -ne 0 ]]; then
+  log "multinomial train exited $rc"; compose logs --tail 30; exit 1
+fi
+python - "$WORK/runs/ci-multi/metrics.json" <<'PY'
+import json, sys
+metrics = json.load(open(sys.argv[1]))
+workers = {block["worker"] for block in metrics["fits"]}
+print(f"== compose: multinomial test accuracy {metrics['test_accuracy']:.4f}; row blocks on "
+      f"{len(workers)} workers: {sorted(workers)}")
+assert len(workers) == 3, f"expected blocks on 3 workers, got {sorted(workers)}"
+assert metrics["test_accuracy"] > 0.9, metrics["test_accuracy"]
 PY
 log "passed"

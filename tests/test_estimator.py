@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from distributed import Client
+from distributed.diagnostics.plugin import SchedulerPlugin
 from joblib import parallel_config
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
@@ -209,3 +211,50 @@ def test_multinomial_dask_array_with_an_empty_chunk(digits, on_cluster: Client) 
     assert [b["rows"] for b in ours.fit_records_] == [600, 0, n - 600]
     theirs = _sklearn_multinomial(X_train, y_train, C=1.0)
     np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-5)
+
+
+class _TaskKeys(SchedulerPlugin):
+    """Records every task key the scheduler handles."""
+
+    name = "distrib-test-task-keys"
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.keys.add(str(key))
+
+
+def test_multinomial_in_memory_rows_reach_the_workers_outside_any_task_graph(
+    mnist_home: Path, cluster_client: Client
+) -> None:
+    """numpy and CSR rows travel straight to their worker: the scheduler's only tasks are
+    the two host actors (no task carries rows, no "large graph" warning); each worker holds
+    only its block, and nothing stays on the cluster after the fit."""
+    import scipy.sparse as sp
+
+    from distrib.split import split_arrays
+
+    parts = split_arrays(load_mnist(mnist_home, fetch=False), "notebook", "unit")
+    X = parts.X_train[:12000].compute(scheduler="threads")  # 38 MB dense
+    y = parts.y_train[:12000].compute(scheduler="threads")
+    params = {"strategy": "multinomial", "C": 0.1, "max_iter": 20}
+    fitted = []
+    cluster_client.register_plugin(_TaskKeys())
+    try:
+        with cluster_client.as_current(), warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*[Ll]arge graph.*")
+            for X_fit in (X, sp.csr_matrix(X)):
+                fitted.append(DaskLogisticRegression(**params).fit(X_fit, y))
+        keys = cluster_client.run_on_scheduler(
+            lambda dask_scheduler: sorted(dask_scheduler.plugins[_TaskKeys.name].keys)
+        )
+    finally:
+        cluster_client.unregister_scheduler_plugin(_TaskKeys.name)
+    assert len(keys) == 4 and all(k.startswith("distrib-host-") for k in keys), keys
+    for clf in fitted:
+        assert sorted(b["rows"] for b in clf.fit_records_) == [6000, 6000]
+        assert len({b["worker"] for b in clf.fit_records_}) == 2
+    np.testing.assert_allclose(fitted[0].coef_, fitted[1].coef_, rtol=0, atol=1e-12)
+    held = cluster_client.run(lambda dask_worker: len(dask_worker.state.actors))
+    assert set(held.values()) == {0}, held
