@@ -173,3 +173,5 @@ def test_multinomial_projection_divides_compute_and_keeps_coordination() -> None
     assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01))
     assert walls[32] < walls[16] < walls[8], "rows keep dividing past the class count"
     assert "8 workers" in proj["note"]
+    solver_speedup = dict(zip(proj["workers"], proj["solver_speedup"], strict=True))
+    assert solver_speedup[8] == pytest.approx((0.08 + 0.01) / (0.01 + 0.01))
