@@ -81,9 +81,11 @@ def _proc_status_bytes(field: str) -> int:
 
 
 def _idle_rss_bytes() -> int:
-    """Resident memory with the fit modules imported, before any job (runs on workers)."""
-    import sklearn.linear_model  # noqa: F401
+    """Resident memory with the fit modules imported and the multinomial kernels loaded
+    (`distrib train` warms its workers up the same way), before any job (runs on workers)."""
+    from distrib.train import _warm_up
 
+    _warm_up()
     return _rss_bytes()
 
 

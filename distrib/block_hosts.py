@@ -247,8 +247,9 @@ class ClusterBlocks:
         from distributed.protocol import to_serialize
 
         host = self.hosts[worker]
-        if host.status != "finished":
-            await asyncio.wait_for(host, self.timeout)  # the actor starting
+        lost = await self._wait_started(worker, host)
+        if lost is not None:
+            return lost
         call = asyncio.ensure_future(
             self.client.rpc(worker).actor_execute(
                 actor=host.key,
@@ -264,7 +265,6 @@ class ClusterBlocks:
                 raise OSError(
                     f"the client lost its scheduler (client status: {self.client.status})"
                 )
-            lost = host.status not in ("finished", "pending")
             if done:
                 try:
                     response = call.result()
@@ -273,9 +273,25 @@ class ClusterBlocks:
                 if response["status"] != "OK":
                     raise response["exception"]
                 return response["result"]
-            if lost:
+            if host.status not in ("finished", "pending"):  # the scheduler saw it go
                 call.cancel()
                 return _Lost(worker, f"its actor's task became {host.status}")
+
+    async def _wait_started(self, worker: str, host: Any) -> _Lost | None:
+        """Wait for ``worker``'s host actor to start; a `_Lost` if it cannot (its worker
+        left: the actor's task, bound to that worker, would wait for it forever)."""
+        checked = 0.0
+        while host.status == "pending":
+            await asyncio.sleep(_WATCH_SECONDS / 5)
+            checked += _WATCH_SECONDS / 5
+            if checked >= 1.0:  # about once a second, ask the scheduler
+                checked = 0.0
+                identity = await self.client.scheduler.identity(n_workers=-1)
+                if worker not in identity.get("workers", {}):
+                    return _Lost(worker, "it left before its actor started")
+        if host.status != "finished":
+            return _Lost(worker, f"its actor's task became {host.status}")
+        return None
 
     async def _call_all(
         self, calls: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]]

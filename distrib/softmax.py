@@ -2,17 +2,18 @@
 
 For each row the kernel computes the class scores, the softmax, the row's loss and its
 residual, then adds the residual times the row into the gradient while the row is still in
-cache: the matrix is read once per evaluation (scipy's ``X @ W`` then ``X.T @ R`` read it
-twice and make two temporaries of rows x classes). The classes are processed in groups of
-`LANES`: LLVM's SLP vectorizer turns each group's sixteen multiply-adds into vector
+cache: the matrix comes from memory once per evaluation (scipy's ``X @ W`` then ``X.T @ R``
+read it twice and make two temporaries of rows x classes). The classes are processed in
+groups of `LANES`: LLVM's SLP vectorizer turns each group's sixteen multiply-adds into vector
 instructions, which scipy's sparse products do not use. Measured on 30,000 MNIST rows as
-float32 CSR, one thread: scores 8 ms and gradient 8.5 ms here against 26 ms and 17 ms for
-scipy's two products (README, "Multinomial: where the time goes").
+float32 CSR, one thread: scores 8 ms and gradient 8.5 ms against 26 ms and 17 ms for scipy's
+two products; the whole evaluation 21-25 ms against 40-46 ms (README, "Multinomial: where
+the time goes").
 
-Precision follows scikit-learn's float32 path: products in the data's precision (float32 for
-the prepared data: half the bytes to read), softmax, loss and the per-row residuals in
-float64, and the gradient summed in float32 over at most `PART_ROWS` rows before it is added
-in float64 (a float32 sum over 30,000 rows lost ~2e-3 of its relative precision).
+Precision: products in the data's precision (float32 for the prepared data: half the bytes
+to read), softmax, loss and the per-row residuals in float64, and the gradient summed in
+float32 over at most `PART_ROWS` rows before it is added in float64 (a float32 sum over
+30,000 rows lost ~2e-3 of its relative precision).
 
 Numba compiles the kernels on first use in each process and caches them on disk
 (``cache=True``); the first call in a fresh environment costs a few seconds.
@@ -329,3 +330,15 @@ def loss_grad(
     grad[:, :-1] = G_total.T
     grad[:, -1] = g0
     return loss, grad
+
+
+def warm_up() -> None:
+    """Compile, or load from numba's cache, the kernels for float32 and float64 CSR rows
+    (what blocks hold): a worker that runs this before a fit neither waits for them nor
+    counts their code (~25 MB) in the fit's memory."""
+    for dtype in (np.float32, np.float64):
+        for index in (np.int32, np.int64):
+            X = sp.csr_matrix(np.eye(2, dtype=dtype))
+            X.indices, X.indptr = X.indices.astype(np.int32), X.indptr.astype(index)
+            loss_grad(X, np.zeros(2, dtype=np.intp), np.zeros((2, 2)), np.zeros(2))
+        _dense_to_csr(np.zeros((1, 2), dtype=dtype))

@@ -149,8 +149,13 @@ def _save_images(
 
 
 def _warm_up() -> None:
-    """Import what the fits need on a worker, so the first fit does not pay for it."""
+    """Import what the fits need on a worker, and load the multinomial kernels, so the
+    first fit does not pay for them."""
     import sklearn.linear_model  # noqa: F401
+
+    from distrib.softmax import warm_up
+
+    warm_up()
 
 
 def _fit(

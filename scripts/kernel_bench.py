@@ -1,0 +1,112 @@
+"""The block kernel against scikit-learn's own loss and gradient, interleaved in one process.
+
+One evaluation of the multinomial loss and gradient at the same coefficients, on the full
+MNIST training matrix (notebook split, float32 CSR, as `distrib train` stores it), one
+thread each:
+
+* ``sklearn``: scikit-learn's ``LinearModelLoss(HalfMultinomialLoss).loss_gradient`` on all
+  rows (what its lbfgs calls once per evaluation);
+* ``scipy``: ``X @ W`` then ``X.T @ R`` in float32 with the softmax in numpy between them
+  (distrib's block computation before the kernel);
+* ``kernel``: `distrib.softmax.loss_grad` on all rows, and on half of them (one block of a
+  2-worker fit).
+
+The three are run in turn, round after round, so a machine whose speed drifts (shared
+hosts do) affects them alike; medians per method and their ratios go to a JSON file.
+
+    python scripts/kernel_bench.py --rounds 30 --out scripts/results/kernel-2cores.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn._loss.loss import HalfMultinomialLoss
+from sklearn.linear_model._linear_loss import LinearModelLoss
+from threadpoolctl import threadpool_limits
+
+from distrib.data import load_dataset
+from distrib.softmax import loss_grad, prepare
+from distrib.split import split_arrays
+
+
+def _scipy_loss_grad(X, codes, coef, intercept):  # type: ignore[no-untyped-def]
+    rows = np.arange(len(codes))
+    scores = np.asarray(X @ coef.T.astype(np.float32), dtype=np.float64) + intercept
+    scores -= scores.max(axis=1, keepdims=True)
+    expd = np.exp(scores)
+    total = expd.sum(axis=1)
+    loss = float(np.sum(np.log(total) - scores[rows, codes]))
+    residual = expd / total[:, None]
+    residual[rows, codes] -= 1.0
+    grad = np.asarray(X.T @ residual.astype(np.float32), dtype=np.float64).T
+    return loss, grad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--out", default="kernel.json")
+    args = parser.parse_args()
+
+    parts = split_arrays(load_dataset("mnist"), "notebook", "unit")
+    X = prepare(sp.csr_matrix(parts.X_train.compute(scheduler="threads")))
+    codes = parts.y_train.compute(scheduler="threads").astype(np.intp)
+    half = X.shape[0] // 2
+    X_half = prepare(X[:half])
+    rng = np.random.default_rng(0)
+    coef, intercept = rng.normal(size=(10, 784)) * 0.01, rng.normal(size=10) * 0.1
+    theirs = LinearModelLoss(base_loss=HalfMultinomialLoss(n_classes=10), fit_intercept=True)
+    packed = np.hstack([coef, intercept[:, None]])
+    y_float = codes.astype(X.dtype)  # as scikit-learn passes it for float32 X
+
+    methods = {
+        "sklearn_all_rows": lambda: theirs.loss_gradient(packed, X, y_float),
+        "scipy_all_rows": lambda: _scipy_loss_grad(X, codes, coef, intercept),
+        "kernel_all_rows": lambda: loss_grad(X, codes, coef, intercept),
+        "kernel_half_rows": lambda: loss_grad(X_half, codes[:half], coef, intercept),
+    }
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    with threadpool_limits(limits=1):
+        for method in methods.values():
+            method()  # warm-up (and the kernel's compile or cache load)
+        for _ in range(args.rounds):
+            for name, method in methods.items():
+                started = time.perf_counter()
+                method()
+                times[name].append(time.perf_counter() - started)
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    report = {
+        "rows": int(X.shape[0]),
+        "nnz": int(X.nnz),
+        "rounds": args.rounds,
+        "median_seconds": medians,
+        "kernel_over_sklearn_all_rows": medians["kernel_all_rows"] / medians["sklearn_all_rows"],
+        "kernel_over_scipy_all_rows": medians["kernel_all_rows"] / medians["scipy_all_rows"],
+        "half_block_over_sklearn_evaluation": medians["kernel_half_rows"]
+        / medians["sklearn_all_rows"],
+        "seconds": times,
+    }
+    for name, seconds in medians.items():
+        print(f"{name}: {seconds * 1e3:.1f} ms")
+    print(
+        f"kernel / scikit-learn, all rows: {report['kernel_over_sklearn_all_rows']:.2f}; "
+        f"one 2-worker block / scikit-learn's evaluation: "
+        f"{report['half_block_over_sklearn_evaluation']:.2f}"
+    )
+    out = Path(args.out)
+    with tempfile.NamedTemporaryFile("w", dir=out.parent or ".", delete=False) as tmp:
+        json.dump(report, tmp, indent=2)
+    os.replace(tmp.name, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
