@@ -70,8 +70,11 @@ def _proba_block(scores: np.ndarray, strategy: str) -> np.ndarray:
     if strategy == "multinomial":
         shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
-    positive = 1.0 / (1.0 + np.exp(-scores))  # one-vs-rest: normalised sigmoids
-    return positive / positive.sum(axis=1, keepdims=True)
+    # One-vs-rest: each class's sigmoid, normalised to sum to one. In log space, so that a
+    # row far from every class (all sigmoids underflow to 0) still gets finite probabilities.
+    log_positive = -np.logaddexp(0.0, -scores)
+    shifted = np.exp(log_positive - log_positive.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import scipy.optimize
+from sklearn.utils.class_weight import compute_class_weight
 from threadpoolctl import threadpool_limits
 
 from distrib import softmax
@@ -235,8 +236,10 @@ def busiest_worker_seconds(results: Sequence[BlockResult]) -> float:
 
 
 def balanced_weights(codes_count: np.ndarray) -> np.ndarray:
-    """scikit-learn's ``class_weight="balanced"``: n_samples / (n_classes * count)."""
-    return codes_count.sum() / (len(codes_count) * codes_count.astype(np.float64))
+    """scikit-learn's ``class_weight="balanced"`` from rows per class index:
+    n_samples / (n_classes * count)."""
+    codes = np.repeat(np.arange(len(codes_count)), codes_count)
+    return compute_class_weight("balanced", classes=np.arange(len(codes_count)), y=codes)
 
 
 def fit_softmax(

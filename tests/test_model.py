@@ -88,3 +88,28 @@ def test_tampered_or_foreign_files_are_refused(model: LinearModel, tmp_path: Pat
     (other_dir / "model.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(OutputError, match=r"model\.npz is corrupt or incomplete"):
         LinearModel.load(other_dir)
+
+
+def test_ovr_probabilities_are_normalised_sigmoids_and_finite_far_from_every_class(
+    model: LinearModel,
+) -> None:
+    X = np.random.default_rng(5).normal(size=(30, 6))
+    sigmoids = 1.0 / (1.0 + np.exp(-model.decision_function(X)))
+    np.testing.assert_allclose(
+        model.predict_proba(X), sigmoids / sigmoids.sum(axis=1, keepdims=True), rtol=1e-12
+    )
+    positive = LinearModel(
+        coef=np.abs(model.coef) + 0.1, intercept=model.intercept, classes=model.classes
+    )
+    far = np.full((2, 6), -1e4)
+    assert (positive.decision_function(far) < -1000).all()  # every sigmoid underflows to 0
+    proba = positive.predict_proba(far)
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(positive.classes[proba.argmax(axis=1)], positive.predict(far))
+
+
+def test_balanced_class_weights_are_scikit_learns() -> None:
+    from distrib.multinomial import balanced_weights
+
+    np.testing.assert_allclose(balanced_weights(np.array([5, 1, 4])), [10 / 15, 10 / 3, 10 / 12])
