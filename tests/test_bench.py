@@ -55,6 +55,7 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "[distrib ovr, 2 worker(s)] run 2/2" in proc.stderr  # a progress line per run
     assert "[distrib multinomial, 2 worker(s)] run 2/2" in proc.stderr
+    assert "[estimator multinomial, dask, 2 worker(s)] run 2/2" in proc.stderr
     report = json.loads((out / "bench.json").read_text())
 
     assert set(report["distrib"]) == {"1", "2"}
@@ -105,6 +106,16 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
     assert set(reference["fit_over_sklearn"]) == {"1", "2"}
     assert abs(report["multinomial"]["2"]["test_accuracy"] - reference["test_accuracy"]) < 0.01
     assert len(report["multinomial_projection"]["wall"]) == len(PROJECTION_WORKERS)
+    # the estimator with the matrix in memory and as a Dask array, against scikit-learn on it
+    for k, entry in report["multinomial"].items():
+        assert set(entry["estimator"]) == {"numpy", "csr", "dask"}
+        for fits in entry["estimator"].values():
+            assert len(fits["walls"]) == 2 and fits["median_fit"] > 0
+            assert abs(fits["test_accuracy"] - reference["test_accuracy"]) < 0.01
+        ratios = report["estimator_over_sklearn"][k]
+        assert ratios["csr"] == pytest.approx(
+            entry["estimator"]["csr"]["median_fit"] / reference["median_wall"]
+        )
 
     image = matplotlib.image.imread(out / "bench.png")
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400

@@ -44,6 +44,7 @@ def _same_model(run: Path, reference: Path) -> None:
     np.testing.assert_allclose(model.intercept, expected.intercept, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_fit_gives_the_same_model(
     mnist_home: Path, reference_run: Path, tmp_path: Path
 ) -> None:
@@ -81,6 +82,7 @@ def test_worker_killed_mid_fit_gives_the_same_model(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_multinomial_fit_recomputes_its_rows_same_model(
     mnist_home: Path, tmp_path: Path
 ) -> None:
@@ -143,6 +145,7 @@ def _read_lines_until(proc: subprocess.Popen[str], needle: str, timeout: float) 
     return lines
 
 
+@pytest.mark.slow
 def test_driver_killed_mid_fit_then_resumed_gives_the_same_model(
     mnist_home: Path, reference_run: Path, tmp_path: Path
 ) -> None:
@@ -226,6 +229,7 @@ def _interrupted_digits_run(tmp_path: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_naming_them(tmp_path: Path) -> None:
     run = _interrupted_digits_run(tmp_path)
     proc = run_cli(
@@ -291,6 +295,7 @@ dispatch._fit_binary = _fit_binary
 """
 
 
+@pytest.mark.slow
 def test_a_class_that_kills_workers_is_named(
     dask_processes: DaskProcesses, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -324,6 +329,7 @@ def test_a_class_that_kills_workers_is_named(
     assert 3 not in Checkpoints(run).load()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("strategy", "progress"), [("ovr", "[ 1/10]"), ("multinomial", "[10/100] L-BFGS")]
 )
