@@ -91,6 +91,15 @@ def _current_client() -> Any:
         return None
 
 
+def _inside_a_dask_task() -> bool:
+    """Whether this code runs as (part of) a task on a Dask worker."""
+    try:
+        from distributed.worker import thread_state
+    except ImportError:
+        return False
+    return getattr(thread_state, "key", None) is not None
+
+
 @contextlib.contextmanager
 def _ovr_backend(client: Any, data: TrainingData) -> Iterator[None]:
     """The caller's dask backend if set, else one on ``client``, else joblib's as is."""
@@ -254,7 +263,10 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
             y = np.asarray(data.arrays()[1])
             counts = class_counts_of(np.searchsorted(labels, y), len(labels))
             runner: BlockRunner
-            if client is None:
+            if client is None or _inside_a_dask_task():
+                # Nested in a task (a search run by the dask joblib backend): its thread is
+                # the one this fit may use; actors of its own could wait for a thread that
+                # the search's other tasks hold (a deadlock with every thread taken).
                 runner = LocalBlocks(data, labels)
             else:
                 runner = ClusterBlocks.from_training_data(client, data, labels, run_id=hooks.run_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,3 +259,28 @@ def test_multinomial_in_memory_rows_reach_the_workers_outside_any_task_graph(
     np.testing.assert_allclose(fitted[0].coef_, fitted[1].coef_, rtol=0, atol=1e-12)
     held = cluster_client.run(lambda dask_worker: len(dask_worker.state.actors))
     assert set(held.values()) == {0}, held
+
+
+def test_multinomial_inside_a_search_on_the_dask_backend_does_not_deadlock(
+    digits, cluster_client: Client
+) -> None:
+    """GridSearchCV's tasks take every worker thread; each multinomial fit inside one runs
+    where it is (before, it waited forever for actors no thread could start)."""
+    X_train, _, y_train, _ = digits
+    search = GridSearchCV(
+        DaskLogisticRegression(strategy="multinomial", max_iter=200), {"C": [0.1, 1.0]}, cv=2,
+        n_jobs=-1,
+    )  # fmt: skip
+    done: list[GridSearchCV] = []
+
+    def run() -> None:
+        with parallel_config(backend=cluster_backend(cluster_client)):
+            done.append(search.fit(X_train, y_train))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert done, "the nested search did not finish within 120 s"
+    theirs = LogisticRegression(C=search.best_params_["C"], max_iter=200).fit(X_train, y_train)
+    ours = search.best_estimator_
+    assert abs(ours.score(X_train, y_train) - theirs.score(X_train, y_train)) < 0.01
