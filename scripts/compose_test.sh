@@ -110,14 +110,16 @@ YAML
 log "scheduler + 3 workers on 127.0.0.1:$PORT"
 compose() { timeout 300 docker-compose -p distribci -f "$WORK/test-compose.yml" "$@"; }
 compose up -d --scale worker=3 scheduler worker
+# Run the train service (its own command, or the one given) and fail with the stack's logs.
+run_train() {
+  local rc=0
+  compose run --rm -T train "$@" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    log "train exited $rc"; compose logs --tail 30; exit 1
+  fi
+}
 log "running distrib train through the stack"
-set +e
-compose run --rm -T train
-rc=$?
-set -e
-if [[ $rc -ne 0 ]]; then
-  log "train exited $rc"; compose logs --tail 30; exit 1
-fi
+run_train
 python - "$WORK/runs/ci/metrics.json" <<'PY'
 import json, sys
 metrics = json.load(open(sys.argv[1]))
@@ -129,14 +131,8 @@ assert len(workers) == 3, f"expected fits on 3 workers, got {sorted(workers)}"
 assert metrics["transfer"] == "path", metrics["transfer"]
 PY
 log "running distrib train --strategy multinomial through the stack (row blocks on actors)"
-set +e
-compose run --rm -T train distrib train --dataset digits --strategy multinomial \
+run_train distrib train --dataset digits --strategy multinomial \
   --scheduler "tcp://scheduler:$PORT" --wait-workers 3 --worker-timeout 120 --out /runs/ci-multi
-rc=$?
-set -e
-if [[ $rc -ne 0 ]]; then
-  log "multinomial train exited $rc"; compose logs --tail 30; exit 1
-fi
 python - "$WORK/runs/ci-multi/metrics.json" <<'PY'
 import json, sys
 metrics = json.load(open(sys.argv[1]))

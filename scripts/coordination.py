@@ -11,9 +11,7 @@ evaluations. On a 2-core machine, counts above 2 share the cores (an upper bound
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from distributed import Client
 
 from distrib.block_hosts import ClusterBlocks
 from distrib.cluster import start_local_cluster
+from distrib.files import write_json
 from distrib.transfer import InMemoryArrays
 
 
@@ -75,9 +74,7 @@ def main() -> None:
         )
     report = {"cores": os.cpu_count(), "evaluations": args.evaluations, "results": results}
     out = Path(args.out)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent or ".", delete=False) as tmp:
-        json.dump(report, tmp, indent=2)
-    os.replace(tmp.name, out)
+    write_json(out, report)
     print(f"wrote {out}")
 
 

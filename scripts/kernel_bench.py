@@ -20,9 +20,6 @@ hosts do) affects them alike; medians per method and their ratios go to a JSON f
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from sklearn.linear_model._linear_loss import LinearModelLoss
 from threadpoolctl import threadpool_limits
 
 from distrib.data import load_dataset
+from distrib.files import write_json
 from distrib.softmax import loss_grad, prepare
 from distrib.split import split_arrays
 
@@ -102,9 +100,7 @@ def main() -> None:
         f"{report['half_block_over_sklearn_evaluation']:.2f}"
     )
     out = Path(args.out)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent or ".", delete=False) as tmp:
-        json.dump(report, tmp, indent=2)
-    os.replace(tmp.name, out)
+    write_json(out, report)
     print(f"wrote {out}")
 
 
