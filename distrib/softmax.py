@@ -39,6 +39,10 @@ LANES = 16
 DENSE_ABOVE = 0.25
 #: Rows whose gradient is summed in the data's precision before it is added in float64.
 PART_ROWS = 2048
+# ``i & _NON_NEGATIVE`` is ``i`` for any index an array holds, and tells LLVM it is not
+# negative: numba's wraparound of negative indices (a compare, shift and add before each
+# load) then leaves the inner loops. Measured on 30,000 MNIST rows: 23 -> 16 ms.
+_NON_NEGATIVE = np.int64(2**63 - 1)
 
 Matrix: TypeAlias = np.ndarray | sp.csr_matrix
 
@@ -115,19 +119,21 @@ def _csr_pass(data, indices, indptr, codes, weights, W, intercept, G, G_total, g
     for i in range(indptr.shape[0] - 1):
         if i % PART_ROWS == 0:
             _flush(G, G_total)
-        lo, hi = indptr[i], indptr[i + 1]
+        lo, hi = indptr[i] & _NON_NEGATIVE, indptr[i + 1] & _NON_NEGATIVE
         for group in range(0, width, LANES):
             # Two sums, even and odd entries: two chains of multiply-adds in flight.
             for k in range(LANES):
                 lanes[k] = 0
                 odd[k] = 0
             for p in range(lo, hi - 1, 2):
-                j, v, j2, v2 = indices[p], data[p], indices[p + 1], data[p + 1]
+                p &= _NON_NEGATIVE
+                j, v = indices[p] & _NON_NEGATIVE, data[p]
+                j2, v2 = indices[p + 1] & _NON_NEGATIVE, data[p + 1]
                 for k in range(LANES):
                     lanes[k] += v * W[j, group + k]
                     odd[k] += v2 * W[j2, group + k]
             if (hi - lo) % 2:
-                j, v = indices[hi - 1], data[hi - 1]
+                j, v = indices[hi - 1] & _NON_NEGATIVE, data[hi - 1]
                 for k in range(LANES):
                     lanes[k] += v * W[j, group + k]
             for k in range(LANES):
@@ -137,10 +143,11 @@ def _csr_pass(data, indices, indptr, codes, weights, W, intercept, G, G_total, g
         for k in range(n_classes):
             g0[k] += scores[k]
         for group in range(0, width, LANES):
-            for k in range(LANES):
-                lanes[k] = scores[group + k] if group + k < n_classes else 0
+            for k in range(LANES):  # the padding classes' scores stay 0 (their W is 0)
+                lanes[k] = scores[group + k]
             for p in range(lo, hi):
-                j, v = indices[p], data[p]
+                p &= _NON_NEGATIVE
+                j, v = indices[p] & _NON_NEGATIVE, data[p]
                 for k in range(LANES):
                     G[j, group + k] += v * lanes[k]
     _flush(G, G_total)
