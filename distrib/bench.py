@@ -229,7 +229,7 @@ def _distrib_runs(
                 solver = result.metrics["solver"]
                 run["solver"] = {k: v for k, v in solver.items() if k != "per_evaluation"}
                 run["blocks"] = [
-                    {k: b[k] for k in ("start", "rows", "worker", "copies")}
+                    {k: b[k] for k in ("start", "rows", "worker", "copies", "calls")}
                     for b in result.metrics["fits"]
                 ]
             runs.append(run)

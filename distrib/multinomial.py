@@ -160,7 +160,8 @@ class LocalBlocks:
         return [block_loss_grad(self.block, coef, intercept, class_weight)]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"start": 0, "rows": self.block.n_rows, "worker": "local", "copies": 1}]
+        block = {"start": 0, "rows": self.block.n_rows, "worker": "local", "copies": 1}
+        return [{**block, "calls": "in process"}]
 
     def wait_loaded(self) -> None:
         """Loaded already, in this process."""

@@ -101,6 +101,7 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
         for run in entry["runs"]:
             assert len({b["worker"] for b in run["blocks"]}) == int(k)
             assert all(b["copies"] == 1 for b in run["blocks"])
+            assert all(b["calls"] == "direct channel" for b in run["blocks"])
             assert run["solver"]["n_evaluations"] >= run["solver"]["n_iter"] > 0
     reference = report["sklearn_multinomial"]
     assert set(reference["fit_over_sklearn"]) == {"1", "2"}

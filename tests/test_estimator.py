@@ -146,6 +146,7 @@ def test_multinomial_matches_sklearn_on_digits(digits, on_cluster: Client, class
     assert sum(b["rows"] for b in blocks) == len(y_train)
     assert {b["worker"] for b in blocks} == set(worker_infos(on_cluster))
     assert all(b["copies"] == 1 for b in blocks), "no block may be copied to another worker"
+    assert all(b["calls"] == "direct channel" for b in blocks), "tcp:// workers open channels"
     assert ours.solver_["converged"]
     assert abs(ours.n_iter_[0] - theirs.n_iter_[0]) <= 0.1 * theirs.n_iter_[0]
 
@@ -188,7 +189,9 @@ def test_multinomial_without_a_cluster_runs_here(digits) -> None:
     ours.fit(X_train, y_train)
     theirs = _sklearn_multinomial(X_train, y_train, C=1.0)
     np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-5)
-    assert ours.fit_records_ == [{"start": 0, "rows": len(y_train), "worker": "local", "copies": 1}]
+    assert ours.fit_records_ == [
+        {"start": 0, "rows": len(y_train), "worker": "local", "copies": 1, "calls": "in process"}
+    ]
 
 
 def test_multinomial_save_load_keeps_the_softmax(

@@ -1,0 +1,118 @@
+"""The direct channel between the driver and a block host: real sockets, a real host process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from distrib.block_channel import Channel, ChannelServer, receive_all
+
+
+def _never_lost(pending: set[str]) -> dict[str, str]:
+    return {}
+
+
+def _double(request: np.ndarray) -> np.ndarray:
+    if request.size == 0:
+        raise ValueError("an empty request")
+    return 2 * request
+
+
+def test_requests_and_replies_round_trip_on_each_channel() -> None:
+    servers = [ChannelServer("127.0.0.1", _double) for _ in range(2)]
+    channels = {f"w{i}": Channel(s.address, s.token) for i, s in enumerate(servers)}
+    try:
+        for round_ in range(3):
+            for i, channel in enumerate(channels.values()):
+                channel.send(np.full((10, 784), float(i + round_)))
+            results, lost = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
+            assert lost == {}
+            for i, worker in enumerate(channels):
+                np.testing.assert_array_equal(
+                    results[worker], np.full((10, 784), 2.0 * (i + round_))
+                )
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+def test_a_hosts_exception_is_raised_by_the_driver_and_the_channel_goes_on() -> None:
+    server = ChannelServer("127.0.0.1", _double)
+    channels = {"w": Channel(server.address, server.token)}
+    try:
+        channels["w"].send(np.zeros(0))
+        with pytest.raises(ValueError, match="an empty request"):
+            receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
+        channels["w"].send(np.ones(3))
+        results, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
+        np.testing.assert_array_equal(results["w"], [2.0, 2.0, 2.0])
+    finally:
+        channels["w"].close()
+
+
+def test_a_connection_without_the_token_is_dropped_and_the_driver_still_gets_in() -> None:
+    server = ChannelServer("127.0.0.1", _double)
+    with socket.create_connection(server.address, timeout=5) as intruder:
+        intruder.sendall(b"x" * 32)
+        assert intruder.recv(1) == b"", "the host closes a connection with a wrong token"
+    channels = {"w": Channel(server.address, server.token)}
+    try:
+        channels["w"].send(np.ones(2))
+        results, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
+        np.testing.assert_array_equal(results["w"], [2.0, 2.0])
+    finally:
+        channels["w"].close()
+
+
+_HOST = """
+import sys, time
+from distrib.block_channel import ChannelServer
+def slow(request):
+    time.sleep(60)
+server = ChannelServer("127.0.0.1", slow)
+print(server.address[1], server.token.hex(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_host_killed_mid_request_is_reported_lost_at_once() -> None:
+    host = subprocess.Popen([sys.executable, "-c", _HOST], stdout=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout is not None
+        port, token = host.stdout.readline().split()
+        channels = {"w": Channel(("127.0.0.1", int(port)), bytes.fromhex(token))}
+        channels["w"].send(np.ones(2))
+        host.kill()
+        t0 = time.monotonic()
+        results, lost = receive_all(channels, _never_lost, 0.05, time.monotonic() + 30)
+        assert results == {} and set(lost) == {"w"}
+        assert time.monotonic() - t0 < 5, "a closed socket is seen without waiting for a timeout"
+    finally:
+        host.kill()
+        host.wait(timeout=30)
+
+
+def test_a_host_the_check_names_lost_stops_the_wait_and_a_silent_one_times_out() -> None:
+    server = ChannelServer("127.0.0.1", lambda request: time.sleep(3))
+    channels = {"w": Channel(server.address, server.token)}
+    try:
+        channels["w"].send(None)
+        results, lost = receive_all(
+            channels, lambda pending: {w: "its worker left" for w in pending}, 0.05, None
+        )
+        assert results == {} and lost == {"w": "its worker left"}
+    finally:
+        channels["w"].close()
+    server = ChannelServer("127.0.0.1", lambda request: time.sleep(3))
+    channels = {"w": Channel(server.address, server.token)}
+    try:
+        channels["w"].send(None)
+        with pytest.raises(TimeoutError, match="longer than the fit's timeout"):
+            receive_all(channels, _never_lost, 0.05, time.monotonic() + 0.3)
+    finally:
+        channels["w"].close()
