@@ -390,7 +390,9 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     measured worker count.
 
     Per evaluation: the compute of all blocks divided over the workers, plus the measured
-    coordination cost (one direct call per worker host); times the evaluations
+    coordination cost (one call per worker host), plus the driver's measured CPU time per
+    host for each host past the measured ones (the calls run at once; what grows with the
+    hosts is the driver's own work: sending, receiving, summing); times the evaluations
     L-BFGS needed; plus the run's fixed overhead (end-to-end wall minus fit).
     ``speedup`` is end to end; ``solver_speedup`` counts the evaluations only (what
     compute and coordination alone allow).
@@ -401,16 +403,22 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     evaluations = _median([s["n_evaluations"] for s in solvers])
     compute = _median([s["median_compute_seconds_all_blocks"] for s in solvers])
     coordination = _median([s["median_coordination_seconds"] for s in solvers])
+    per_host = _median([s.get("median_driver_cpu_seconds_per_host", 0.0) for s in solvers])
     setup = max(0.0, base["median_fit"] - _median([s["seconds"] for s in solvers]))
     fixed = max(0.0, base["median_wall"] - base["median_fit"])
-    solver = {k: evaluations * (compute / k + coordination) for k in PROJECTION_WORKERS}
+
+    def coordination_at(k: int) -> float:
+        return coordination + max(0, k - base_workers) * per_host
+
+    solver = {k: evaluations * (compute / k + coordination_at(k)) for k in PROJECTION_WORKERS}
     walls = {k: fixed + setup + solver[k] for k in PROJECTION_WORKERS}
-    half = compute / coordination if coordination > 0 else float("inf")
+    half = next((k for k in PROJECTION_WORKERS if coordination_at(k) > compute / k), None)
     return {
         "basis_workers": base_workers,
         "evaluations": evaluations,
         "compute_seconds_per_evaluation_all_blocks": compute,
         "coordination_seconds_per_evaluation": coordination,
+        "driver_cpu_seconds_per_host": per_host,
         "block_setup_seconds": setup,
         "fixed_overhead_seconds": fixed,
         "workers": list(PROJECTION_WORKERS),
@@ -420,9 +428,15 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
         "note": (
             f"rows, not classes, are divided: every worker stays busy at any count, but each "
             f"of the {evaluations:.0f} evaluations pays {coordination * 1e3:.1f} ms of "
-            f"coordination; past ~{half:.0f} workers that cost exceeds the compute it divides. "
-            "Simulated from the measured times, assuming one core and its own memory bandwidth "
-            "per worker and a coordination cost that does not grow with the worker count."
+            f"coordination at {base_workers} worker(s), plus {per_host * 1e6:.0f} us of the "
+            "driver's time per further worker; "
+            + (
+                f"from {half} workers that cost exceeds the compute it divides. "
+                if half is not None
+                else f"up to {PROJECTION_WORKERS[-1]} workers it stays below the compute. "
+            )
+            + "Simulated from the measured times, assuming one core and its own memory "
+            "bandwidth per worker."
         ),
     }
 

@@ -188,6 +188,7 @@ class SoftmaxFit:
         walls = np.array([e["wall"] for e in self.evaluations] or [0.0])
         compute = np.array([e["compute_max"] for e in self.evaluations] or [0.0])
         total = np.array([e["compute_sum"] for e in self.evaluations] or [0.0])
+        driver = np.array([e["driver_cpu_per_host"] for e in self.evaluations] or [0.0])
         return {
             "strategy": "multinomial",
             "n_iter": self.n_iter,
@@ -199,6 +200,7 @@ class SoftmaxFit:
             "median_block_compute_seconds": float(np.median(compute)),
             "median_compute_seconds_all_blocks": float(np.median(total)),
             "median_coordination_seconds": float(np.median(walls - compute)),
+            "median_driver_cpu_seconds_per_host": float(np.median(driver)),
             "per_evaluation": {
                 "loss": [e["loss"] for e in self.evaluations],
                 "seconds": walls.tolist() if self.evaluations else [],
@@ -291,14 +293,15 @@ def fit_softmax(
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
         coef, intercept = unpack(w)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         results = runner.evaluate(coef, intercept, weights)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         evaluations.append(
             {
                 "wall": wall,
                 "compute_max": busiest_worker_seconds(results),
                 "compute_sum": float(np.sum([r.seconds for r in results])),
+                "driver_cpu_per_host": cpu / max(1, len({r.worker for r in results})),
             }
         )
         loss = sum(r.loss for r in results) / weight_sum

@@ -2,8 +2,11 @@
 
 Each worker holds a block of 50 rows, so an evaluation's wall time is almost all
 coordination: the coefficients sent to every worker's block host, the call, the gradients
-back. One fresh LocalCluster of single-threaded workers per count; medians over the
-evaluations. On a 2-core machine, counts above 2 share the cores (an upper bound).
+back. One fresh LocalCluster of single-threaded workers per count; on it, the same blocks
+called over the hosts' direct channels (what fits use on ``tcp://`` clusters) and through
+distributed's RPC (``actor_execute``: TLS clusters), evaluation by evaluation in turn;
+medians over the evaluations. On a 2-core machine, counts above 2 share the cores (an upper
+bound).
 
     python scripts/coordination.py --workers 1,2,4,8 --out scripts/results/coordination.json
 """
@@ -14,6 +17,7 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,7 +29,7 @@ from distrib.files import write_json
 from distrib.transfer import InMemoryArrays
 
 
-def measure(workers: int, evaluations: int) -> dict[str, float]:
+def measure(workers: int, evaluations: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     rows = 50 * workers
     X = sp.csr_matrix(
@@ -37,25 +41,34 @@ def measure(workers: int, evaluations: int) -> dict[str, float]:
     client = Client(cluster, set_as_default=False)
     try:
         client.wait_for_workers(workers, timeout=120)
-        runner = ClusterBlocks.from_training_data(client, InMemoryArrays(X, y), np.arange(10))
-        runner.wait_loaded()
-        walls, compute = [], []
+        runners = {}
+        for calls, direct in (("direct", True), ("rpc", False)):
+            data = InMemoryArrays(X, y)
+            runners[calls] = ClusterBlocks.from_training_data(client, data, np.arange(10))
+            runners[calls].direct = direct
+            runners[calls].wait_loaded()
+        walls: dict[str, list[float]] = {calls: [] for calls in runners}
+        compute: dict[str, list[float]] = {calls: [] for calls in runners}
         for _ in range(evaluations):
-            started = time.perf_counter()
-            results = runner.evaluate(coef, intercept, None)
-            walls.append(time.perf_counter() - started)
-            compute.append(max(r.seconds for r in results))
-        runner.release()
+            for calls, runner in runners.items():
+                started = time.perf_counter()
+                results = runner.evaluate(coef, intercept, None)
+                walls[calls].append(time.perf_counter() - started)
+                compute[calls].append(max(r.seconds for r in results))
+        for runner in runners.values():
+            runner.release()
     finally:
         client.close(timeout=10)
         cluster.close(timeout=10)
-    coordination = np.array(walls) - np.array(compute)
-    return {
-        "workers": workers,
-        "median_wall_seconds": float(np.median(walls)),
-        "median_coordination_seconds": float(np.median(coordination)),
-        "p90_coordination_seconds": float(np.percentile(coordination, 90)),
-    }
+    report: dict[str, Any] = {"workers": workers}
+    for calls in walls:
+        coordination = np.array(walls[calls]) - np.array(compute[calls])
+        report[calls] = {
+            "median_wall_seconds": float(np.median(walls[calls])),
+            "median_coordination_seconds": float(np.median(coordination)),
+            "p90_coordination_seconds": float(np.percentile(coordination, 90)),
+        }
+    return report
 
 
 def main() -> None:
@@ -67,11 +80,13 @@ def main() -> None:
     results = []
     for k in (int(part) for part in args.workers.split(",")):
         results.append(measure(k, args.evaluations))
-        r = results[-1]
-        print(
-            f"{k} worker(s): coordination {r['median_coordination_seconds'] * 1e3:.2f} ms "
-            f"(p90 {r['p90_coordination_seconds'] * 1e3:.2f} ms) per evaluation"
-        )
+        for calls in ("direct", "rpc"):
+            r = results[-1][calls]
+            print(
+                f"{k} worker(s), {calls}: coordination "
+                f"{r['median_coordination_seconds'] * 1e3:.2f} ms "
+                f"(p90 {r['p90_coordination_seconds'] * 1e3:.2f} ms) per evaluation"
+            )
     report = {"cores": os.cpu_count(), "evaluations": args.evaluations, "results": results}
     out = Path(args.out)
     write_json(out, report)

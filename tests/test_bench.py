@@ -175,15 +175,21 @@ def test_projection_saturates_at_the_class_count() -> None:
     assert proj["saturates_at_workers"] == 10
 
 
-def test_multinomial_projection_divides_compute_and_keeps_coordination() -> None:
+def test_multinomial_projection_divides_compute_and_adds_the_drivers_time_per_host() -> None:
     solver = {"n_evaluations": 100, "median_compute_seconds_all_blocks": 0.08,
-              "median_coordination_seconds": 0.01, "seconds": 9.0}  # fmt: skip
+              "median_coordination_seconds": 0.01, "seconds": 9.0,
+              "median_driver_cpu_seconds_per_host": 0.0002}  # fmt: skip
     measured = {1: {"median_wall": 10.5, "median_fit": 9.5, "runs": [{"solver": solver}]}}
     proj = project_multinomial(measured)
     walls = dict(zip(proj["workers"], proj["wall"], strict=True))
     assert walls[1] == pytest.approx(1.0 + 0.5 + 100 * (0.08 + 0.01))
-    assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01))
-    assert walls[32] < walls[16] < walls[8], "rows keep dividing past the class count"
-    assert "8 workers" in proj["note"]
+    assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01 + 7 * 0.0002))
+    assert walls[16] < walls[8], "rows keep dividing past the class count"
+    assert walls[32] > walls[16], "32 hosts cost the driver more than 16 save"
+    assert "from 8 workers" in proj["note"], proj["note"]  # 0.0114 s > 0.08 s / 8
     solver_speedup = dict(zip(proj["workers"], proj["solver_speedup"], strict=True))
-    assert solver_speedup[8] == pytest.approx((0.08 + 0.01) / (0.01 + 0.01))
+    assert solver_speedup[8] == pytest.approx((0.08 + 0.01) / (0.01 + 0.01 + 0.0014))
+    # without the driver's time per host (older bench.json), coordination stays as measured
+    del solver["median_driver_cpu_seconds_per_host"]
+    walls = dict(zip(PROJECTION_WORKERS, project_multinomial(measured)["wall"], strict=True))
+    assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01))
