@@ -14,13 +14,15 @@ first thing a connection sends is the token; the host drops a connection that do
 accepts one driver only. The channel lives as long as that connection: when the driver closes
 it or goes away, the host's thread ends.
 
-Frames are an 8-byte length, then a pickle: a request is whatever the host's handler takes;
-a reply is ``(True, result)`` or ``(False, exception)``.
+Frames are an 8-byte length, then one or more pickles back to back. A request's pickles are
+the arguments of the host's handler (the driver pickles the coefficients once per evaluation
+for all hosts, `pack`); a reply is one pickle, ``(True, result)`` or ``(False, exception)``.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import pickle
 import secrets
 import selectors
@@ -37,9 +39,22 @@ _LENGTH = struct.Struct("!Q")
 ACCEPT_SECONDS = 120.0
 
 
-def _frame(value: Any) -> bytes:
-    body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(body)) + body
+def pack(value: Any) -> bytes:
+    """``value`` as one pickle of a frame (`Channel.send`)."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _frame(*pickles: bytes) -> bytes:
+    return _LENGTH.pack(sum(map(len, pickles))) + b"".join(pickles)
+
+
+def _unpack_all(body: bytes) -> list[Any]:
+    """Every pickle of a frame's body, in order."""
+    stream = io.BytesIO(body)
+    values = []
+    while stream.tell() < len(body):
+        values.append(pickle.load(stream))
+    return values
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes | None:
@@ -62,13 +77,13 @@ class ChannelServer:
     host : str
         The interface to listen on (the worker's own address).
     handler : callable
-        Called with each request, in the channel's thread; its result (or exception) is
-        the reply.
+        Called with each request's values, in the channel's thread; its result (or
+        exception) is the reply.
     """
 
-    def __init__(self, host: str, handler: Callable[[Any], Any]) -> None:
+    def __init__(self, host: str, handler: Callable[..., Any]) -> None:
         self.token = secrets.token_bytes(TOKEN_BYTES)
-        self._handler: Callable[[Any], Any] | None = handler
+        self._handler: Callable[..., Any] | None = handler
         self._listener = socket.create_server((host, 0))
         self.address: tuple[str, int] = (host, self._listener.getsockname()[1])
         threading.Thread(target=self._serve, name="distrib-channel", daemon=True).start()
@@ -107,11 +122,11 @@ class ChannelServer:
                 if not body:
                     break
                 try:
-                    reply: tuple[bool, Any] = (True, self._handler(pickle.loads(body)))
+                    reply: tuple[bool, Any] = (True, self._handler(*_unpack_all(body)))
                 except Exception as exc:  # the driver raises it
                     reply = (False, exc)
                 try:
-                    conn.sendall(_frame(reply))
+                    conn.sendall(_frame(pack(reply)))
                 except OSError:
                     break
         self._handler = None  # nothing of the host stays referenced by this thread
@@ -134,27 +149,34 @@ class Channel:
         self.sock = socket.create_connection(address, timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.sendall(token)
-        self._reply = bytearray()
+        self._buffer = bytearray(1 << 17)  # a reply is read into this, grown as needed
+        self._got = 0
 
-    def send(self, request: Any) -> None:
-        """Send one request (raises OSError if the host is gone)."""
-        self._reply = bytearray()
-        self.sock.sendall(_frame(request))
+    def send(self, *pickles: bytes) -> None:
+        """Send one request: the handler's arguments, each a `pack` (raises OSError if the
+        host is gone)."""
+        self._got = 0
+        self.sock.sendall(_frame(*pickles))
 
     def read_some(self) -> tuple[bool, Any] | None:
         """Read what has arrived (call when the socket is readable): the reply once
         whole, else None. Raises ConnectionError if the host closed the channel."""
-        chunk = self.sock.recv(1 << 20)
-        if not chunk:
+        if self._got >= _LENGTH.size:
+            needed = _LENGTH.size + _LENGTH.unpack_from(self._buffer)[0]
+            if len(self._buffer) < needed:
+                self._buffer.extend(bytes(needed - len(self._buffer)))
+        n = self.sock.recv_into(memoryview(self._buffer)[self._got :])
+        if not n:
             raise ConnectionError("the block host closed its channel")
-        self._reply += chunk
-        if len(self._reply) < _LENGTH.size:
+        self._got += n
+        if self._got < _LENGTH.size:
             return None
-        size = _LENGTH.unpack_from(self._reply)[0]
-        if len(self._reply) < _LENGTH.size + size:
+        size = _LENGTH.unpack_from(self._buffer)[0]
+        if self._got < _LENGTH.size + size:
             return None
-        reply: tuple[bool, Any] = pickle.loads(memoryview(self._reply)[_LENGTH.size :])
-        self._reply = bytearray()
+        with memoryview(self._buffer) as view:
+            reply: tuple[bool, Any] = pickle.loads(view[_LENGTH.size : _LENGTH.size + size])
+        self._got = 0
         return reply
 
     def close(self) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from distrib.block_channel import Channel, ChannelServer, receive_all
+from distrib.block_channel import Channel, ChannelServer, pack, receive_all
 from distrib.cluster import worker_infos
 from distrib.errors import ClusterError
 from distrib.multinomial import BlockResult, RowBlock, block_loss_grad, load_block
@@ -79,8 +79,8 @@ class BlockHost:
             return None
         return (*self._server.address, self._server.token)
 
-    def _answer(self, request: tuple[Any, ...]) -> list[BlockResult]:
-        return self.evaluate(*request)
+    def _answer(self, indices: list[int], args: tuple[Any, ...]) -> list[BlockResult]:
+        return self.evaluate(indices, *args)
 
     def load(self, index: int, source: TrainingData, start: int, stop: int, **kw: Any) -> int:
         """Read rows ``start:stop`` of ``source`` as block ``index``; return its row count.
@@ -494,10 +494,11 @@ class ClusterBlocks:
         through Dask, then the channels' replies are read."""
         outcome: dict[str, Any] = {}
         sent: dict[str, Channel] = {}
+        shared = pack(args)  # the coefficients, pickled once for every host
         for worker, channel in self.channels.items():
             if worker in by_worker:
                 try:
-                    channel.send((by_worker[worker], *args))
+                    channel.send(pack(by_worker[worker]), shared)
                     sent[worker] = channel
                 except OSError as exc:  # the host's worker died since the last call
                     outcome[worker] = _Lost(worker, f"{type(exc).__name__}: {exc}")

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from distrib.block_channel import Channel, ChannelServer, receive_all
+from distrib.block_channel import Channel, ChannelServer, pack, receive_all
 
 
 def _never_lost(pending: set[str]) -> dict[str, str]:
@@ -25,17 +25,24 @@ def _double(request: np.ndarray) -> np.ndarray:
 
 def test_requests_and_replies_round_trip_on_each_channel() -> None:
     servers = [ChannelServer("127.0.0.1", _double) for _ in range(2)]
+    servers.append(ChannelServer("127.0.0.1", lambda a, b: np.concatenate([a, b])))
     channels = {f"w{i}": Channel(s.address, s.token) for i, s in enumerate(servers)}
     try:
         for round_ in range(3):
-            for i, channel in enumerate(channels.values()):
-                channel.send(np.full((10, 784), float(i + round_)))
+            for i in range(2):
+                channels[f"w{i}"].send(pack(np.full((10, 784), float(i + round_))))
+            shared = pack(np.arange(3.0))  # one pickle, sent to a host beside its own
+            channels["w2"].send(pack(np.full(4, round_)), shared)
             results, lost = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
             assert lost == {}
-            for i, worker in enumerate(channels):
-                np.testing.assert_array_equal(
-                    results[worker], np.full((10, 784), 2.0 * (i + round_))
-                )
+            for i in range(2):
+                expected = np.full((10, 784), 2.0 * (i + round_))
+                np.testing.assert_array_equal(results[f"w{i}"], expected)
+            np.testing.assert_array_equal(results["w2"], [round_] * 4 + [0.0, 1.0, 2.0])
+            # a reply larger than the driver's first buffer arrives whole
+            channels["w0"].send(pack(np.full((100, 785), float(round_))))
+            results, _ = receive_all({"w0": channels["w0"]}, _never_lost, 0.05, None)
+            np.testing.assert_array_equal(results["w0"], np.full((100, 785), 2.0 * round_))
     finally:
         for channel in channels.values():
             channel.close()
@@ -45,10 +52,10 @@ def test_a_hosts_exception_is_raised_by_the_driver_and_the_channel_goes_on() -> 
     server = ChannelServer("127.0.0.1", _double)
     channels = {"w": Channel(server.address, server.token)}
     try:
-        channels["w"].send(np.zeros(0))
+        channels["w"].send(pack(np.zeros(0)))
         with pytest.raises(ValueError, match="an empty request"):
             receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
-        channels["w"].send(np.ones(3))
+        channels["w"].send(pack(np.ones(3)))
         results, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
         np.testing.assert_array_equal(results["w"], [2.0, 2.0, 2.0])
     finally:
@@ -62,7 +69,7 @@ def test_a_connection_without_the_token_is_dropped_and_the_driver_still_gets_in(
         assert intruder.recv(1) == b"", "the host closes a connection with a wrong token"
     channels = {"w": Channel(server.address, server.token)}
     try:
-        channels["w"].send(np.ones(2))
+        channels["w"].send(pack(np.ones(2)))
         results, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
         np.testing.assert_array_equal(results["w"], [2.0, 2.0])
     finally:
@@ -86,7 +93,7 @@ def test_a_host_killed_mid_request_is_reported_lost_at_once() -> None:
         assert host.stdout is not None
         port, token = host.stdout.readline().split()
         channels = {"w": Channel(("127.0.0.1", int(port)), bytes.fromhex(token))}
-        channels["w"].send(np.ones(2))
+        channels["w"].send(pack(np.ones(2)))
         host.kill()
         t0 = time.monotonic()
         results, lost = receive_all(channels, _never_lost, 0.05, time.monotonic() + 30)
@@ -101,7 +108,7 @@ def test_a_host_the_check_names_lost_stops_the_wait_and_a_silent_one_times_out()
     server = ChannelServer("127.0.0.1", lambda request: time.sleep(3))
     channels = {"w": Channel(server.address, server.token)}
     try:
-        channels["w"].send(None)
+        channels["w"].send(pack(None))
         results, lost = receive_all(
             channels, lambda pending: {w: "its worker left" for w in pending}, 0.05, None
         )
@@ -111,7 +118,7 @@ def test_a_host_the_check_names_lost_stops_the_wait_and_a_silent_one_times_out()
     server = ChannelServer("127.0.0.1", lambda request: time.sleep(3))
     channels = {"w": Channel(server.address, server.token)}
     try:
-        channels["w"].send(None)
+        channels["w"].send(pack(None))
         with pytest.raises(TimeoutError, match="longer than the fit's timeout"):
             receive_all(channels, _never_lost, 0.05, time.monotonic() + 0.3)
     finally:
