@@ -36,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from distrib.block_hosts import ClusterBlocks
 from distrib.config import TrainConfig
 from distrib.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
-from distrib.errors import OutputError
+from distrib.errors import DataError, OutputError
 from distrib.model import LinearModel
 from distrib.multinomial import (
     BlockRunner,
@@ -217,7 +217,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         classes, encoded = np.unique(y, return_inverse=True)
         if len(classes) < 2:
-            raise ValueError(
+            raise DataError(
                 f"{type(self).__name__} needs samples of at least 2 classes, got "
                 f"{len(classes)} class: {classes.tolist()}"
             )
@@ -345,12 +345,12 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         """Multinomial on a Dask array: each chunk of rows becomes one block, computed on
         a worker and kept there; the matrix is never gathered here."""
         if X.ndim != 2:
-            raise ValueError(f"Expected a 2D array, got a Dask array of shape {X.shape}")
+            raise DataError(f"Expected a 2D array, got a Dask array of shape {X.shape}")
         if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-            raise ValueError(f"X must hold numbers, got dtype {X.dtype}")
+            raise DataError(f"X must hold numbers, got dtype {X.dtype}")
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != X.shape[0]:
-            raise ValueError(f"y has shape {y.shape}, X has {X.shape[0]} rows: they must match")
+            raise DataError(f"y has shape {y.shape}, X has {X.shape[0]} rows: they must match")
         classes, encoded = self._encode(y)
         client = _current_client()
         if client is None:
@@ -380,7 +380,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         if isinstance(X, da.Array):
             check_is_fitted(self)
             if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-                raise ValueError(
+                raise DataError(
                     f"X has {X.shape[-1]} features, but {type(self).__name__} is expecting "
                     f"{self.n_features_in_} features as input"
                 )

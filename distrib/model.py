@@ -29,7 +29,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
-from distrib.errors import DataError, OutputError
+from distrib.errors import ConfigError, DataError, OutputError
 from distrib.files import write_json, write_npz
 
 MODEL_FORMAT = "distrib-linear-model"
@@ -97,12 +97,12 @@ class LinearModel:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}: expected one of {STRATEGIES}")
+            raise ConfigError(f"unknown strategy {self.strategy!r}: expected one of {STRATEGIES}")
         if len(self.classes) < 2:
-            raise ValueError(f"a model needs at least 2 classes, got {len(self.classes)}")
+            raise DataError(f"a model needs at least 2 classes, got {len(self.classes)}")
         rows = 1 if len(self.classes) == 2 else len(self.classes)
         if self.coef.ndim != 2 or self.coef.shape[0] != rows or self.intercept.shape != (rows,):
-            raise ValueError(
+            raise DataError(
                 f"{len(self.classes)} classes need coef of shape ({rows}, n_features) and "
                 f"intercept ({rows},), got {self.coef.shape} and {self.intercept.shape}"
             )

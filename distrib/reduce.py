@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from distrib.dispatch import BinaryFit
-from distrib.errors import DistribError
+from distrib.errors import ClusterError
 
 
 def reduce_fits(
@@ -29,7 +29,7 @@ def reduce_fits(
     by_label = {fit.label: fit for fit in fits}
     missing = [int(c) for c in labels if int(c) not in by_label]
     if missing:
-        raise DistribError(f"no fit arrived for class(es) {missing}")
+        raise ClusterError(f"no fit arrived for class(es) {missing}")
     ordered = [by_label[int(c)] for c in labels]
     coef = np.vstack([fit.coef for fit in ordered])
     intercept = np.array([fit.intercept for fit in ordered], dtype=np.float64)

@@ -33,6 +33,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from distrib.errors import DataError
+
 #: Classes per vector group: 16 float32 (two AVX2 registers, one AVX-512 register).
 LANES = 16
 #: Dense rows with more non-zero entries than this share stay dense (BLAS); others go CSR.
@@ -312,14 +314,14 @@ def loss_grad(
     X = prepare(X)
     n_classes, n_features = coef.shape
     if X.shape != (len(codes), n_features) or (weights is not None and len(weights) != len(codes)):
-        raise ValueError(
+        raise DataError(
             f"X has shape {X.shape}, codes {np.shape(codes)}, weights "
             f"{None if weights is None else np.shape(weights)} and coef {coef.shape}: "
             "they must agree (rows, features)"
         )
     codes = np.ascontiguousarray(codes, dtype=np.intp)
     if codes.size and (codes.min() < 0 or codes.max() >= n_classes):
-        raise ValueError(f"class indices must lie in 0..{n_classes - 1} (one row of coef each)")
+        raise DataError(f"class indices must lie in 0..{n_classes - 1} (one row of coef each)")
     weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
     intercept = np.ascontiguousarray(intercept, dtype=np.float64)
     if not sp.issparse(X):

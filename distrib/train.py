@@ -194,10 +194,12 @@ def _fit(
                 what = f"a worker died again and again running one of the classes {lost}"
         else:
             what = "a worker died again and again holding or evaluating a block of rows"
-        raise DistribError(
+        raise ClusterError(
             f"{what} (dask gave up after distributed.scheduler.allowed-failures retries): "
             f"check the workers' memory limit and logs. {hint.format(n_done)}"
         ) from exc
+    except DistribError:  # already says what happened (OutputError and ClusterError are OSErrors)
+        raise
     except (CancelledError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         address = getattr(client.scheduler, "address", "?")
