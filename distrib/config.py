@@ -52,7 +52,7 @@ class TrainConfig:
     strategy : {"ovr", "multinomial"}
         ``ovr``: one binary `LogisticRegression` per class, each a task on some worker.
         ``multinomial``: one softmax regression over row blocks held by the workers
-        (`distrib.multinomial`); needs ``solver="lbfgs"`` and ``l1_ratio=0``.
+        (`distrib.parallel.multinomial`); needs ``solver="lbfgs"`` and ``l1_ratio=0``.
     dataset : {"mnist", "digits"}
         MNIST (70,000 x 784, from the local cache) or scikit-learn's 8x8 digits.
     split : {"notebook", "canonical"}

@@ -1,13 +1,13 @@
 """`DaskLogisticRegression`: distrib's trainer as a scikit-learn estimator.
 
-Two strategies fit the same kind of model (`distrib.model.LinearModel`):
+Two strategies fit the same kind of model (`distrib.linear.model.LinearModel`):
 
 * ``ovr``: one binary `LogisticRegression` per class, each a joblib task: on the Dask cluster
   the caller chose with ``parallel_config(backend="dask")``, else on the current Dask client,
   else on whatever joblib backend is active (in this process by default).
 * ``multinomial``: one softmax regression; the rows are cut into blocks held by the workers
-  and a driver-side L-BFGS sums their losses and gradients (`distrib.multinomial`). Without a
-  Dask client it runs in this process.
+  and a driver-side L-BFGS sums their losses and gradients
+  (`distrib.parallel.multinomial`). Without a Dask client it runs in this process.
 
 Prediction works on numpy arrays, SciPy sparse matrices and Dask arrays (lazy and chunked, so
 a test set larger than memory streams through the workers). Models are saved as
@@ -33,20 +33,20 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from distrib.block_hosts import ClusterBlocks
 from distrib.config import TrainConfig
-from distrib.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
 from distrib.errors import DataError, OutputError
-from distrib.model import LinearModel
-from distrib.multinomial import (
+from distrib.linear.model import LinearModel
+from distrib.parallel.block_hosts import ClusterBlocks
+from distrib.parallel.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
+from distrib.parallel.multinomial import (
     BlockRunner,
     LocalBlocks,
     SoftmaxFit,
     class_counts_of,
     fit_softmax,
 )
-from distrib.reduce import reduce_fits
-from distrib.transfer import InMemoryArrays, TrainingData, release_aligned
+from distrib.parallel.reduce import reduce_fits
+from distrib.parallel.transfer import InMemoryArrays, TrainingData, release_aligned
 
 ESTIMATOR_PARAMS = ("strategy", "C", "l1_ratio", "solver", "tol", "max_iter", "fit_intercept",
                     "class_weight", "random_state")  # fmt: skip
@@ -242,8 +242,8 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         data : TrainingData
-            `distrib.transfer.ArrayFiles` (workers open the files by path) or
-            `distrib.transfer.InMemoryArrays` (sent by value).
+            `distrib.parallel.transfer.ArrayFiles` (workers open the files by path) or
+            `distrib.parallel.transfer.InMemoryArrays` (sent by value).
         labels : ndarray
             The sorted values found in ``data``'s labels; they become ``classes_``.
         client : distributed.Client, optional

@@ -23,10 +23,10 @@ import numpy as np
 import scipy.sparse as sp
 from distributed import Client
 
-from distrib.block_hosts import ClusterBlocks
-from distrib.cluster import start_local_cluster
 from distrib.files import write_json
-from distrib.transfer import InMemoryArrays
+from distrib.parallel.block_hosts import ClusterBlocks
+from distrib.parallel.cluster import start_local_cluster
+from distrib.parallel.transfer import InMemoryArrays
 
 
 def measure(workers: int, evaluations: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ thread each:
   rows (what its lbfgs calls once per evaluation);
 * ``scipy``: ``X @ W`` then ``X.T @ R`` in float32 with the softmax in numpy between them
   (distrib's block computation before the kernel);
-* ``kernel``: `distrib.softmax.loss_grad` on all rows, and on half of them (one block of a
+* ``kernel``: `distrib.linear.softmax.loss_grad` on all rows, and on half of them (one block of a
   2-worker fit).
 
 The three are run in turn, round after round, so a machine whose speed drifts (shared
@@ -29,10 +29,10 @@ from sklearn._loss.loss import HalfMultinomialLoss
 from sklearn.linear_model._linear_loss import LinearModelLoss
 from threadpoolctl import threadpool_limits
 
-from distrib.data import load_dataset
+from distrib.data.datasets import load_dataset
+from distrib.data.split import split_arrays
 from distrib.files import write_json
-from distrib.softmax import loss_grad, prepare
-from distrib.split import split_arrays
+from distrib.linear.softmax import loss_grad, prepare
 
 
 def _scipy_loss_grad(X, codes, coef, intercept):  # type: ignore[no-untyped-def]

@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from distrib.bench import project, project_multinomial, speedups
 from distrib.files import write_json
-from distrib.plots import plot_bench
+from distrib.report.plots import plot_bench
+from distrib.run.bench import project, project_multinomial, speedups
 
 # per strategy: its runs, scaling, memory and projection keys in bench.json
 STRATEGY_KEYS = {

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from distrib.data import fetch_mnist, load_mnist
+from distrib.data.datasets import fetch_mnist, load_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 

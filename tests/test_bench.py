@@ -9,14 +9,14 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from distrib.bench import (
+from distrib.errors import ConfigError
+from distrib.run.bench import (
     PROJECTION_WORKERS,
     parse_workers,
     project,
     project_multinomial,
     simulate_schedule,
 )
-from distrib.errors import ConfigError
 
 from .conftest import REPO, run_cli
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from distrib.block_channel import Channel, ChannelServer, pack, receive_all
+from distrib.parallel.block_channel import Channel, ChannelServer, pack, receive_all
 
 
 def _never_lost(pending: set[str]) -> dict[str, str]:
@@ -78,7 +78,7 @@ def test_a_connection_without_the_token_is_dropped_and_the_driver_still_gets_in(
 
 _HOST = """
 import sys, time
-from distrib.block_channel import ChannelServer
+from distrib.parallel.block_channel import ChannelServer
 def slow(request):
     time.sleep(60)
 server = ChannelServer("127.0.0.1", slow)

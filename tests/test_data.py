@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
-from distrib.data import (
+from distrib.data.datasets import (
     MNIST_X_SHA256,
     MNIST_Y_SHA256,
     data_home,

@@ -13,14 +13,14 @@ from distributed import Client
 from joblib import parallel_config
 from sklearn.linear_model import LogisticRegression
 
-from distrib.cluster import worker_infos
 from distrib.config import TrainConfig
-from distrib.data import load_dataset, load_mnist
-from distrib.dispatch import BinaryFit, fit_binary_classifiers
-from distrib.model import LinearModel
-from distrib.reduce import reduce_fits
-from distrib.split import split_arrays
-from distrib.transfer import (
+from distrib.data.datasets import load_dataset, load_mnist
+from distrib.data.split import split_arrays
+from distrib.linear.model import LinearModel
+from distrib.parallel.cluster import worker_infos
+from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
+from distrib.parallel.reduce import reduce_fits
+from distrib.parallel.transfer import (
     InMemoryArrays,
     choose_layout,
     density_of,

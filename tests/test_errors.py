@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from distrib import ClusterConfig, DaskLogisticRegression, LinearModel
-from distrib.cluster import connect
 from distrib.errors import ClusterError, DataError, DistribError, OutputError
+from distrib.parallel.cluster import connect
 
 
 def test_bad_data_is_a_value_error() -> None:

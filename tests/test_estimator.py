@@ -22,11 +22,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from distrib.cluster import worker_infos
-from distrib.data import load_mnist
-from distrib.dispatch import cluster_backend
+from distrib.data.datasets import load_mnist
 from distrib.errors import ConfigError, OutputError
 from distrib.estimator import DaskLogisticRegression, DaskOneVsRestClassifier
+from distrib.parallel.cluster import worker_infos
+from distrib.parallel.dispatch import cluster_backend
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_multinomial_on_an_mnist_slice_and_a_dask_array(
     array of 4 row chunks (4 blocks, never gathered on the client) fit sklearn's model."""
     import scipy.sparse as sp
 
-    from distrib.split import split_arrays
+    from distrib.data.split import split_arrays
 
     parts = split_arrays(load_mnist(mnist_home, fetch=False), "notebook", "unit")
     X = parts.X_train[:4000].compute(scheduler="threads")
@@ -237,7 +237,7 @@ def test_multinomial_in_memory_rows_reach_the_workers_outside_any_task_graph(
     only its block, and nothing stays on the cluster after the fit."""
     import scipy.sparse as sp
 
-    from distrib.split import split_arrays
+    from distrib.data.split import split_arrays
 
     parts = split_arrays(load_mnist(mnist_home, fetch=False), "notebook", "unit")
     X = parts.X_train[:12000].compute(scheduler="threads")  # 38 MB dense

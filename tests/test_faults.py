@@ -16,9 +16,9 @@ import pytest
 from distributed import Client
 
 from distrib import TrainConfig, train
-from distrib.checkpoint import Checkpoints
-from distrib.cluster import start_local_cluster
-from distrib.model import LinearModel
+from distrib.linear.model import LinearModel
+from distrib.parallel.cluster import start_local_cluster
+from distrib.run.checkpoint import Checkpoints
 
 from .conftest import REPO, DaskProcesses, run_cli
 
@@ -276,7 +276,7 @@ KILLER = """
 import os
 import time
 
-import distrib.dispatch as dispatch
+import distrib.parallel.dispatch as dispatch
 
 # A preload may run more than once in a process: wrap the original only.
 _fit = getattr(dispatch, "_unpatched_fit_binary", dispatch._fit_binary)
@@ -371,7 +371,7 @@ def test_scheduler_lost_mid_fit_fails_fast(
 
 
 VERSIONS = """
-import distrib.cluster as cluster
+import distrib.parallel.cluster as cluster
 
 _real = getattr(cluster, "_unpatched_package_versions", cluster.package_versions)
 cluster._unpatched_package_versions = _real

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from distrib.errors import DataError, OutputError
-from distrib.model import LinearModel
+from distrib.linear.model import LinearModel
 
 
 @pytest.fixture
@@ -110,6 +110,6 @@ def test_ovr_probabilities_are_normalised_sigmoids_and_finite_far_from_every_cla
 
 
 def test_balanced_class_weights_are_scikit_learns() -> None:
-    from distrib.multinomial import balanced_weights
+    from distrib.parallel.multinomial import balanced_weights
 
     np.testing.assert_allclose(balanced_weights(np.array([5, 1, 4])), [10 / 15, 10 / 3, 10 / 12])

@@ -7,9 +7,14 @@ import pytest
 from distributed import Client
 from sklearn.datasets import load_digits
 
-from distrib.block_hosts import ClusterBlocks
-from distrib.multinomial import BlockResult, block_loss_grad, busiest_worker_seconds, load_block
-from distrib.transfer import InMemoryArrays
+from distrib.parallel.block_hosts import ClusterBlocks
+from distrib.parallel.multinomial import (
+    BlockResult,
+    block_loss_grad,
+    busiest_worker_seconds,
+    load_block,
+)
+from distrib.parallel.transfer import InMemoryArrays
 
 
 def _result(worker: str, started: float, seconds: float) -> BlockResult:

@@ -8,10 +8,10 @@ import pytest
 from distributed import Client
 
 from distrib import TrainConfig, train
-from distrib.data import load_dataset
+from distrib.data.datasets import load_dataset
+from distrib.data.split import split_arrays
 from distrib.errors import DataError
-from distrib.predict import predict_saved
-from distrib.split import split_arrays
+from distrib.run.predict import predict_saved
 
 from .conftest import run_cli
 

@@ -12,7 +12,7 @@ from distributed import Client
 
 from distrib import TrainConfig, train
 from distrib.errors import OutputError
-from distrib.report import render_report
+from distrib.report.render import render_report
 
 from .conftest import run_cli
 

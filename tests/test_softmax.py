@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from sklearn._loss.loss import HalfMultinomialLoss
 from sklearn.linear_model._linear_loss import LinearModelLoss
 
-from distrib.softmax import LANES, PART_ROWS, loss_grad, prepare
+from distrib.linear.softmax import LANES, PART_ROWS, loss_grad, prepare
 
 
 def _problem(

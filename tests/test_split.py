@@ -7,9 +7,9 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from distrib.data import load_dataset, load_mnist
+from distrib.data.datasets import load_dataset, load_mnist
+from distrib.data.split import check_labels, make_split, split_arrays
 from distrib.errors import ConfigError, DataError
-from distrib.split import check_labels, make_split, split_arrays
 
 
 def test_digits_notebook_split_is_the_notebooks() -> None:

@@ -13,11 +13,11 @@ from distributed import Client
 from sklearn.linear_model import LogisticRegression
 
 from distrib import ClusterConfig, TrainConfig, train
-from distrib.cluster import describe, worker_infos
-from distrib.data import load_dataset, mnist_paths
+from distrib.data.datasets import load_dataset, mnist_paths
+from distrib.data.split import split_arrays
 from distrib.errors import ClusterError, OutputError
-from distrib.model import LinearModel
-from distrib.split import split_arrays
+from distrib.linear.model import LinearModel
+from distrib.parallel.cluster import describe, worker_infos
 
 from .conftest import DaskProcesses, run_cli
 

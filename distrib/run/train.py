@@ -17,21 +17,24 @@ from typing import Any
 import numpy as np
 from distributed import Client, KilledWorker
 
-from distrib import __version__
-from distrib.checkpoint import RUN_FILES, Checkpoints, refuse_finished
-from distrib.cluster import ClusterConfig, connect, describe, package_versions, worker_infos
+from distrib._version import __version__
 from distrib.config import TrainConfig
-from distrib.data import Dataset, data_home, load_dataset
-from distrib.dispatch import ATTEMPT_TOPIC, BinaryFit
+from distrib.data.datasets import Dataset, data_home, load_dataset
+from distrib.data.split import SplitArrays, check_labels, split_arrays
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
 from distrib.estimator import ESTIMATOR_PARAMS, DaskLogisticRegression, FitHooks
-from distrib.evaluate import evaluate
 from distrib.files import write_json
-from distrib.model import LinearModel
-from distrib.multinomial import block_loads
-from distrib.report import MISCLASSIFIED_IMAGES, SAMPLE_IMAGES, render_report, save_report_images
-from distrib.split import SplitArrays, check_labels, split_arrays
-from distrib.transfer import (
+from distrib.linear.model import LinearModel
+from distrib.parallel.cluster import (
+    ClusterConfig,
+    connect,
+    describe,
+    package_versions,
+    worker_infos,
+)
+from distrib.parallel.dispatch import ATTEMPT_TOPIC, BinaryFit
+from distrib.parallel.multinomial import block_loads
+from distrib.parallel.transfer import (
     TRANSFER_MODES,
     ArrayFiles,
     TrainingData,
@@ -39,6 +42,14 @@ from distrib.transfer import (
     load_in_memory,
     prepare_split_arrays,
 )
+from distrib.report.render import (
+    MISCLASSIFIED_IMAGES,
+    SAMPLE_IMAGES,
+    render_report,
+    save_report_images,
+)
+from distrib.run.checkpoint import RUN_FILES, Checkpoints, refuse_finished
+from distrib.run.evaluate import evaluate
 
 
 @dataclass
@@ -153,7 +164,7 @@ def _warm_up() -> None:
     first fit does not pay for them."""
     import sklearn.linear_model  # noqa: F401
 
-    from distrib.softmax import warm_up
+    from distrib.linear.softmax import warm_up
 
     warm_up()
 
@@ -307,13 +318,13 @@ def train(
     out : path, optional
         The run folder (default ``runs/<timestamp>``). It must not hold a run already.
     home : path, optional
-        The data cache folder (see `distrib.data.data_home`).
+        The data cache folder (see `distrib.data.datasets.data_home`).
     transfer : {"auto", "path", "scatter"}
-        How the training arrays reach the workers (see `distrib.transfer`). ``auto`` uses
+        How the training arrays reach the workers (see `distrib.parallel.transfer`). ``auto`` uses
         ``path`` when every worker sees the prepared files, else ``scatter``.
     resume : bool
         ``out`` holds an interrupted run: fit only the classes it has no checkpoint for.
-        ``config`` must equal the run's settings (see `distrib.checkpoint.resume_config`).
+        ``config`` must equal the run's settings (see `distrib.run.checkpoint.resume_config`).
     log : callable, optional
         Receives one-line progress messages.
 

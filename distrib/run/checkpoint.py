@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from distrib.config import TrainConfig
-from distrib.dispatch import BinaryFit
 from distrib.errors import ConfigError, OutputError
 from distrib.files import read_json, write_json, write_npz
+from distrib.parallel.dispatch import BinaryFit
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "manifest.json"

@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from distrib.data import Dataset
+from distrib.data.datasets import Dataset
 from distrib.errors import ConfigError, DataError
 
 NOTEBOOK_RANDOM_STATE = 0

@@ -20,17 +20,7 @@ import numpy as np
 
 from distrib.errors import OutputError
 from distrib.files import write_bytes
-from distrib.model import LinearModel
-from distrib.plots import (
-    figure_png,
-    plot_class_histograms,
-    plot_coefficients,
-    plot_confusion,
-    plot_convergence,
-    plot_misclassified,
-    plot_samples,
-    plot_timeline,
-)
+from distrib.linear.model import LinearModel
 
 IMAGES_FILE = "images.npz"
 SAMPLE_IMAGES = 10
@@ -195,6 +185,8 @@ def render_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     -------
     html_path, md_path : Path
     """
+    from distrib.report import plots  # matplotlib loads when a report is drawn, not on import
+
     run_dir = Path(run_dir)
     model, meta, metrics, images = _load_run(run_dir)
     data = meta.get("data", {})
@@ -208,33 +200,33 @@ def render_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     figures = {
         "samples": (
             "Sample training images",
-            plot_samples(images["samples"], images["sample_labels"], image_shape),
+            plots.plot_samples(images["samples"], images["sample_labels"], image_shape),
         ),
         "class_histograms": (
             "Classes in the train and test splits",
-            plot_class_histograms(classes, counts["train"], counts["test"]),
+            plots.plot_class_histograms(classes, counts["train"], counts["test"]),
         ),
         "coefficients": (
             "Coefficients of each class",
-            plot_coefficients(model.coef, classes, image_shape, model.strategy),
+            plots.plot_coefficients(model.coef, classes, image_shape, model.strategy),
         ),
         "confusion_matrix": (
             "Confusion matrix",
-            plot_confusion(metrics["confusion_matrix"], classes, metrics["test_accuracy"]),
+            plots.plot_confusion(metrics["confusion_matrix"], classes, metrics["test_accuracy"]),
         ),
         "misclassified": (
             "Misclassified test images",
-            plot_misclassified(
+            plots.plot_misclassified(
                 images["wrong"], images["wrong_true"], images["wrong_pred"], image_shape, n_wrong
             ),
         ),
         "timeline": (
-            ("Convergence and time per evaluation", plot_convergence(metrics["solver"]))
+            ("Convergence and time per evaluation", plots.plot_convergence(metrics["solver"]))
             if _is_multinomial(metrics)
-            else ("Timeline of the fits on the cluster", plot_timeline(metrics["fits"]))
+            else ("Timeline of the fits on the cluster", plots.plot_timeline(metrics["fits"]))
         ),
     }
-    pngs = {name: figure_png(fig) for name, (_, fig) in figures.items()}
+    pngs = {name: plots.figure_png(fig) for name, (_, fig) in figures.items()}
     tables = _tables(metrics, meta)
 
     title = (

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from distrib.dispatch import BinaryFit
 from distrib.errors import ClusterError
+from distrib.parallel.dispatch import BinaryFit
 
 
 def reduce_fits(
@@ -17,7 +17,7 @@ def reduce_fits(
     """Assemble the binary fits' coefficients, one row per label, in the order of ``labels``.
 
     ``labels`` are the classes fitted as positive: all classes, or ``classes[1]`` alone for
-    two classes (the rows of a `distrib.model.LinearModel`).
+    two classes (the rows of a `distrib.linear.model.LinearModel`).
 
     Returns
     -------

@@ -8,8 +8,8 @@ scheduler -> worker 5 ms, ...). Measured here with two workers: ~2 ms per round 
 ~15-18 ms for a submit/gather round (README, "Multinomial: where the time goes").
 
 Evaluations travel over a direct TCP channel per host where the workers speak plain
-``tcp://`` (`distrib.block_channel`: ~0.05 ms a round trip against ~1.2 ms for distributed's
-RPC); with TLS, or where the driver cannot reach a host's port, they go through
+``tcp://`` (`distrib.parallel.block_channel`: ~0.05 ms a round trip against ~1.2 ms for
+distributed's RPC); with TLS, or where the driver cannot reach a host's port, they go through
 ``actor_execute``.
 
 Rows reach the hosts once, and never through the scheduler: prepared files are read by path
@@ -38,11 +38,11 @@ from typing import Any
 import dask
 import numpy as np
 
-from distrib.block_channel import Channel, ChannelServer, pack, receive_all
-from distrib.cluster import worker_infos
 from distrib.errors import ClusterError
-from distrib.multinomial import BlockResult, RowBlock, block_loss_grad, load_block
-from distrib.transfer import InMemoryArrays, TrainingData
+from distrib.parallel.block_channel import Channel, ChannelServer, pack, receive_all
+from distrib.parallel.cluster import worker_infos
+from distrib.parallel.multinomial import BlockResult, RowBlock, block_loss_grad, load_block
+from distrib.parallel.transfer import InMemoryArrays, TrainingData
 
 # How often a pending call checks that its worker is still there (the call itself returns
 # as soon as its result arrives; this only bounds how long a lost worker goes unnoticed).
@@ -85,7 +85,7 @@ class BlockHost:
     def load(self, index: int, source: TrainingData, start: int, stop: int, **kw: Any) -> int:
         """Read rows ``start:stop`` of ``source`` as block ``index``; return its row count.
 
-        ``kw`` are `distrib.multinomial.load_block`'s (classes, run_id, offset, key).
+        ``kw`` are `distrib.parallel.multinomial.load_block`'s (classes, run_id, offset, key).
         """
         self.blocks[index] = load_block(source, start, stop, **kw)
         return self.blocks[index].n_rows
@@ -221,7 +221,7 @@ class ClusterBlocks:
         timeout: float | None = None,
     ) -> ClusterBlocks:
         """One block per worker thread (or ``n_blocks``), block ``i`` on the ``i``-th
-        thread's worker. `distrib.transfer.ArrayFiles` are read by path on the workers;
+        thread's worker. `distrib.parallel.transfer.ArrayFiles` are read by path on the workers;
         in-memory rows are sent to their worker directly, once."""
         slots = worker_slots(client)
         if not slots:

@@ -33,9 +33,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from distrib.config import LAYOUTS
+from distrib.data.split import SplitArrays
 from distrib.errors import ConfigError, DataError, OutputError
 from distrib.files import atomic_path, write_json
-from distrib.split import SplitArrays
 
 TRANSFER_MODES = ("auto", "path", "scatter")
 AUTO_SPARSE_DENSITY = 0.25

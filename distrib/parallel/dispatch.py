@@ -22,7 +22,7 @@ from joblib._dask import DaskDistributedBackend
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from distrib.transfer import TrainingData
+from distrib.parallel.transfer import TrainingData
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ class LinearModel:
 
     def save(self, folder: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
         """Write ``model.npz`` and ``model.json`` into ``folder``, each atomically."""
-        from distrib import __version__
+        from distrib._version import __version__
 
         folder = Path(folder)
         arrays = {"coef": self.coef, "intercept": self.intercept, "classes": self.classes}

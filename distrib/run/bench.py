@@ -37,15 +37,15 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
-from distrib.cluster import connect, package_versions, start_local_cluster, worker_infos
 from distrib.config import STRATEGIES, ClusterConfig, TrainConfig
-from distrib.data import load_dataset
-from distrib.dispatch import fit_binary_classifiers
+from distrib.data.datasets import load_dataset
+from distrib.data.split import split_arrays
 from distrib.errors import ConfigError, OutputError
 from distrib.files import write_json
-from distrib.split import split_arrays
-from distrib.train import train
-from distrib.transfer import InMemoryArrays, choose_layout, density_of, matrix_nbytes
+from distrib.parallel.cluster import connect, package_versions, start_local_cluster, worker_infos
+from distrib.parallel.dispatch import fit_binary_classifiers
+from distrib.parallel.transfer import InMemoryArrays, choose_layout, density_of, matrix_nbytes
+from distrib.run.train import train
 
 PROJECTION_WORKERS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
 BENCH_FORMAT_VERSION = 1
@@ -83,7 +83,7 @@ def _proc_status_bytes(field: str) -> int:
 def _idle_rss_bytes() -> int:
     """Resident memory with the fit modules imported and the multinomial kernels loaded
     (`distrib train` warms its workers up the same way), before any job (runs on workers)."""
-    from distrib.train import _warm_up
+    from distrib.run.train import _warm_up
 
     _warm_up()
     return _rss_bytes()
@@ -678,7 +678,7 @@ def run_bench(
     if distrib_runs:
         report["projection"] = project(distrib_runs)
 
-    from distrib.plots import plot_bench
+    from distrib.report.plots import plot_bench
 
     write_json(folder / "bench.json", report)
     plot_bench(report, folder / "bench.png")

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from distrib.data import load_dataset
+from distrib.data.datasets import load_dataset
+from distrib.data.split import scale_pixels, split_arrays
 from distrib.errors import DataError, OutputError
 from distrib.estimator import DaskLogisticRegression
 from distrib.files import write_npy
-from distrib.split import scale_pixels, split_arrays
 
 
 def _load_npy(path: str | os.PathLike[str], what: str) -> np.ndarray:

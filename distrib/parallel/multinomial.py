@@ -5,7 +5,7 @@ workers: it cannot use more workers than classes, and every worker holds the who
 Here the training rows are cut into blocks, one per worker thread; each block is loaded once
 onto its worker and kept there (no worker holds more than its rows). Each evaluation of the
 objective sends the current coefficients to every block; the worker returns its block's
-softmax loss and gradient (`distrib.softmax`); the driver sums them, adds the L2 term, and
+softmax loss and gradient (`distrib.linear.softmax`); the driver sums them, adds the L2 term, and
 SciPy's L-BFGS takes the step, with scikit-learn's options and its ``C`` convention::
 
     mean_i w_i * (logsumexp(z_i) - z_i[y_i]) + ||coef||^2 / (2 * C * sum_i w_i)
@@ -15,8 +15,9 @@ SciPy's L-BFGS takes the step, with scikit-learn's options and its ``C`` convent
 equivalent binomial problem (one row, as scikit-learn does).
 
 This module holds the solver and the blocks themselves; where the blocks live is a
-`BlockRunner`'s business: `LocalBlocks` (this process) or `distrib.block_hosts.ClusterBlocks`
-(actors on the workers of a Dask cluster, called directly at each evaluation).
+`BlockRunner`'s business: `LocalBlocks` (this process) or
+`distrib.parallel.block_hosts.ClusterBlocks` (actors on the workers of a Dask cluster, called
+directly at each evaluation).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import scipy.optimize
 from sklearn.utils.class_weight import compute_class_weight
 from threadpoolctl import threadpool_limits
 
-from distrib import softmax
 from distrib.errors import DataError
-from distrib.transfer import Matrix, TrainingData, aligned_copy
+from distrib.linear import softmax
+from distrib.parallel.transfer import Matrix, TrainingData, aligned_copy
 
 BLOCK_TOPIC = "distrib-block-load"
 
@@ -120,7 +121,7 @@ def block_loss_grad(
     class_weight: np.ndarray | None,
 ) -> BlockResult:
     """Softmax loss (summed over the block's rows) and its gradient, for one block
-    (`distrib.softmax.loss_grad`: one pass over the rows, products in their precision)."""
+    (`distrib.linear.softmax.loss_grad`: one pass over the rows, products in their precision)."""
     started = time.time()
     t0 = time.perf_counter()
     weights = None if class_weight is None else class_weight[block.codes]

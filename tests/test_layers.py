@@ -1,0 +1,67 @@
+"""The package's layers import one way only (issue 13): each module imports distrib modules of
+its own layer or of layers below it, never above."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "distrib"
+
+#: Bottom to top. A module's layer is its first match (a folder names a whole layer).
+LAYERS = [
+    ("base", {"distrib._version", "distrib.errors", "distrib.config", "distrib.files"}),
+    ("data", {"distrib.data"}),
+    ("linear", {"distrib.linear"}),
+    ("parallel", {"distrib.parallel"}),
+    ("estimator", {"distrib.estimator"}),
+    ("report", {"distrib.report"}),
+    ("run", {"distrib.run"}),
+    ("cli", {"distrib.cli", "distrib.__main__", "distrib"}),
+]
+
+
+def _layer(module: str) -> int:
+    for depth in range(module.count(".") + 1, 0, -1):
+        prefix = ".".join(module.split(".")[:depth])
+        for index, (_, names) in enumerate(LAYERS):
+            if prefix in names:
+                return index
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "distrib"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module} if node.module.split(".")[0] == "distrib" else set()
+    return found
+
+
+def test_every_module_imports_only_its_layer_or_lower_ones() -> None:
+    upward = []
+    modules = sorted(PACKAGE.rglob("*.py"))
+    assert len(modules) > 20
+    for path in modules:
+        name = _module_name(path)
+        if name == "distrib":  # the package's front door re-exports the public API
+            continue
+        for imported in _imports(path):
+            if _layer(imported) > _layer(name):
+                upward.append(
+                    f"{name} ({LAYERS[_layer(name)][0]}) imports {imported} "
+                    f"({LAYERS[_layer(imported)][0]})"
+                )
+    assert not upward, "imports that go up a layer:\n" + "\n".join(upward)
+
+
+def test_the_layers_cover_every_module() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        _layer(_module_name(path))  # raises for a module outside every layer

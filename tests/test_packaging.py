@@ -1,0 +1,47 @@
+"""Packaging tells the truth: every imported package declared, every declared one imported,
+and ``import distrib`` stays light (no plotting library until a figure is drawn)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from importlib.metadata import requires
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: Distribution name -> the module it is imported as, where they differ.
+IMPORT_NAMES = {"scikit-learn": "sklearn", "dask-ml": "dask_ml"}
+
+
+def _declared() -> set[str]:
+    """The installed distrib's dependencies (its metadata, from pyproject.toml), no extras."""
+    runtime = [r for r in requires("distrib") or [] if "extra ==" not in r]
+    names = {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0] for r in runtime}
+    return {IMPORT_NAMES.get(name, name).replace("-", "_") for name in names}
+
+
+def _imported(folder: Path) -> set[str]:
+    found: set[str] = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return {name for name in found if name not in sys.stdlib_module_names and name != "distrib"}
+
+
+def test_every_imported_package_is_declared_and_every_declared_one_imported() -> None:
+    declared, imported = _declared(), _imported(REPO / "distrib")
+    assert imported <= declared, f"imported but not declared: {sorted(imported - declared)}"
+    assert declared <= imported, f"declared but never imported: {sorted(declared - imported)}"
+
+
+def test_import_distrib_does_not_load_matplotlib() -> None:
+    code = "import sys, distrib; print('matplotlib' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False"
