@@ -14,18 +14,7 @@ from typing import Any
 import click
 
 from distrib._version import __version__
-from distrib.config import (
-    CLASS_WEIGHTS,
-    DATASETS,
-    LAYOUTS,
-    PRESETS,
-    SCALES,
-    SOLVERS,
-    SPLITS,
-    STRATEGIES,
-    ClusterConfig,
-    TrainConfig,
-)
+from distrib.config import DATASETS, PRESETS, SETTINGS, ClusterConfig, TrainConfig
 from distrib.errors import ConfigError, DistribError
 from distrib.parallel.transfer import TRANSFER_MODES
 
@@ -60,54 +49,45 @@ def _data_home_option(func: Any) -> Any:
     )(func)
 
 
+def _none_or(value: str) -> str | None:
+    """A choice as the CLI spells it ("none") -> the setting (None)."""
+    return None if value == "none" else value
+
+
+def _setting_options(func: Any) -> Any:
+    """One option per `distrib.config.SETTINGS` entry, its help and default from there.
+
+    Every option defaults to None (not given), so a preset or a resumed run's own settings
+    apply unless the flag is set."""
+    for name, setting in reversed(SETTINGS.items()):
+        flag = "--" + name.replace("_", "-")
+        shown = setting.default
+        if shown is None or isinstance(shown, bool):
+            shown = {None: "none", True: "yes", False: "no"}[shown]
+        help_text = f"{setting.help} [default: {shown}]"
+        if isinstance(setting.default, bool):
+            option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
+        elif setting.choices is not None:
+            choices = ["none" if c is None else c for c in setting.choices]
+            option = click.option(
+                flag, name, type=click.Choice(choices), default=None, help=help_text
+            )
+        else:
+            flags = ("-C", flag) if name == "C" else (flag,)
+            kind = type(setting.default)
+            option = click.option(*flags, name, type=kind, default=None, help=help_text)
+        func = option(func)
+    return func
+
+
 @cli.command()
-@click.option(
-    "--strategy",
-    type=click.Choice(STRATEGIES),
-    default=None,
-    help="ovr: one binary fit per class, classes spread over the workers; multinomial: one "
-    "softmax fit (L-BFGS, L2), rows spread over the workers [default: ovr].",
-)
-@click.option("--dataset", type=click.Choice(DATASETS), default=None, help="[default: mnist]")
-@click.option(
-    "--split",
-    type=click.Choice(SPLITS),
-    default=None,
-    help="notebook: train_test_split(random_state=0); canonical: MNIST's 60k/10k "
-    "[default: notebook].",
-)
-@click.option(
-    "--scale",
-    type=click.Choice(SCALES),
-    default=None,
-    help="unit: pixels / max as float32; raw: pixel values [default: unit].",
-)
+@_setting_options
 @click.option(
     "--preset",
     type=click.Choice(PRESETS),
     default=None,
     help="The notebook's settings for the data set (C=50, saga, raw pixels, ...); "
     "explicit flags override it.",
-)
-@click.option("-C", "--C", "C", type=float, default=None, help="Inverse regularisation [0.1].")
-@click.option("--l1-ratio", type=float, default=None, help="0 = L2, 1 = L1 [0].")
-@click.option("--solver", type=click.Choice(SOLVERS), default=None, help="[default: lbfgs]")
-@click.option("--tol", type=float, default=None, help="Solver tolerance [1e-4].")
-@click.option("--max-iter", type=int, default=None, help="Solver iteration cap [100].")
-@click.option("--fit-intercept/--no-fit-intercept", default=None, help="[default: fit]")
-@click.option(
-    "--class-weight",
-    type=click.Choice([c for c in CLASS_WEIGHTS if c] + ["none"]),
-    default=None,
-    help="Per binary fit [default: none].",
-)
-@click.option("--random-state", type=int, default=None, help="Seed of sag/saga [0].")
-@click.option(
-    "--layout",
-    type=click.Choice(LAYOUTS),
-    default=None,
-    help="Training matrix as dense or CSR; auto: CSR when <= 25% of pixels are non-zero "
-    "[default: auto].",
 )
 @click.option(
     "--scheduler",
@@ -144,20 +124,7 @@ def _data_home_option(func: Any) -> Any:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def train(
-    strategy: str | None,
-    dataset: str | None,
-    split: str | None,
-    scale: str | None,
     preset: str | None,
-    C: float | None,
-    l1_ratio: float | None,
-    solver: str | None,
-    tol: float | None,
-    max_iter: int | None,
-    fit_intercept: bool | None,
-    class_weight: str | None,
-    random_state: int | None,
-    layout: str | None,
     scheduler: str | None,
     workers: int | None,
     threads_per_worker: int,
@@ -170,6 +137,7 @@ def train(
     out: str | None,
     resume: str | None,
     quiet: bool,
+    **settings: Any,
 ) -> None:
     """Fit logistic regression on a Dask cluster: one-vs-rest or multinomial.
 
@@ -180,22 +148,10 @@ def train(
     from distrib.run.checkpoint import resume_config
     from distrib.run.train import train as run_training
 
-    settings = {
-        "strategy": strategy,
-        "dataset": dataset,
-        "split": split,
-        "scale": scale,
-        "C": C,
-        "l1_ratio": l1_ratio,
-        "solver": solver,
-        "tol": tol,
-        "max_iter": max_iter,
-        "fit_intercept": fit_intercept,
-        "random_state": random_state,
-        "layout": layout,
-    }
-    if class_weight is not None:
-        settings["class_weight"] = None if class_weight == "none" else class_weight
+    if settings["class_weight"] is not None:
+        settings["class_weight"] = _none_or(settings["class_weight"])
+    else:
+        del settings["class_weight"]  # not given: the preset's or the run's own
     if resume is not None:
         if preset is not None:
             raise ConfigError("--preset cannot be combined with --resume: the run keeps its own")

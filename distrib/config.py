@@ -1,7 +1,10 @@
 """Run settings: one frozen dataclass for the model, one for the cluster.
 
 Both validate themselves on construction, so a bad value is reported before any data is
-loaded or any cluster is started.
+loaded or any cluster is started. The model's settings are declared once, in `SETTINGS`:
+`TrainConfig`'s defaults, the estimator's keyword arguments (`ESTIMATOR_PARAMS`) and the
+options and help of ``distrib train`` are built from it, and every rule is checked in
+`TrainConfig` alone (the estimator builds one to validate itself).
 """
 
 from __future__ import annotations
@@ -35,6 +38,54 @@ _NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
         "scale": "raw",
     },
 }
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a run: its default, what it does, and the values it may take."""
+
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+
+#: Every setting of `TrainConfig`, in the order ``distrib train --help`` shows them.
+SETTINGS: dict[str, Setting] = {
+    "strategy": Setting(
+        "ovr",
+        "ovr: one binary fit per class, classes spread over the workers; multinomial: one "
+        "softmax fit (L-BFGS, L2), rows spread over the workers.",
+        STRATEGIES,
+    ),
+    "dataset": Setting("mnist", "The data set.", DATASETS),
+    "split": Setting(
+        "notebook",
+        "notebook: train_test_split(random_state=0); canonical: MNIST's 60k/10k.",
+        SPLITS,
+    ),
+    "scale": Setting("unit", "unit: pixels / max as float32; raw: pixel values.", SCALES),
+    "C": Setting(0.1, "Inverse regularisation strength (> 0)."),
+    "l1_ratio": Setting(0.0, "0 = L2, 1 = L1, in between elastic net (saga)."),
+    "solver": Setting("lbfgs", "The binary fits' solver (multinomial: lbfgs).", SOLVERS),
+    "tol": Setting(1e-4, "Solver tolerance (> 0)."),
+    "max_iter": Setting(100, "Solver iteration cap (>= 1)."),
+    "fit_intercept": Setting(True, "Fit an intercept per class."),
+    "class_weight": Setting(
+        None,
+        "balanced: weights inversely proportional to class frequencies (within each binary "
+        "fit for ovr); none: every row weighs 1.",
+        CLASS_WEIGHTS,
+    ),
+    "random_state": Setting(0, "Seed of the sag/saga solvers."),
+    "layout": Setting(
+        "auto",
+        "Training matrix as dense or CSR; auto: CSR when <= 25% of pixels are non-zero.",
+        LAYOUTS,
+    ),
+}
+#: The settings of the model itself: `DaskLogisticRegression`'s keyword arguments.
+ESTIMATOR_PARAMS = ("strategy", "C", "l1_ratio", "solver", "tol", "max_iter", "fit_intercept",
+                    "class_weight", "random_state")  # fmt: skip
 
 
 def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
@@ -73,29 +124,25 @@ class TrainConfig:
         model up to the solver's tolerance.
     """
 
-    strategy: str = "ovr"
-    dataset: str = "mnist"
-    split: str = "notebook"
-    scale: str = "unit"
-    C: float = 0.1
-    l1_ratio: float = 0.0
-    solver: str = "lbfgs"
-    tol: float = 1e-4
-    max_iter: int = 100
-    fit_intercept: bool = True
-    class_weight: str | None = None
-    random_state: int | None = 0
-    layout: str = "auto"
+    strategy: str = SETTINGS["strategy"].default
+    dataset: str = SETTINGS["dataset"].default
+    split: str = SETTINGS["split"].default
+    scale: str = SETTINGS["scale"].default
+    C: float = SETTINGS["C"].default
+    l1_ratio: float = SETTINGS["l1_ratio"].default
+    solver: str = SETTINGS["solver"].default
+    tol: float = SETTINGS["tol"].default
+    max_iter: int = SETTINGS["max_iter"].default
+    fit_intercept: bool = SETTINGS["fit_intercept"].default
+    class_weight: str | None = SETTINGS["class_weight"].default
+    random_state: int | None = SETTINGS["random_state"].default
+    layout: str = SETTINGS["layout"].default
     preset: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("split", self.split, SPLITS)
-        _choice("scale", self.scale, SCALES)
-        _choice("solver", self.solver, SOLVERS)
-        _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
-        _choice("layout", self.layout, LAYOUTS)
+        for name, setting in SETTINGS.items():
+            if setting.choices is not None:
+                _choice(name, getattr(self, name), setting.choices)
         if self.preset is not None:
             _choice("preset", self.preset, PRESETS)
         if self.split == "canonical" and self.dataset != "mnist":
@@ -147,6 +194,10 @@ class TrainConfig:
         dataset = given.get("dataset", cls.dataset)
         _choice("dataset", dataset, DATASETS)
         return cls(**{**_NOTEBOOK_PRESETS[dataset], **given, "preset": preset})
+
+    def model_settings(self) -> dict[str, Any]:
+        """`DaskLogisticRegression`'s keyword arguments (`ESTIMATOR_PARAMS`) as set here."""
+        return {name: getattr(self, name) for name in ESTIMATOR_PARAMS}
 
     def estimator_params(self) -> dict[str, Any]:
         """Keyword arguments for each binary `sklearn.linear_model.LogisticRegression`."""

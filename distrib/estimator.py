@@ -33,7 +33,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from distrib.config import TrainConfig
+from distrib.config import ESTIMATOR_PARAMS, SETTINGS, TrainConfig
 from distrib.errors import DataError, OutputError
 from distrib.linear.model import LinearModel
 from distrib.parallel.block_hosts import ClusterBlocks
@@ -47,9 +47,6 @@ from distrib.parallel.multinomial import (
 )
 from distrib.parallel.reduce import reduce_fits
 from distrib.parallel.transfer import InMemoryArrays, TrainingData, release_aligned
-
-ESTIMATOR_PARAMS = ("strategy", "C", "l1_ratio", "solver", "tol", "max_iter", "fit_intercept",
-                    "class_weight", "random_state")  # fmt: skip
 
 
 @dataclass
@@ -159,15 +156,15 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        strategy: str = "ovr",
-        C: float = 0.1,
-        l1_ratio: float = 0.0,
-        solver: str = "lbfgs",
-        tol: float = 1e-4,
-        max_iter: int = 100,
-        fit_intercept: bool = True,
-        class_weight: str | None = None,
-        random_state: int | None = 0,
+        strategy: str = SETTINGS["strategy"].default,
+        C: float = SETTINGS["C"].default,
+        l1_ratio: float = SETTINGS["l1_ratio"].default,
+        solver: str = SETTINGS["solver"].default,
+        tol: float = SETTINGS["tol"].default,
+        max_iter: int = SETTINGS["max_iter"].default,
+        fit_intercept: bool = SETTINGS["fit_intercept"].default,
+        class_weight: str | None = SETTINGS["class_weight"].default,
+        random_state: int | None = SETTINGS["random_state"].default,
     ) -> None:
         self.strategy = strategy
         self.C = C

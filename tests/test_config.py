@@ -89,3 +89,35 @@ def test_settings_round_trip_through_dict() -> None:
 def test_bad_cluster_settings(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ClusterConfig(**changes)
+
+
+def test_one_spec_gives_the_defaults_of_the_config_the_estimator_and_the_cli() -> None:
+    """Issue 13: defaults declared once (SETTINGS) and read by every surface."""
+    import ast
+    import inspect
+    import re
+
+    from click.testing import CliRunner
+
+    from distrib.cli import cli
+    from distrib.config import ESTIMATOR_PARAMS, SETTINGS
+    from distrib.estimator import DaskLogisticRegression
+
+    config = TrainConfig()
+    assert {name: getattr(config, name) for name in SETTINGS} == {
+        name: s.default for name, s in SETTINGS.items()
+    }
+    signature = inspect.signature(DaskLogisticRegression)
+    assert tuple(signature.parameters) == ESTIMATOR_PARAMS
+    for name in ESTIMATOR_PARAMS:
+        assert signature.parameters[name].default == SETTINGS[name].default, name
+    # the docstring states each default as the spec does
+    doc = DaskLogisticRegression.__doc__ or ""
+    for name in ESTIMATOR_PARAMS:
+        stated = re.search(rf"^    {name} : .*default=(.+)$", doc, re.MULTILINE)
+        assert stated is not None, f"{name} has no 'default=' in the docstring"
+        assert ast.literal_eval(stated.group(1)) == SETTINGS[name].default, name
+    help_text = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+    for name, setting in SETTINGS.items():
+        assert "--" + name.replace("_", "-") in help_text
+        assert " ".join(setting.help.split()) in help_text, name

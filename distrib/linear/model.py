@@ -29,6 +29,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
+from distrib.config import STRATEGIES
 from distrib.errors import ConfigError, DataError, OutputError
 from distrib.files import write_json, write_npz
 
@@ -36,7 +37,6 @@ MODEL_FORMAT = "distrib-linear-model"
 MODEL_FORMAT_VERSION = 2
 # Older formats this version still reads.
 _READABLE_FORMATS = {("distrib-ovr-model", 1), (MODEL_FORMAT, MODEL_FORMAT_VERSION)}
-STRATEGIES = ("ovr", "multinomial")
 MODEL_ARRAYS = ("coef", "intercept", "classes")
 
 

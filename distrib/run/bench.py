@@ -154,9 +154,9 @@ def _estimator_runs(
 ) -> dict[str, Any]:
     """`DaskLogisticRegression.fit` on the current client, once per input kind, as a user
     with a ``Client`` calls it: the data is handed over in memory at each fit."""
-    from distrib.estimator import ESTIMATOR_PARAMS, DaskLogisticRegression
+    from distrib.estimator import DaskLogisticRegression
 
-    params = {name: getattr(config, name) for name in ESTIMATOR_PARAMS}
+    params = config.model_settings()
     present = len(worker_infos(client))
     results: dict[str, Any] = {}
     with client.as_current():

@@ -22,7 +22,7 @@ from distrib.config import TrainConfig
 from distrib.data.datasets import Dataset, data_home, load_dataset
 from distrib.data.split import SplitArrays, check_labels, split_arrays
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
-from distrib.estimator import ESTIMATOR_PARAMS, DaskLogisticRegression, FitHooks
+from distrib.estimator import DaskLogisticRegression, FitHooks
 from distrib.files import write_json
 from distrib.linear.model import LinearModel
 from distrib.parallel.cluster import (
@@ -384,7 +384,7 @@ def _run(
         layout = files.layout
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
 
-    estimator = DaskLogisticRegression(**{name: getattr(config, name) for name in ESTIMATOR_PARAMS})
+    estimator = DaskLogisticRegression(**config.model_settings())
     with contextlib.ExitStack() as stack:
         if client is None:
             with phase("connect"):
