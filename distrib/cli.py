@@ -262,6 +262,13 @@ def predict(
     "the matrix in memory (numpy, CSR) and as a Dask array, against scikit-learn on it.",
 )
 @click.option(
+    "--dask-ml",
+    "dask_ml",
+    is_flag=True,
+    help="Also time dask-ml's LogisticRegression one-vs-rest on each cluster, once "
+    "(minutes on MNIST).",
+)
+@click.option(
     "--notebook-baseline",
     is_flag=True,
     help="Also time the notebook's own settings in one process (minutes on MNIST).",
@@ -284,6 +291,7 @@ def bench(
     scheduler: str | None,
     baselines: bool,
     estimators: bool,
+    dask_ml: bool,
     notebook_baseline: bool,
     data_home: str | None,
     out: str,
@@ -302,6 +310,7 @@ def bench(
         out=out,
         baselines=baselines,
         notebook=notebook_baseline,
+        dask_ml=dask_ml,
         estimators=estimators,
         strategies=[part.strip() for part in strategies_text.split(",") if part.strip()],
         log=None if quiet else _log,
@@ -322,6 +331,12 @@ def bench(
         click.echo(f"estimator multinomial, {k} worker(s), fit over scikit-learn's: {parts}")
     for k, ratio in report.get("sklearn_multinomial", {}).get("fit_over_sklearn", {}).items():
         click.echo(f"distrib multinomial, {k} worker(s), fit over scikit-learn's: {ratio:.2f}x")
+    for k, ratio in report.get("fit_vs_dask_ml", {}).items():
+        run = report["distrib"][k]["dask_ml"]
+        click.echo(
+            f"dask-ml one-vs-rest, {k} worker(s): fit {run['median_fit']:.2f} s "
+            f"({ratio:.1f}x distrib ovr's), test accuracy {run['test_accuracy']:.4f}"
+        )
 
 
 @cli.command()

@@ -193,3 +193,30 @@ def test_multinomial_projection_divides_compute_and_adds_the_drivers_time_per_ho
     del solver["median_driver_cpu_seconds_per_host"]
     walls = dict(zip(PROJECTION_WORKERS, project_multinomial(measured)["wall"], strict=True))
     assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01))
+
+
+def test_the_dask_ml_baseline_fits_one_vs_rest_on_the_cluster(cluster_client) -> None:
+    """dask-ml's binary LogisticRegression, one class after another, on a persisted Dask
+    array; a few iterations on digits keep it short (it takes minutes on MNIST)."""
+    import dask.array as da
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from distrib.config import TrainConfig
+    from distrib.run.bench import EstimatorInputs, _dask_ml_runs
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    inputs = EstimatorInputs(
+        inputs={"dask": da.from_array(X[:1000], chunks=(500, -1))},
+        y=y[:1000],
+        X_test=X[1000:],
+        y_test=y[1000:],
+    )
+    said: list[str] = []
+    result = _dask_ml_runs(
+        cluster_client, TrainConfig(dataset="digits", max_iter=5), inputs, 1, said.append
+    )
+    assert len(result["walls"]) == 1 and result["median_fit"] > 0
+    assert 0.5 < result["test_accuracy"] <= 1.0, "ten binary fits that learned something"
+    assert said and said[0].startswith("[dask-ml OneVsRest, 2 worker(s)] run 1/1")

@@ -4,7 +4,9 @@ For each worker count, a fresh `LocalCluster` of single-threaded workers (or the
 existing scheduler has) runs the same training job ``repeat`` times after ``warmup`` runs.
 Baselines on the same split, settings and matrix layout: the binary fits one after another in
 one process, and ``OneVsRestClassifier(n_jobs=k)`` with loky (on the same layout, and on the
-dense matrix a notebook user would pass); optionally the notebook's own settings.
+dense matrix a notebook user would pass); dask-ml's ``LogisticRegression`` (dask-glm's
+L-BFGS on the Dask array, binary only) through scikit-learn's ``OneVsRestClassifier`` on each
+cluster, what a Dask user reaches for first; optionally the notebook's own settings.
 
 With the multinomial strategy in the list, its runs get the same treatment (fresh clusters,
 same repeats) and its baseline is scikit-learn's own multinomial ``LogisticRegression`` (lbfgs,
@@ -184,6 +186,47 @@ def _estimator_runs(
     return results
 
 
+#: Timed runs of the dask-ml baseline (`--dask-ml`; minutes each on MNIST, no warm-up).
+DASK_ML_REPEAT = 1
+
+
+def _dask_ml_runs(
+    client: Client,
+    config: TrainConfig,
+    data: EstimatorInputs,
+    repeat: int,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """dask-ml's ``LogisticRegression`` one class after another (``OneVsRestClassifier``;
+    dask-ml fits binary problems only), each fit's L-BFGS evaluating its gradient as Dask
+    graphs over the cluster's workers, on the training matrix persisted there as a Dask
+    array. Its ``C`` and tolerance are dask-glm's, close to but not scikit-learn's: its
+    accuracy is reported beside the time."""
+    from dask_ml.linear_model import LogisticRegression as DaskMLLogisticRegression
+
+    present = len(worker_infos(client))
+    X = client.persist(data.inputs["dask"].rechunk({0: 10_000, 1: -1}))
+    walls: list[float] = []
+    with client.as_current(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dask-glm's convergence and deprecation chatter
+        for i in range(repeat):
+            started = time.perf_counter()
+            binary = DaskMLLogisticRegression(
+                solver="lbfgs",
+                C=config.C,
+                tol=config.tol,
+                max_iter=config.max_iter,
+                fit_intercept=config.fit_intercept,
+                solver_kwargs={"normalize": False},  # MNIST's all-zero pixels break it
+            )
+            model = OneVsRestClassifier(binary).fit(X, data.y)
+            walls.append(time.perf_counter() - started)
+            say(f"[dask-ml OneVsRest, {present} worker(s)] run {i + 1}/{repeat}: {walls[-1]:.2f} s")
+        accuracy = float(np.mean(np.asarray(model.predict(data.X_test)) == data.y_test))
+    del X
+    return {"walls": walls, "median_fit": _median(walls), "test_accuracy": accuracy}
+
+
 def _distrib_runs(
     config: TrainConfig,
     workers: int,
@@ -195,9 +238,11 @@ def _distrib_runs(
     scratch: Path,
     say: Callable[[str], None],
     estimator_inputs: EstimatorInputs | None = None,
+    dask_ml_inputs: EstimatorInputs | None = None,
 ) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     estimator: dict[str, Any] = {}
+    dask_ml: dict[str, Any] = {}
     with _cluster(workers, scheduler) as (client, startup):
         present = len(worker_infos(client))
         idle_rss = client.run(_idle_rss_bytes)
@@ -236,6 +281,8 @@ def _distrib_runs(
         peak_rss = client.run(_peak_rss_bytes)
         if estimator_inputs is not None:
             estimator = _estimator_runs(client, config, estimator_inputs, repeat, warmup, say)
+        if dask_ml_inputs is not None:
+            dask_ml = _dask_ml_runs(client, config, dask_ml_inputs, DASK_ML_REPEAT, say)
     return {
         "workers": present,
         "cluster_start_seconds": startup,
@@ -251,6 +298,7 @@ def _distrib_runs(
             for w, peak in sorted(peak_rss.items())
         },
         **({"estimator": estimator} if estimator else {}),
+        **({"dask_ml": dask_ml} if dask_ml else {}),
     }
 
 
@@ -490,6 +538,7 @@ def run_bench(
     notebook: bool = False,
     strategies: Sequence[str] = ("ovr",),
     estimators: bool = True,
+    dask_ml: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmark `distrib train` against worker count; write ``bench.json`` and ``bench.png``.
@@ -513,6 +562,8 @@ def run_bench(
         Also time the serial fits and loky's `OneVsRestClassifier` for each worker count.
     notebook : bool
         Also time the notebook's own settings in one process (minutes on MNIST).
+    dask_ml : bool
+        Also time dask-ml's one-vs-rest on each cluster, once (minutes on MNIST).
     strategies : sequence of {"ovr", "multinomial"}
         Which strategies to time. ``ovr`` results are under ``distrib``, ``multinomial``
         under ``multinomial`` (with scikit-learn's multinomial fit as its baseline).
@@ -589,6 +640,7 @@ def run_bench(
                     estimator_inputs=estimator_inputs
                     if estimators and strategy == "multinomial"
                     else None,
+                    dask_ml_inputs=estimator_inputs if dask_ml and strategy == "ovr" else None,
                 )
                 for k in counts
             }
@@ -632,6 +684,12 @@ def run_bench(
                 if str(k) in loky[name]
             }
             for k in counts
+        }
+    if any("dask_ml" in r for r in distrib_runs.values()):
+        report["fit_vs_dask_ml"] = {
+            str(k): r["dask_ml"]["median_fit"] / r["median_fit"]
+            for k, r in distrib_runs.items()
+            if "dask_ml" in r
         }
     if "multinomial" in by_strategy:
         multinomial = by_strategy["multinomial"]
