@@ -6,9 +6,9 @@ cache: the matrix comes from memory once per evaluation (scipy's ``X @ W`` then 
 read it twice and make two temporaries of rows x classes). The classes are processed in
 groups of `LANES`: LLVM's SLP vectorizer turns each group's sixteen multiply-adds into vector
 instructions, which scipy's sparse products do not use. Measured on 30,000 MNIST rows as
-float32 CSR, one thread: scores 8 ms and gradient 8.5 ms against 26 ms and 17 ms for scipy's
-two products; the whole evaluation 21-25 ms against 40-46 ms (README, "Multinomial: where
-the time goes").
+float32 CSR, one thread: the whole evaluation 16 ms against ~43 ms for scipy's two products
+and ~42 ms for scikit-learn's own loss and gradient (half of scripts/kernel_bench.py's
+all-rows numbers; README, "Strategies").
 
 Precision: products in the data's precision (float32 for the prepared data: half the bytes
 to read), softmax, loss and the per-row residuals in float64, and the gradient summed in
