@@ -88,6 +88,10 @@ ESTIMATOR_PARAMS = ("strategy", "C", "l1_ratio", "solver", "tol", "max_iter", "f
                     "class_weight", "random_state")  # fmt: skip
 
 
+def _positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
     if value not in allowed:
         shown = ", ".join(repr(a) for a in allowed)
@@ -134,15 +138,19 @@ class TrainConfig:
     tol: float = SETTINGS["tol"].default
     max_iter: int = SETTINGS["max_iter"].default
     fit_intercept: bool = SETTINGS["fit_intercept"].default
-    class_weight: str | None = SETTINGS["class_weight"].default
+    class_weight: str | dict[Any, float] | None = SETTINGS["class_weight"].default
     random_state: int | None = SETTINGS["random_state"].default
     layout: str = SETTINGS["layout"].default
     preset: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name, setting in SETTINGS.items():
-            if setting.choices is not None:
+            if setting.choices is not None and not isinstance(getattr(self, name), dict):
                 _choice(name, getattr(self, name), setting.choices)
+        if isinstance(self.class_weight, dict):
+            bad = {k: v for k, v in self.class_weight.items() if not _positive_number(v)}
+            if bad:
+                raise ConfigError(f"class_weight values must be positive finite numbers, got {bad}")
         if self.preset is not None:
             _choice("preset", self.preset, PRESETS)
         if self.split == "canonical" and self.dataset != "mnist":

@@ -31,7 +31,7 @@ from joblib._dask import DaskDistributedBackend
 from joblib.parallel import get_active_backend
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from distrib.config import ESTIMATOR_PARAMS, SETTINGS, TrainConfig
 from distrib.errors import DataError, OutputError
@@ -42,8 +42,8 @@ from distrib.parallel.multinomial import (
     BlockRunner,
     LocalBlocks,
     SoftmaxFit,
-    class_counts_of,
     fit_softmax,
+    objective_weights,
 )
 from distrib.parallel.reduce import reduce_fits
 from distrib.parallel.transfer import InMemoryArrays, TrainingData, release_aligned
@@ -132,9 +132,10 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
     tol : float, default=1e-4
     max_iter : int, default=100
     fit_intercept : bool, default=True
-    class_weight : {"balanced"} or None, default=None
-        ``ovr``: applied within each binary problem. ``multinomial``: per class, as
-        scikit-learn does.
+    class_weight : {"balanced"}, dict or None, default=None
+        ``multinomial``: per class, as scikit-learn does (a dict maps labels to weights;
+        labels it omits weigh 1). ``ovr``: ``"balanced"`` within each binary problem; a
+        dict weighs each row by its own class's weight in every binary problem.
     random_state : int or None, default=0
         Seed of the sag/saga solvers.
 
@@ -163,7 +164,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         tol: float = SETTINGS["tol"].default,
         max_iter: int = SETTINGS["max_iter"].default,
         fit_intercept: bool = SETTINGS["fit_intercept"].default,
-        class_weight: str | None = SETTINGS["class_weight"].default,
+        class_weight: str | dict[Any, float] | None = SETTINGS["class_weight"].default,
         random_state: int | None = SETTINGS["random_state"].default,
     ) -> None:
         self.strategy = strategy
@@ -186,7 +187,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
 
     # --- fitting ----------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any) -> DaskLogisticRegression:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> DaskLogisticRegression:
         """Fit on numpy, SciPy sparse or Dask arrays.
 
         Parameters
@@ -195,20 +196,47 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
             ``ovr`` computes a Dask array first (each binary fit needs all rows);
             ``multinomial`` keeps it distributed, each chunk of rows a block on a worker.
         y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weight of each row, as scikit-learn's ``fit`` takes it; it
+            travels with its row (to the row's block for ``multinomial``).
         """
         self._config()  # validates the parameters before any data is touched
         if isinstance(y, da.Array):
             y = y.compute()
+        if isinstance(sample_weight, da.Array):
+            sample_weight = sample_weight.compute()
         if isinstance(X, da.Array) and self.strategy == "multinomial":
-            return self._fit_dask_multinomial(X, y)
+            return self._fit_dask_multinomial(X, y, sample_weight)
         if isinstance(X, da.Array):
             X = X.compute()
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
+        weights = self._check_weights(sample_weight, X)
         classes, encoded = self._encode(y)
-        self.fit_training_data(InMemoryArrays(X, encoded), np.arange(len(classes)))
+        class_weight = self._class_weight_by_code(classes)
+        data = InMemoryArrays(X, encoded, weights)
+        self.fit_training_data(data, np.arange(len(classes)), class_weight=class_weight)
         self.classes_ = classes
         self._relabel_records(classes)
         return self
+
+    @staticmethod
+    def _check_weights(sample_weight: Any, X: Any) -> np.ndarray | None:
+        if sample_weight is None:
+            return None
+        return _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+
+    def _class_weight_by_code(self, classes: np.ndarray) -> str | dict[int, float] | None:
+        """``class_weight`` with a dict's keys turned from labels into class indices."""
+        if not isinstance(self.class_weight, dict):
+            return self.class_weight
+        unknown = [k for k in self.class_weight if k not in set(classes.tolist())]
+        if unknown:
+            raise DataError(
+                f"class_weight names {unknown}, which are not classes of y "
+                f"({classes.tolist()}): key the dict by y's labels"
+            )
+        index = {label: i for i, label in enumerate(classes.tolist())}
+        return {index[k]: float(v) for k, v in self.class_weight.items()}
 
     def _encode(self, y: Any) -> tuple[np.ndarray, np.ndarray]:
         check_classification_targets(y)
@@ -232,6 +260,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         *,
         client: Any = None,
         hooks: FitHooks | None = None,
+        class_weight: str | dict[int, float] | None = None,
     ) -> DaskLogisticRegression:
         """Fit on training data already in distrib's transfer form (what ``fit`` and
         ``distrib train`` both call).
@@ -248,17 +277,26 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
             (``ovr`` then runs on joblib's active backend, ``multinomial`` in this process).
         hooks : FitHooks, optional
             Progress, per-class checkpoints and resume (``distrib train``).
+        class_weight : "balanced" or dict, optional
+            Overrides the ``class_weight`` parameter, a dict keyed by ``labels``' values.
         """
         config = self._config()
         hooks = hooks or FitHooks()
         client = client if client is not None else _current_client()
         labels = np.asarray(labels)
+        class_weight = class_weight if class_weight is not None else config.class_weight
         self.n_features_in_ = int(data.shape[1])
         if self.strategy == "ovr":
-            self._fit_ovr(data, labels, config, client, hooks)
+            self._fit_ovr(data, labels, config, client, hooks, class_weight)
         else:
             y = np.asarray(data.arrays()[1])
-            counts = class_counts_of(np.searchsorted(labels, y), len(labels))
+            codes = np.searchsorted(labels, y)
+            if isinstance(class_weight, dict):  # keyed by label -> by class index
+                position = {label: i for i, label in enumerate(labels.tolist())}
+                class_weight = {position[k]: v for k, v in class_weight.items()}
+            weights = objective_weights(
+                codes, len(labels), class_weight, data.weights(0, len(codes))
+            )
             runner: BlockRunner
             if client is None or _inside_a_dask_task():
                 # Nested in a task (a search run by the dask joblib backend): its thread is
@@ -267,7 +305,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
                 runner = LocalBlocks(data, labels)
             else:
                 runner = ClusterBlocks.from_training_data(client, data, labels, run_id=hooks.run_id)
-            self._fit_multinomial(runner, counts, config, hooks)
+            self._fit_multinomial(runner, len(labels), weights, config, hooks)
         self.classes_ = labels
         return self
 
@@ -278,6 +316,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         config: TrainConfig,
         client: Any,
         hooks: FitHooks,
+        class_weight: str | dict[int, float] | None,
     ) -> None:
         positives = [int(labels[1])] if len(labels) == 2 else [int(c) for c in labels]
         todo = [c for c in positives if c not in hooks.done]
@@ -287,7 +326,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
                 fits = fit_binary_classifiers(
                     data,
                     todo,
-                    config.estimator_params(),
+                    {**config.estimator_params(), "class_weight": class_weight},
                     on_fit=hooks.on_binary_fit,
                     run_id=hooks.run_id,
                 )
@@ -301,8 +340,14 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         self.solver_ = {"strategy": "ovr"}
 
     def _fit_multinomial(
-        self, runner: BlockRunner, counts: np.ndarray, config: TrainConfig, hooks: FitHooks
+        self,
+        runner: BlockRunner,
+        n_classes: int,
+        weights: tuple[np.ndarray | None, float],
+        config: TrainConfig,
+        hooks: FitHooks,
     ) -> None:
+        """``weights``: each class's weight and the rows' total (`objective_weights`)."""
         every = 10  # a line per ten iterations: ~0.5 s apart on full MNIST, 2 workers
 
         def on_iteration(iteration: int, loss: float) -> None:
@@ -319,12 +364,13 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
             fit: SoftmaxFit = fit_softmax(
                 runner,
                 n_features=self.n_features_in_,
-                class_counts=counts,
+                n_classes=n_classes,
+                weight_sum=weights[1],
                 C=config.C,
                 tol=config.tol,
                 max_iter=config.max_iter,
                 fit_intercept=config.fit_intercept,
-                class_weight=config.class_weight,
+                class_weights=weights[0],
                 on_iteration=on_iteration,
             )
             blocks = runner.describe()
@@ -338,7 +384,9 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         self.fit_records_ = blocks
         self.solver_ = fit.record()
 
-    def _fit_dask_multinomial(self, X: da.Array, y: Any) -> DaskLogisticRegression:
+    def _fit_dask_multinomial(
+        self, X: da.Array, y: Any, sample_weight: Any = None
+    ) -> DaskLogisticRegression:
         """Multinomial on a Dask array: each chunk of rows becomes one block, computed on
         a worker and kept there; the matrix is never gathered here."""
         if X.ndim != 2:
@@ -352,12 +400,16 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         client = _current_client()
         if client is None:
             X = X.compute()
-            return self.fit(X, y)
+            return self.fit(X, y, sample_weight)
+        weights = self._check_weights(sample_weight, np.empty((len(y), 0)))
         config = self._config()
         self.n_features_in_ = int(X.shape[1])
-        counts = class_counts_of(encoded, len(classes))
-        runner = ClusterBlocks.from_dask_array(client, X, encoded, np.arange(len(classes)))
-        self._fit_multinomial(runner, counts, config, FitHooks())
+        class_weight = self._class_weight_by_code(classes)
+        objective = objective_weights(encoded, len(classes), class_weight, weights)
+        runner = ClusterBlocks.from_dask_array(
+            client, X, encoded, np.arange(len(classes)), sample_weight=weights
+        )
+        self._fit_multinomial(runner, len(classes), objective, config, FitHooks())
         self.classes_ = classes
         return self
 

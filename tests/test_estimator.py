@@ -42,25 +42,8 @@ def digits() -> tuple[np.ndarray, ...]:
     return tuple(train_test_split(X / 16.0, y, test_size=0.25, random_state=0))
 
 
-EXPECTED_FAILURES = {
-    "ovr": {
-        "check_class_weight_classifiers": (
-            "class_weight is None or 'balanced' within each binary problem; a dict keyed by "
-            "the original classes has no one-vs-rest meaning and is refused with a ConfigError"
-        ),
-    },
-    "multinomial": {
-        "check_class_weight_classifiers": (
-            "class_weight is None or 'balanced' (the settings `distrib train` can store and "
-            "resume); a dict is refused with a ConfigError"
-        ),
-    },
-}
-
-
 @parametrize_with_checks(
     [DaskLogisticRegression(), DaskLogisticRegression(strategy="multinomial")],
-    expected_failed_checks=lambda est: EXPECTED_FAILURES[est.strategy],
 )
 def test_scikit_learn_estimator_checks(estimator, check, on_cluster: Client) -> None:
     check(estimator)
@@ -124,8 +107,41 @@ def test_string_labels_and_two_classes(on_cluster: Client) -> None:
     assert clf.score(X / 16.0, labels) > 0.95
 
 
-def _sklearn_multinomial(X, y, **params) -> LogisticRegression:
-    return LogisticRegression(tol=1e-10, max_iter=2000, **params).fit(X, y)
+def _sklearn_multinomial(X, y, sample_weight=None, **params) -> LogisticRegression:
+    return LogisticRegression(tol=1e-10, max_iter=2000, **params).fit(X, y, sample_weight)
+
+
+def test_sample_weight_and_a_class_weight_dict_give_scikit_learns_models(
+    digits, on_cluster: Client
+) -> None:
+    """Issue 14: ``fit(X, y, sample_weight)`` and dict class weights, both strategies."""
+    X_train, _, y_train, _ = digits
+    sample_weight = np.random.default_rng(0).uniform(0.2, 3.0, len(y_train))
+    class_weight = {3: 4.0, 8: 0.5}
+    ours = DaskLogisticRegression(
+        strategy="multinomial", C=1.0, tol=1e-10, max_iter=2000, class_weight=class_weight
+    ).fit(X_train, y_train, sample_weight=sample_weight)
+    theirs = _sklearn_multinomial(X_train, y_train, sample_weight, C=1.0, class_weight=class_weight)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-5)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, atol=1e-4)
+    # the same rows as a Dask array: each chunk's weights travel with it to its block
+    chunked = da.from_array(X_train, chunks=(400, -1))
+    from_dask = DaskLogisticRegression(**ours.get_params()).fit(chunked, y_train, sample_weight)
+    assert len(from_dask.fit_records_) == chunked.numblocks[0]
+    np.testing.assert_allclose(from_dask.coef_, theirs.coef_, atol=1e-5)
+    # one-vs-rest: each row weighs its sample weight times its own class's weight in every
+    # binary problem
+    ovr = DaskLogisticRegression(C=1.0, class_weight=class_weight)
+    ovr.fit(X_train, y_train, sample_weight=sample_weight)
+    row_weight = sample_weight * np.array([class_weight.get(c, 1.0) for c in y_train])
+    for k, label in enumerate(ovr.classes_):
+        binary = LogisticRegression(C=1.0, random_state=0)
+        binary.fit(X_train, y_train == label, sample_weight=row_weight)
+        np.testing.assert_allclose(ovr.coef_[k], binary.coef_[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"class_weight names \[42\].*key the dict by y's"):
+        DaskLogisticRegression(class_weight={42: 2.0}).fit(X_train, y_train)
+    with pytest.raises(ValueError, match="class_weight values must be positive"):
+        DaskLogisticRegression(class_weight={3: -1.0}).fit(X_train, y_train)
 
 
 @pytest.mark.parametrize("class_weight", [None, "balanced"])

@@ -109,7 +109,19 @@ def test_ovr_probabilities_are_normalised_sigmoids_and_finite_far_from_every_cla
     np.testing.assert_array_equal(positive.classes[proba.argmax(axis=1)], positive.predict(far))
 
 
-def test_balanced_class_weights_are_scikit_learns() -> None:
-    from distrib.parallel.multinomial import balanced_weights
+def test_class_weights_and_the_total_weight_are_scikit_learns() -> None:
+    from distrib.parallel.multinomial import objective_weights
 
-    np.testing.assert_allclose(balanced_weights(np.array([5, 1, 4])), [10 / 15, 10 / 3, 10 / 12])
+    codes = np.repeat([0, 1, 2], [5, 1, 4])
+    per_class, total = objective_weights(codes, 3, "balanced")
+    np.testing.assert_allclose(per_class, [10 / 15, 10 / 3, 10 / 12])
+    assert total == pytest.approx(3 * 10 / 3)  # each class's rows weigh n / n_classes
+    assert objective_weights(codes, 3) == (None, 10.0)
+    sample_weight = np.arange(1.0, 11.0)
+    per_class, total = objective_weights(codes, 3, {1: 3.0}, sample_weight)
+    np.testing.assert_allclose(per_class, [1.0, 3.0, 1.0])
+    assert total == pytest.approx(sample_weight.sum() + 2 * sample_weight[5])
+    # balanced counts rows by their sample weights, as scikit-learn's LogisticRegression
+    per_class, _ = objective_weights(codes, 3, "balanced", sample_weight)
+    weighted = np.array([15.0, 6.0, 34.0])
+    np.testing.assert_allclose(per_class, sample_weight.sum() / (3 * weighted))

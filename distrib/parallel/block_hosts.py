@@ -90,13 +90,20 @@ class BlockHost:
         self.blocks[index] = load_block(source, start, stop, **kw)
         return self.blocks[index].n_rows
 
-    def adopt(self, index: int, data_key: str, codes: np.ndarray, **kw: Any) -> int:
+    def adopt(
+        self,
+        index: int,
+        data_key: str,
+        codes: np.ndarray,
+        weights: np.ndarray | None = None,
+        **kw: Any,
+    ) -> int:
         """Make the Dask result ``data_key`` held by this worker (a chunk of rows) block
-        ``index``; ``codes`` are its rows' class indices."""
+        ``index``; ``codes`` are its rows' class indices, ``weights`` their sample weights."""
         from distributed import get_worker
 
         X = get_worker().data[data_key]
-        rows = InMemoryArrays(X, kw["classes"][codes])
+        rows = InMemoryArrays(X, kw["classes"][codes], weights)
         return self.load(index, rows, 0, len(codes), **kw)
 
     def evaluate(
@@ -135,6 +142,7 @@ class _Source:
     data: TrainingData | None = None
     chunk: Any = None  # a Delayed computing the rows
     codes: np.ndarray | None = None
+    weights: np.ndarray | None = None  # the chunk's sample weights
 
 
 def _wait_all(client: Any, futures: list[Any], timeout: float | None) -> None:
@@ -238,16 +246,24 @@ class ClusterBlocks:
         codes: np.ndarray,
         classes: np.ndarray,
         *,
+        sample_weight: np.ndarray | None = None,
         run_id: str = "",
         timeout: float | None = None,
     ) -> ClusterBlocks:
         """One block per chunk of rows of the Dask array ``X``, computed on the workers
-        (never gathered here); ``codes`` are the rows' class indices."""
+        (never gathered here); ``codes`` are the rows' class indices, ``sample_weight``
+        their weights (sent with each chunk's load)."""
         X = X.rechunk({1: -1})
         edges = np.cumsum((0, *X.chunks[0]))
         chunks = X.to_delayed().ravel()
         sources = [
-            _Source(int(a), int(b), chunk=chunk, codes=np.asarray(codes[a:b]))
+            _Source(
+                int(a),
+                int(b),
+                chunk=chunk,
+                codes=np.asarray(codes[a:b]),
+                weights=None if sample_weight is None else np.asarray(sample_weight[a:b]),
+            )
             for chunk, (a, b) in zip(chunks, itertools.pairwise(edges), strict=True)
         ]
         return cls(client, sources, classes, run_id or uuid.uuid4().hex, timeout)
@@ -356,7 +372,8 @@ class ClusterBlocks:
         source = self.sources[index]
         kw = {"classes": self.classes, "run_id": self.run_id, "key": self._key(index)}
         if source.data is None:  # a chunk of a Dask array, computed on its worker: adopt it
-            return "adopt", (index, chunks[index].key, source.codes), dict(kw, offset=source.start)
+            args = (index, chunks[index].key, source.codes, source.weights)
+            return "adopt", args, dict(kw, offset=source.start)
         data, start, stop = source.data, source.start, source.stop
         if isinstance(data, InMemoryArrays):  # only these rows travel, straight to the worker
             data, start, stop = data.row_block(start, stop), 0, stop - start

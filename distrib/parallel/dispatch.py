@@ -100,6 +100,25 @@ def _announce_attempt(label: int, run_id: str | None) -> None:
         )
 
 
+def binary_weights(
+    y: np.ndarray, params: dict[str, Any], sample_weight: np.ndarray | None
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """One binary fit's `LogisticRegression` parameters and sample weights.
+
+    A dict ``class_weight`` (keyed by the original labels) has no meaning inside a
+    class-versus-rest problem, so each row is weighted by its original class's weight in
+    every binary problem (times its sample weight), and the fit gets no class weight.
+    ``"balanced"`` stays what scikit-learn makes of it within each binary problem."""
+    class_weight = params.get("class_weight")
+    if not isinstance(class_weight, dict):
+        return params, sample_weight
+    by_class = np.ones(len(y))
+    for label, weight in class_weight.items():
+        by_class[y == label] = weight
+    weights = by_class if sample_weight is None else by_class * sample_weight
+    return {**params, "class_weight": None}, weights
+
+
 def _fit_binary(
     data: TrainingData, label: int, params: dict[str, Any], run_id: str | None = None
 ) -> BinaryFit:
@@ -108,12 +127,13 @@ def _fit_binary(
     t0 = time.perf_counter()
     X, y = data.arrays()
     target = (y == label).astype(np.int8)
+    params, sample_weight = binary_weights(y, params, data.weights(0, len(y)))
     load_seconds = time.perf_counter() - t0
     started = time.time()
     t1 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        model = LogisticRegression(**params).fit(X, target)
+        model = LogisticRegression(**params).fit(X, target, sample_weight=sample_weight)
     seconds = time.perf_counter() - t1
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return BinaryFit(

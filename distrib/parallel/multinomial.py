@@ -47,6 +47,7 @@ class RowBlock:
     X: Matrix
     codes: np.ndarray
     start: int
+    weights: np.ndarray | None = None  # the rows' sample weights; None: each weighs 1
 
     @property
     def n_rows(self) -> int:
@@ -107,7 +108,8 @@ def load_block(
     codes[codes == len(classes)] = 0
     if not np.array_equal(classes[codes], y):
         raise DataError(f"rows {start}:{stop} hold labels outside the classes {classes.tolist()}")
-    block = RowBlock(softmax.prepare(aligned_copy(X)), codes.astype(np.intp), offset)
+    weights = source.weights(start, stop)
+    block = RowBlock(softmax.prepare(aligned_copy(X)), codes.astype(np.intp), offset, weights)
     if block.n_rows:  # compile (or load from numba's cache) the kernel for these rows now
         zeros = np.zeros((len(classes), X.shape[1]))
         softmax.loss_grad(block.X, block.codes, zeros, zeros[:, 0])
@@ -125,6 +127,8 @@ def block_loss_grad(
     started = time.time()
     t0 = time.perf_counter()
     weights = None if class_weight is None else class_weight[block.codes]
+    if block.weights is not None:
+        weights = block.weights if weights is None else weights * block.weights
     loss, grad = softmax.loss_grad(block.X, block.codes, coef, intercept, weights)
     return BlockResult(
         loss=loss,
@@ -239,23 +243,52 @@ def busiest_worker_seconds(results: Sequence[BlockResult]) -> float:
     return max((last - first for first, last in spans.values()), default=0.0)
 
 
-def balanced_weights(codes_count: np.ndarray) -> np.ndarray:
-    """scikit-learn's ``class_weight="balanced"`` from rows per class index:
-    n_samples / (n_classes * count)."""
-    codes = np.repeat(np.arange(len(codes_count)), codes_count)
-    return compute_class_weight("balanced", classes=np.arange(len(codes_count)), y=codes)
+def objective_weights(
+    codes: np.ndarray,
+    n_classes: int,
+    class_weight: str | dict[int, float] | None = None,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[np.ndarray | None, float]:
+    """Each class's weight and the total weight of the rows, as scikit-learn weighs them.
+
+    Parameters
+    ----------
+    codes : ndarray of shape (n_rows,)
+        Each row's class index.
+    n_classes : int
+    class_weight : "balanced", dict or None
+        As scikit-learn's, a dict keyed by class index (classes it omits weigh 1);
+        ``balanced`` counts rows by their sample weights.
+    sample_weight : ndarray of shape (n_rows,), optional
+
+    Returns
+    -------
+    per_class : ndarray of shape (n_classes,) or None
+    total : float
+        ``sum_i sample_weight_i * per_class[codes_i]``: the objective's denominator.
+    """
+    per_class = None
+    if class_weight is not None:
+        per_class = compute_class_weight(
+            class_weight, classes=np.arange(n_classes), y=codes, sample_weight=sample_weight
+        )
+    rows = np.ones(len(codes)) if sample_weight is None else np.asarray(sample_weight, float)
+    if per_class is not None:
+        rows = rows * per_class[codes]
+    return per_class, float(rows.sum())
 
 
 def fit_softmax(
     runner: BlockRunner,
     *,
     n_features: int,
-    class_counts: np.ndarray,
+    n_classes: int,
+    weight_sum: float,
     C: float,
     tol: float,
     max_iter: int,
     fit_intercept: bool = True,
-    class_weight: str | None = None,
+    class_weights: np.ndarray | None = None,
     on_iteration: Callable[[int, float], None] | None = None,
 ) -> SoftmaxFit:
     """Minimise the multinomial objective over the runner's blocks with L-BFGS.
@@ -264,11 +297,14 @@ def fit_softmax(
     ----------
     runner : BlockRunner
         Gives every block's loss and gradient at given coefficients.
-    n_features : int
-    class_counts : ndarray of shape (n_classes,)
-        Rows per class (for the class weights and the sample count).
-    C, tol, max_iter, fit_intercept, class_weight
+    n_features, n_classes : int
+    weight_sum : float
+        The rows' total weight (`objective_weights`; the row count when unweighted).
+    C, tol, max_iter, fit_intercept
         As in `sklearn.linear_model.LogisticRegression`.
+    class_weights : ndarray of shape (n_classes,), optional
+        Each class's weight (`objective_weights`), sent with every evaluation; sample
+        weights live with the blocks' rows.
     on_iteration : callable, optional
         Called after each L-BFGS iteration with its number and the objective value.
 
@@ -278,10 +314,8 @@ def fit_softmax(
         ``coef`` of shape (n_classes, n_features), ``intercept`` (n_classes,), or a single
         row for two classes (the binomial model).
     """
-    n_classes = len(class_counts)
     binary = n_classes == 2
-    weights = balanced_weights(class_counts) if class_weight == "balanced" else None
-    weight_sum = float(class_counts @ weights) if weights is not None else float(class_counts.sum())
+    weights = class_weights
     # Two classes: the softmax over two rows with C/2 is the binomial problem with C.
     penalty = (2.0 if binary else 1.0) / (C * weight_sum)
     width = n_features + 1
@@ -352,8 +386,3 @@ def block_loads(client: Any, run_id: str) -> list[dict[str, Any]]:
         return []
     loads = [m for _, m in events if isinstance(m, dict) and m.get("run_id") == run_id]
     return sorted(loads, key=lambda m: m["time"])
-
-
-def class_counts_of(codes: Sequence[int] | np.ndarray, n_classes: int) -> np.ndarray:
-    """Rows per class index."""
-    return np.bincount(np.asarray(codes, dtype=np.intp), minlength=n_classes)

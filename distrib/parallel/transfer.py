@@ -54,6 +54,10 @@ class TrainingData(Protocol):
 
     def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]: ...
 
+    def weights(self, start: int, stop: int) -> np.ndarray | None:
+        """The sample weights of rows ``start:stop`` (None: every row weighs 1)."""
+        ...
+
     def describe(self) -> dict[str, Any]: ...
 
 
@@ -155,6 +159,10 @@ class ArrayFiles:
         shape = (stop - start, self.shape[1])
         return sp.csr_matrix((data, indices, indptr - lo), shape=shape, copy=False), y
 
+    def weights(self, start: int, stop: int) -> np.ndarray | None:
+        """Prepared files carry no sample weights."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"mode": "path", "folder": self.folder, "layout": self.layout}
 
@@ -182,10 +190,13 @@ def aligned_copy(X: Matrix) -> Matrix:
 
 @dataclass(frozen=True, eq=False)
 class InMemoryArrays:
-    """Training arrays sent by value; aligned once per worker process and job."""
+    """Training arrays sent by value; aligned once per worker process and job.
+
+    ``sample_weight`` (one float per row, or None) travels with the rows."""
 
     X: Matrix
     y: np.ndarray
+    sample_weight: np.ndarray | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def arrays(self) -> tuple[Matrix, np.ndarray]:
@@ -205,10 +216,15 @@ class InMemoryArrays:
         """Rows ``start:stop`` as an aligned copy."""
         return _row_slice(self.X, self.y, start, stop)
 
+    def weights(self, start: int, stop: int) -> np.ndarray | None:
+        if self.sample_weight is None:
+            return None
+        return np.array(self.sample_weight[start:stop], dtype=np.float64)
+
     def row_block(self, start: int, stop: int) -> InMemoryArrays:
         """Rows ``start:stop`` as their own object, to be sent by value without the rest."""
         X, y = self.rows(start, stop)
-        return InMemoryArrays(X, y)
+        return InMemoryArrays(X, y, self.weights(start, stop))
 
     def describe(self) -> dict[str, Any]:
         layout = "sparse" if sp.issparse(self.X) else "dense"
