@@ -14,7 +14,14 @@ from typing import Any
 import click
 
 from distrib._version import __version__
-from distrib.config import DATASETS, PRESETS, SETTINGS, ClusterConfig, TrainConfig
+from distrib.config import (
+    DATASETS,
+    PRESETS,
+    SETTINGS,
+    ClusterConfig,
+    TrainConfig,
+    parse_class_weight,
+)
 from distrib.errors import ConfigError, DistribError
 from distrib.parallel.transfer import TRANSFER_MODES
 
@@ -49,11 +56,6 @@ def _data_home_option(func: Any) -> Any:
     )(func)
 
 
-def _none_or(value: str) -> str | None:
-    """A choice as the CLI spells it ("none") -> the setting (None)."""
-    return None if value == "none" else value
-
-
 def _setting_options(func: Any) -> Any:
     """One option per `distrib.config.SETTINGS` entry, its help and default from there.
 
@@ -65,7 +67,12 @@ def _setting_options(func: Any) -> Any:
         if shown is None or isinstance(shown, bool):
             shown = {None: "none", True: "yes", False: "no"}[shown]
         help_text = f"{setting.help} [default: {shown}]"
-        if isinstance(setting.default, bool):
+        if name == "class_weight":
+            help_text = f"{setting.help} LABEL=WEIGHT,... weighs each class's rows. [default: none]"
+            option = click.option(
+                flag, name, default=None, metavar="none|balanced|LABEL=WEIGHT,...", help=help_text
+            )
+        elif isinstance(setting.default, bool):
             option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
         elif setting.choices is not None:
             choices = ["none" if c is None else c for c in setting.choices]
@@ -149,7 +156,7 @@ def train(
     from distrib.run.train import train as run_training
 
     if settings["class_weight"] is not None:
-        settings["class_weight"] = _none_or(settings["class_weight"])
+        settings["class_weight"] = parse_class_weight(settings["class_weight"])
     else:
         del settings["class_weight"]  # not given: the preset's or the run's own
     if resume is not None:

@@ -88,6 +88,31 @@ ESTIMATOR_PARAMS = ("strategy", "C", "l1_ratio", "solver", "tol", "max_iter", "f
                     "class_weight", "random_state")  # fmt: skip
 
 
+def parse_class_weight_labels(weights: dict[Any, Any]) -> dict[int, float]:
+    """A class weight dict with the labels as ints (the MNIST and digits labels), from the
+    text a JSON file or the command line holds."""
+    try:
+        return {int(k): float(v) for k, v in weights.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"class_weight maps labels (whole numbers) to weights, got {weights}: "
+            "write it as LABEL=WEIGHT,... e.g. 3=2,8=0.5"
+        ) from exc
+
+
+def parse_class_weight(text: str) -> str | dict[int, float] | None:
+    """``none``, ``balanced`` or ``LABEL=WEIGHT,...`` (the command line's spelling)."""
+    if text in ("none", "balanced"):
+        return None if text == "none" else text
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise ConfigError(
+            f"--class-weight takes none, balanced or LABEL=WEIGHT,... (e.g. 3=2,8=0.5), "
+            f"got {text!r}"
+        )
+    return parse_class_weight_labels({k.strip(): v.strip() for k, v in pairs})
+
+
 def _positive_number(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
@@ -221,8 +246,11 @@ class TrainConfig:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON-ready values."""
-        return asdict(self)
+        """The settings as plain JSON-ready values (a class weight dict's labels as text)."""
+        values = asdict(self)
+        if isinstance(self.class_weight, dict):
+            values["class_weight"] = {str(k): float(v) for k, v in self.class_weight.items()}
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -231,6 +259,9 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {sorted(known)}")
+        weights = values.get("class_weight")
+        if isinstance(weights, dict):  # JSON keeps labels as text; the data sets' are ints
+            values = {**values, "class_weight": parse_class_weight_labels(weights)}
         return cls(**values)
 
 

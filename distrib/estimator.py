@@ -114,6 +114,16 @@ def _ovr_backend(client: Any, data: TrainingData) -> Iterator[None]:
                 client.run(release_aligned, data.token)  # type: ignore[attr-defined]
 
 
+def check_class_weight_labels(class_weight: dict[Any, float], labels: np.ndarray) -> None:
+    """Refuse a class weight dict that names a label the data does not have."""
+    unknown = [k for k in class_weight if k not in set(labels.tolist())]
+    if unknown:
+        raise DataError(
+            f"class_weight names {unknown}, which are not classes of y "
+            f"({labels.tolist()}): key the dict by y's labels"
+        )
+
+
 class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression fitted on a Dask cluster, one-vs-rest or multinomial.
 
@@ -229,12 +239,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         """``class_weight`` with a dict's keys turned from labels into class indices."""
         if not isinstance(self.class_weight, dict):
             return self.class_weight
-        unknown = [k for k in self.class_weight if k not in set(classes.tolist())]
-        if unknown:
-            raise DataError(
-                f"class_weight names {unknown}, which are not classes of y "
-                f"({classes.tolist()}): key the dict by y's labels"
-            )
+        check_class_weight_labels(self.class_weight, classes)
         index = {label: i for i, label in enumerate(classes.tolist())}
         return {index[k]: float(v) for k, v in self.class_weight.items()}
 
@@ -285,6 +290,8 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         client = client if client is not None else _current_client()
         labels = np.asarray(labels)
         class_weight = class_weight if class_weight is not None else config.class_weight
+        if isinstance(class_weight, dict):
+            check_class_weight_labels(class_weight, labels)
         self.n_features_in_ = int(data.shape[1])
         if self.strategy == "ovr":
             self._fit_ovr(data, labels, config, client, hooks, class_weight)

@@ -184,6 +184,9 @@ def test_cli_preset_notebook_on_digits(cluster_client: Client, tmp_path: Path) -
         (["--l1-ratio", "1.5"], r"l1_ratio must lie in \[0, 1\]"),
         (["--l1-ratio", "1"], r"supports only l1_ratio=0.*--solver saga"),
         (["--split", "canonical"], r"'canonical' exists only for MNIST"),
+        (["--class-weight", "3=x"], r"class_weight maps labels .* e\.g\. 3=2,8=0\.5"),
+        (["--class-weight", "heavy"], r"--class-weight takes none, balanced or LABEL=WEIGHT"),
+        (["--class-weight", "3=-1"], r"class_weight values must be positive"),
     ],
 )
 def test_cli_bad_settings_fail_before_any_work(
@@ -389,3 +392,33 @@ def test_worker_infos_do_not_depend_on_the_clients_shared_copy(cluster_client: C
     assert cluster_client._scheduler_identity.get("workers", {}) == {}
     assert len(worker_infos(cluster_client)) == 2
     assert describe(cluster_client)["workers"] == 2
+
+
+def test_class_weights_by_label_reach_the_model_and_the_run_files(
+    cluster_client: Client, tmp_path: Path
+) -> None:
+    """`--class-weight 3=4,8=0.5` (issue 14): the multinomial fit weighs those classes as
+    scikit-learn does; the run stores the weights; a label the data lacks is refused."""
+    from distrib.config import parse_class_weight
+
+    weights = parse_class_weight("3=4,8=0.5")
+    assert weights == {3: 4.0, 8: 0.5}
+    config = TrainConfig(dataset="digits", strategy="multinomial", C=1.0, tol=1e-10,
+                         max_iter=2000, class_weight=weights)  # fmt: skip
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    result = train(config, client=cluster_client, out=tmp_path / "run", home=tmp_path)
+    parts = split_arrays(load_dataset("digits"), "notebook", "unit")
+    X_train, y_train = parts.X_train.compute(), parts.y_train.compute()
+    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=2000, class_weight=weights)
+    ref.fit(X_train.astype(np.float64), y_train)
+    np.testing.assert_allclose(result.model.coef, ref.coef_, atol=2e-3)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]
+    assert saved["class_weight"] == {"3": 4.0, "8": 0.5}
+    with pytest.raises(ValueError, match=r"class_weight names \[42\]"):
+        train(
+            TrainConfig(dataset="digits", class_weight={42: 2.0}),
+            client=cluster_client,
+            out=tmp_path / "bad",
+            home=tmp_path,
+        )
+    assert not (tmp_path / "bad").exists(), "refused before anything is written"

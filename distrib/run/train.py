@@ -22,7 +22,7 @@ from distrib.config import TrainConfig
 from distrib.data.datasets import Dataset, data_home, load_dataset
 from distrib.data.split import SplitArrays, check_labels, split_arrays
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
-from distrib.estimator import DaskLogisticRegression, FitHooks
+from distrib.estimator import DaskLogisticRegression, FitHooks, check_class_weight_labels
 from distrib.files import write_json
 from distrib.linear.model import LinearModel
 from distrib.parallel.cluster import (
@@ -366,6 +366,8 @@ def _run(
         y_train = parts.y_train.compute(scheduler="threads")
         y_test = parts.y_test.compute(scheduler="threads")
         classes = check_labels(y_train, y_test)
+    if isinstance(config.class_weight, dict):  # before anything is written
+        check_class_weight_labels(config.class_weight, classes)
     say(
         f"split: {config.split}, {len(y_train)} train / {len(y_test)} test rows, "
         f"{len(classes)} classes, pixels {config.scale}"
