@@ -99,7 +99,14 @@ def _inside_a_dask_task() -> bool:
 
 @contextlib.contextmanager
 def _ovr_backend(client: Any, data: TrainingData) -> Iterator[None]:
-    """The caller's dask backend if set, else one on ``client``, else joblib's as is."""
+    """Inside a Dask task, this thread; else the caller's dask backend if set, else one on
+    ``client``, else joblib's as is."""
+    if _inside_a_dask_task():
+        # Nested in a task (a search run by the dask joblib backend): tasks of its own
+        # could wait for threads that the search's other tasks hold (1 thread: forever).
+        with parallel_config(backend="sequential"):
+            yield
+        return
     active, _ = get_active_backend()
     if isinstance(active, DaskDistributedBackend) or client is None:
         yield

@@ -11,7 +11,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-from distributed import Client
+from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 from joblib import parallel_config
 from sklearn.datasets import load_digits
@@ -280,26 +280,44 @@ def test_multinomial_in_memory_rows_reach_the_workers_outside_any_task_graph(
     assert set(held.values()) == {0}, held
 
 
-def test_multinomial_inside_a_search_on_the_dask_backend_does_not_deadlock(
-    digits, cluster_client: Client
+@pytest.mark.parametrize("strategy", ["ovr", "multinomial"])
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_fit_inside_a_search_on_the_dask_backend_does_not_deadlock(
+    digits, cluster_client: Client, strategy: str, workers: int
 ) -> None:
-    """GridSearchCV's tasks take every worker thread; each multinomial fit inside one runs
-    where it is (before, it waited forever for actors no thread could start)."""
+    """GridSearchCV's tasks take every worker thread (with one worker of one thread, the
+    only one); each fit inside one runs in that task's thread (before, a multinomial fit
+    waited forever for actors no thread could start; ovr for its own tasks on 1 thread)."""
     X_train, _, y_train, _ = digits
     search = GridSearchCV(
-        DaskLogisticRegression(strategy="multinomial", max_iter=200), {"C": [0.1, 1.0]}, cv=2,
+        DaskLogisticRegression(strategy=strategy, max_iter=200), {"C": [0.1, 1.0]}, cv=2,
         n_jobs=-1,
     )  # fmt: skip
     done: list[GridSearchCV] = []
+    cluster = None
+    client = cluster_client
+    if workers == 1:
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
+        client = Client(cluster, set_as_default=False)
 
     def run() -> None:
-        with parallel_config(backend=cluster_backend(cluster_client)):
+        with parallel_config(backend=cluster_backend(client)):
             done.append(search.fit(X_train, y_train))
 
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(timeout=120)
-    assert done, "the nested search did not finish within 120 s"
-    theirs = LogisticRegression(C=search.best_params_["C"], max_iter=200).fit(X_train, y_train)
+    try:
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(timeout=120)
+        assert done, "the nested search did not finish within 120 s"
+    finally:
+        if cluster is not None:
+            client.close(timeout=10)
+            cluster.close(timeout=10)
     ours = search.best_estimator_
+    reference = LogisticRegression(C=search.best_params_["C"], max_iter=200)
+    if strategy == "ovr":
+        reference = OneVsRestClassifier(reference)
+    theirs = reference.fit(X_train, y_train)
     assert abs(ours.score(X_train, y_train) - theirs.score(X_train, y_train)) < 0.01
