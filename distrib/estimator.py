@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -46,7 +49,14 @@ from distrib.parallel.multinomial import (
     objective_weights,
 )
 from distrib.parallel.reduce import reduce_fits
-from distrib.parallel.transfer import InMemoryArrays, TrainingData, release_aligned
+from distrib.parallel.transfer import (
+    ArrayFiles,
+    InMemoryArrays,
+    TrainingData,
+    file_signatures,
+    release_aligned,
+    write_in_memory,
+)
 
 
 @dataclass
@@ -98,23 +108,58 @@ def _inside_a_dask_task() -> bool:
 
 
 @contextlib.contextmanager
-def _ovr_backend(client: Any, data: TrainingData) -> Iterator[None]:
-    """Inside a Dask task, this thread; else the caller's dask backend if set, else one on
-    ``client``, else joblib's as is."""
+def _shared_rows(client: Any, data: TrainingData) -> Iterator[ArrayFiles | None]:
+    """In-memory rows written once to a temporary folder, if every worker of ``client``
+    sees that folder as this process does (workers on this machine): tasks then open them
+    by path, as ``distrib train`` does, instead of receiving them. None otherwise; the
+    folder is removed on exit."""
+    if not isinstance(data, InMemoryArrays):
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="distrib-rows-"))
+    try:
+        files = write_in_memory(data, folder)
+        here = file_signatures(files.paths())
+        seen = client.run(file_signatures, files.paths())
+        yield files if all(list(sigs) == here for sigs in seen.values()) else None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _ovr_backend(client: Any, data: TrainingData) -> Iterator[tuple[TrainingData, str]]:
+    """Where the binary fits run, and the rows as they reach them (with how: ``path``,
+    ``scatter``, ``by value`` or ``here``).
+
+    Inside a Dask task: in this thread. Else on the caller's dask backend if set, else on
+    ``client``, else on joblib's backend as is. In-memory rows go by path to workers on
+    this machine, else are scattered once to every worker."""
     if _inside_a_dask_task():
         # Nested in a task (a search run by the dask joblib backend): tasks of its own
         # could wait for threads that the search's other tasks hold (1 thread: forever).
         with parallel_config(backend="sequential"):
-            yield
+            yield data, "here"
         return
     active, _ = get_active_backend()
-    if isinstance(active, DaskDistributedBackend) or client is None:
-        yield
+    callers = isinstance(active, DaskDistributedBackend)
+    client = active.client if callers else client
+    if client is None:
+        yield data, "here"
+        return
+    with _shared_rows(client, data) as files:
+        if files is not None:
+            with contextlib.ExitStack() as stack:
+                if not callers:
+                    stack.enter_context(parallel_config(backend=cluster_backend(client)))
+                yield files, "path"
+            return
+    if callers:  # the caller's backend sends each task its arguments
+        yield data, "by value"
         return
     scatter = [data] if isinstance(data, InMemoryArrays) else None
     try:
         with parallel_config(backend=cluster_backend(client, scatter=scatter)):
-            yield
+            yield data, "scatter" if scatter else "path"
     finally:
         if scatter is not None:
             with contextlib.suppress(Exception):
@@ -335,8 +380,9 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         positives = [int(labels[1])] if len(labels) == 2 else [int(c) for c in labels]
         todo = [c for c in positives if c not in hooks.done]
         fits: list[BinaryFit] = []
+        transfer = "none"
         if todo:
-            with _ovr_backend(client, data):
+            with _ovr_backend(client, data) as (data, transfer):
                 fits = fit_binary_classifiers(
                     data,
                     todo,
@@ -351,7 +397,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         self.intercept_ = intercept
         self.n_iter_ = np.array([r["n_iter"] for r in records])
         self.fit_records_ = records
-        self.solver_ = {"strategy": "ovr"}
+        self.solver_ = {"strategy": "ovr", "transfer": transfer}
 
     def _fit_multinomial(
         self,

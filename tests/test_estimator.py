@@ -280,6 +280,39 @@ def test_multinomial_in_memory_rows_reach_the_workers_outside_any_task_graph(
     assert set(held.values()) == {0}, held
 
 
+def test_ovr_in_memory_rows_reach_workers_on_this_machine_by_path(
+    digits, cluster_client: Client
+) -> None:
+    """Issue 14: in-memory rows are written once to a temporary folder the local workers
+    open by path (as `distrib train` does), with their sample weights; no task carries
+    them, and the folder is gone after the fit."""
+    import glob
+    import tempfile
+
+    X_train, _, y_train, _ = digits
+    sample_weight = np.random.default_rng(1).uniform(0.5, 2.0, len(y_train))
+    pattern = f"{tempfile.gettempdir()}/distrib-rows-*"
+    before = set(glob.glob(pattern))
+    cluster_client.register_plugin(_TaskKeys())
+    try:
+        with cluster_client.as_current(), warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*[Ll]arge graph.*")
+            ours = DaskLogisticRegression(C=1.0).fit(X_train, y_train, sample_weight)
+        keys = cluster_client.run_on_scheduler(
+            lambda dask_scheduler: sorted(dask_scheduler.plugins[_TaskKeys.name].keys)
+        )
+    finally:
+        cluster_client.unregister_scheduler_plugin(_TaskKeys.name)
+    assert ours.solver_["transfer"] == "path"
+    assert set(glob.glob(pattern)) == before, "the temporary rows are removed"
+    assert len({r["worker"] for r in ours.fit_records_}) == 2
+    assert not any("scatter" in k or "InMemoryArrays" in k for k in keys), keys
+    for k, label in enumerate(ours.classes_):
+        binary = LogisticRegression(C=1.0, random_state=0)
+        binary.fit(X_train, y_train == label, sample_weight=sample_weight)
+        np.testing.assert_allclose(ours.coef_[k], binary.coef_[0], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("strategy", ["ovr", "multinomial"])
 @pytest.mark.parametrize("workers", [2, 1])
 def test_a_fit_inside_a_search_on_the_dask_backend_does_not_deadlock(

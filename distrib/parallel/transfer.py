@@ -123,7 +123,7 @@ class ArrayFiles:
     """Training arrays stored as ``.npy`` files that tasks open by path (memory-mapped).
 
     ``dense``: ``X.npy``. ``sparse``: ``X_data.npy``, ``X_indices.npy``,
-    ``X_indptr.npy`` (CSR). Labels: ``y.npy``.
+    ``X_indptr.npy`` (CSR). Labels: ``y.npy``; sample weights, if any: ``w.npy``.
     """
 
     folder: str
@@ -160,8 +160,10 @@ class ArrayFiles:
         return sp.csr_matrix((data, indices, indptr - lo), shape=shape, copy=False), y
 
     def weights(self, start: int, stop: int) -> np.ndarray | None:
-        """Prepared files carry no sample weights."""
-        return None
+        path = Path(self.folder) / "w.npy"
+        if not path.exists():  # prepared splits carry none
+            return None
+        return np.array(_load(path)[start:stop], dtype=np.float64)
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "path", "folder": self.folder, "layout": self.layout}
@@ -229,6 +231,22 @@ class InMemoryArrays:
     def describe(self) -> dict[str, Any]:
         layout = "sparse" if sp.issparse(self.X) else "dense"
         return {"mode": "scatter", "layout": layout, "nbytes": matrix_nbytes(self.X)}
+
+
+def write_in_memory(data: InMemoryArrays, folder: Path) -> ArrayFiles:
+    """Write in-memory rows as `ArrayFiles` in ``folder`` (for workers that can open them)."""
+    X = data.X
+    layout = "sparse" if sp.issparse(X) else "dense"
+    if layout == "sparse":
+        csr = sp.csr_matrix(X)
+        for part in _SPARSE_PARTS:
+            _store_npy(folder / f"X_{part}.npy", np.ascontiguousarray(getattr(csr, part)))
+    else:
+        _store_npy(folder / "X.npy", np.ascontiguousarray(X))
+    _store_npy(folder / "y.npy", np.asarray(data.y))
+    if data.sample_weight is not None:
+        _store_npy(folder / "w.npy", np.asarray(data.sample_weight, dtype=np.float64))
+    return ArrayFiles(str(folder), data.shape, layout)
 
 
 def matrix_nbytes(X: Matrix) -> int:
