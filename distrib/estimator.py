@@ -129,11 +129,12 @@ def _shared_rows(client: Any, data: TrainingData) -> Iterator[ArrayFiles | None]
 @contextlib.contextmanager
 def _ovr_backend(client: Any, data: TrainingData) -> Iterator[tuple[TrainingData, str]]:
     """Where the binary fits run, and the rows as they reach them (with how: ``path``,
-    ``scatter``, ``by value`` or ``here``).
+    ``scatter`` or ``here``).
 
-    Inside a Dask task: in this thread. Else on the caller's dask backend if set, else on
-    ``client``, else on joblib's backend as is. In-memory rows go by path to workers on
-    this machine, else are scattered once to every worker."""
+    Inside a Dask task: in this thread. Else on the client of the caller's dask backend if
+    set, else on ``client``, else on joblib's backend as is. In-memory rows go by path to
+    workers on this machine, else are scattered once to every worker (never inside the
+    tasks)."""
     if _inside_a_dask_task():
         # Nested in a task (a search run by the dask joblib backend): tasks of its own
         # could wait for threads that the search's other tasks hold (1 thread: forever).
@@ -141,21 +142,16 @@ def _ovr_backend(client: Any, data: TrainingData) -> Iterator[tuple[TrainingData
             yield data, "here"
         return
     active, _ = get_active_backend()
-    callers = isinstance(active, DaskDistributedBackend)
-    client = active.client if callers else client
+    if isinstance(active, DaskDistributedBackend):  # the caller's cluster, rows sent our way
+        client = active.client
     if client is None:
         yield data, "here"
         return
     with _shared_rows(client, data) as files:
         if files is not None:
-            with contextlib.ExitStack() as stack:
-                if not callers:
-                    stack.enter_context(parallel_config(backend=cluster_backend(client)))
+            with parallel_config(backend=cluster_backend(client)):
                 yield files, "path"
             return
-    if callers:  # the caller's backend sends each task its arguments
-        yield data, "by value"
-        return
     scatter = [data] if isinstance(data, InMemoryArrays) else None
     try:
         with parallel_config(backend=cluster_backend(client, scatter=scatter)):
