@@ -147,3 +147,20 @@ def test_prepared_arrays_are_reused_and_cache_their_density(tmp_path: Path) -> N
     X, y = sparse.arrays()
     np.testing.assert_array_equal(X.toarray(), parts.X_train.compute())
     np.testing.assert_array_equal(y, parts.y_train.compute())
+
+
+def test_the_backend_fix_reads_state_this_joblib_has(cluster_client) -> None:
+    """ClusterBackend's `_collect` relies on joblib's private backend state; if a joblib
+    release renames it, this fails (and the backend falls back to joblib's own loop)."""
+    import inspect
+
+    from joblib._dask import DaskDistributedBackend
+
+    from distrib.parallel.dispatch import ClusterBackend, cluster_backend
+
+    backend = cluster_backend(cluster_client)
+    at_init = [name for name in ClusterBackend._COLLECT_STATE if name != "_continue"]
+    missing = [name for name in at_init if not hasattr(backend, name)]
+    assert missing == [], f"joblib's dask backend no longer has {missing}"
+    assert inspect.iscoroutinefunction(DaskDistributedBackend._collect)
+    assert "self._continue = True" in inspect.getsource(DaskDistributedBackend.start_call)

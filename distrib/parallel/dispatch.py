@@ -160,13 +160,21 @@ class ClusterBackend(DaskDistributedBackend):
     * When Dask fails a task itself (``KilledWorker`` after workers died running it, a
       result that cannot be serialised), joblib 1.6's ``_collect`` sets the exception on
       its future but never calls the task's callback, and `Parallel` waits forever. Here
-      the callback receives the exception, so `Parallel` raises it.
+      the callback receives the exception, so `Parallel` raises it. The override reads
+      joblib's private state (`_COLLECT_STATE`); a joblib without it gets its own
+      ``_collect`` back rather than a loop that cannot work.
     """
+
+    #: The attributes of joblib's backend that `_collect` reads (joblib 1.4-1.6).
+    _COLLECT_STATE = ("waiting_futures", "_results", "_callbacks", "_continue")
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         return max(2, int(super().effective_n_jobs(n_jobs)))
 
     async def _collect(self) -> None:
+        if not all(hasattr(self, name) for name in self._COLLECT_STATE):
+            await super()._collect()  # a joblib whose backend changed: its own loop
+            return
         while self._continue:
             async for future, result in self.waiting_futures:
                 cf_future = self._results.pop(future)
