@@ -422,3 +422,21 @@ def test_class_weights_by_label_reach_the_model_and_the_run_files(
             home=tmp_path,
         )
     assert not (tmp_path / "bad").exists(), "refused before anything is written"
+
+
+def test_resume_compares_a_class_weight_dict_with_the_checkpoints(tmp_path: Path) -> None:
+    """The manifest stores a class weight dict as JSON (labels as text); resuming reads it
+    back as the same settings, and a different dict is refused, naming the label."""
+    from distrib.errors import ConfigError
+    from distrib.run.checkpoint import Checkpoints, resume_config
+
+    def manifest(config: TrainConfig) -> dict:
+        return {"settings": {k: v for k, v in config.to_dict().items() if k != "preset"}}
+
+    config = TrainConfig(dataset="digits", class_weight={3: 4.0, 8: 0.5})
+    Checkpoints(tmp_path).begin(manifest(config), resume=False)
+    Checkpoints(tmp_path).begin(manifest(config), resume=True)  # the same weights: accepted
+    assert resume_config(tmp_path) == config
+    other = TrainConfig(dataset="digits", class_weight={3: 2.0, 8: 0.5})
+    with pytest.raises(ConfigError, match=r"class_weight\.3: checkpoint has 4\.0, this run 2\.0"):
+        Checkpoints(tmp_path).begin(manifest(other), resume=True)
