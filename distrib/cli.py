@@ -66,9 +66,9 @@ def _setting_options(func: Any) -> Any:
         shown = setting.default
         if shown is None or isinstance(shown, bool):
             shown = {None: "none", True: "yes", False: "no"}[shown]
-        help_text = f"{setting.help} [default: {shown}]"
+        extra = " LABEL=WEIGHT,... weighs each class's rows." if name == "class_weight" else ""
+        help_text = f"{setting.help}{extra} [default: {shown}]"
         if name == "class_weight":
-            help_text = f"{setting.help} LABEL=WEIGHT,... weighs each class's rows. [default: none]"
             option = click.option(
                 flag, name, default=None, metavar="none|balanced|LABEL=WEIGHT,...", help=help_text
             )

@@ -183,7 +183,7 @@ class TrainConfig:
                 f"split 'canonical' exists only for MNIST, not {self.dataset!r}: "
                 "use --split notebook"
             )
-        if not (isinstance(self.C, (int, float)) and math.isfinite(self.C) and self.C > 0):
+        if not _positive_number(self.C):
             raise ConfigError(f"C must be a positive finite number, got {self.C!r}")
         if not (isinstance(self.l1_ratio, (int, float)) and 0.0 <= self.l1_ratio <= 1.0):
             raise ConfigError(
@@ -204,7 +204,7 @@ class TrainConfig:
                 f"{self.solver!r} and l1_ratio={self.l1_ratio}: use --solver lbfgs --l1-ratio 0, "
                 "or --strategy ovr"
             )
-        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
+        if not _positive_number(self.tol):
             raise ConfigError(f"tol must be a positive number, got {self.tol!r}")
         if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
             raise ConfigError(f"max_iter must be a whole number >= 1, got {self.max_iter!r}")

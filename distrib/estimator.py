@@ -53,8 +53,8 @@ from distrib.parallel.transfer import (
     ArrayFiles,
     InMemoryArrays,
     TrainingData,
-    file_signatures,
     release_aligned,
+    workers_blind_to,
     write_in_memory,
 )
 
@@ -119,9 +119,7 @@ def _shared_rows(client: Any, data: TrainingData) -> Iterator[ArrayFiles | None]
     folder = Path(tempfile.mkdtemp(prefix="distrib-rows-"))
     try:
         files = write_in_memory(data, folder)
-        here = file_signatures(files.paths())
-        seen = client.run(file_signatures, files.paths())
-        yield files if all(list(sigs) == here for sigs in seen.values()) else None
+        yield None if workers_blind_to(client, files) else files
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -170,6 +168,18 @@ def check_class_weight_labels(class_weight: dict[Any, float], labels: np.ndarray
             f"class_weight names {unknown}, which are not classes of y "
             f"({labels.tolist()}): key the dict by y's labels"
         )
+
+
+def _by_class_index(
+    class_weight: str | dict[Any, float] | None, labels: np.ndarray
+) -> str | dict[int, float] | None:
+    """``class_weight`` with a dict's keys turned from ``labels``' values into their
+    indices (checked first); anything else as it is."""
+    if not isinstance(class_weight, dict):
+        return class_weight
+    check_class_weight_labels(class_weight, labels)
+    index = {label: i for i, label in enumerate(labels.tolist())}
+    return {index[k]: float(v) for k, v in class_weight.items()}
 
 
 class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
@@ -270,7 +280,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
         weights = self._check_weights(sample_weight, X)
         classes, encoded = self._encode(y)
-        class_weight = self._class_weight_by_code(classes)
+        class_weight = _by_class_index(self.class_weight, classes)
         data = InMemoryArrays(X, encoded, weights)
         self.fit_training_data(data, np.arange(len(classes)), class_weight=class_weight)
         self.classes_ = classes
@@ -282,14 +292,6 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         if sample_weight is None:
             return None
         return _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
-
-    def _class_weight_by_code(self, classes: np.ndarray) -> str | dict[int, float] | None:
-        """``class_weight`` with a dict's keys turned from labels into class indices."""
-        if not isinstance(self.class_weight, dict):
-            return self.class_weight
-        check_class_weight_labels(self.class_weight, classes)
-        index = {label: i for i, label in enumerate(classes.tolist())}
-        return {index[k]: float(v) for k, v in self.class_weight.items()}
 
     def _encode(self, y: Any) -> tuple[np.ndarray, np.ndarray]:
         check_classification_targets(y)
@@ -346,12 +348,8 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         else:
             y = np.asarray(data.arrays()[1])
             codes = np.searchsorted(labels, y)
-            if isinstance(class_weight, dict):  # keyed by label -> by class index
-                position = {label: i for i, label in enumerate(labels.tolist())}
-                class_weight = {position[k]: v for k, v in class_weight.items()}
-            weights = objective_weights(
-                codes, len(labels), class_weight, data.weights(0, len(codes))
-            )
+            by_index = _by_class_index(class_weight, labels)
+            weights = objective_weights(codes, len(labels), by_index, data.weights(0, len(codes)))
             runner: BlockRunner
             if client is None or _inside_a_dask_task():
                 # Nested in a task (a search run by the dask joblib backend): its thread is
@@ -460,7 +458,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         weights = self._check_weights(sample_weight, np.empty((len(y), 0)))
         config = self._config()
         self.n_features_in_ = int(X.shape[1])
-        class_weight = self._class_weight_by_code(classes)
+        class_weight = _by_class_index(self.class_weight, classes)
         objective = objective_weights(encoded, len(classes), class_weight, weights)
         runner = ClusterBlocks.from_dask_array(
             client, X, encoded, np.arange(len(classes)), sample_weight=weights

@@ -1,16 +1,13 @@
 """Row blocks held on a Dask cluster's workers by actors, evaluated by direct calls.
 
 One `BlockHost` actor per worker holds the row blocks placed on that worker and evaluates
-them in place. At each evaluation of the objective the driver calls every host directly
-(the worker's ``actor_execute`` handler over the client's own connections): no task is
-scheduled and nothing waits on distributed's batching timers (client -> scheduler 10 ms,
-scheduler -> worker 5 ms, ...). Measured here with two workers: ~2 ms per round trip against
-~15-18 ms for a submit/gather round (README, "Multinomial: where the time goes").
-
-Evaluations travel over a direct TCP channel per host where the workers speak plain
-``tcp://`` (`distrib.parallel.block_channel`: ~0.05 ms a round trip against ~1.2 ms for
-distributed's RPC); with TLS, or where the driver cannot reach a host's port, they go through
-``actor_execute``.
+them in place. At each evaluation of the objective the driver calls every host directly: no
+task is scheduled and nothing waits on distributed's batching timers (client -> scheduler
+10 ms, scheduler -> worker 5 ms, ...). Where the workers speak plain ``tcp://`` the call
+travels over a TCP channel of the host's own (`distrib.parallel.block_channel`: ~0.05 ms a
+round trip); with TLS, or where the driver cannot reach a host's port, over the worker's
+``actor_execute`` handler on the client's connections (~1.2 ms a round trip here, against
+~15-18 ms for a submit/gather round).
 
 Rows reach the hosts once, and never through the scheduler: prepared files are read by path
 on the worker, in-memory rows travel in the load call straight to their worker, and a chunk

@@ -90,6 +90,15 @@ def file_signatures(paths: list[str]) -> list[tuple[int, int] | None]:
     return [file_signature(p) for p in paths]
 
 
+def workers_blind_to(client: Any, files: ArrayFiles) -> list[str]:
+    """The workers of ``client`` that do not see ``files`` as this process does (another
+    machine, another mount): they cannot open them by path."""
+    paths = files.paths()
+    here = file_signatures(paths)
+    seen = client.run(file_signatures, paths)
+    return sorted(worker for worker, sigs in seen.items() if list(sigs) != here)
+
+
 def density_of(X: da.Array) -> float:
     """The share of non-zero entries of ``X``."""
     return float(da.count_nonzero(X).compute(scheduler="threads")) / max(X.size, 1)

@@ -38,9 +38,9 @@ from distrib.parallel.transfer import (
     TRANSFER_MODES,
     ArrayFiles,
     TrainingData,
-    file_signatures,
     load_in_memory,
     prepare_split_arrays,
+    workers_blind_to,
 )
 from distrib.report.render import (
     MISCLASSIFIED_IMAGES,
@@ -126,10 +126,7 @@ def _choose_transfer(client: Client, files: ArrayFiles, mode: str) -> str:
     """
     if mode == "scatter":
         return mode
-    paths = files.paths()
-    here = file_signatures(paths)
-    seen = client.run(file_signatures, paths)
-    blind = sorted(worker for worker, sigs in seen.items() if list(sigs) != here)
+    blind = workers_blind_to(client, files)
     if not blind:
         return "path"
     if mode == "path":
