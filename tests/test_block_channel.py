@@ -17,7 +17,7 @@ def _never_lost(pending: set[str]) -> dict[str, str]:
     return {}
 
 
-def _double(request: np.ndarray) -> np.ndarray:
+def _double(request: np.ndarray, **_: object) -> np.ndarray:
     if request.size == 0:
         raise ValueError("an empty request")
     return 2 * request
@@ -25,7 +25,7 @@ def _double(request: np.ndarray) -> np.ndarray:
 
 def test_requests_and_replies_round_trip_on_each_channel() -> None:
     servers = [ChannelServer("127.0.0.1", _double) for _ in range(2)]
-    servers.append(ChannelServer("127.0.0.1", lambda a, b: np.concatenate([a, b])))
+    servers.append(ChannelServer("127.0.0.1", lambda a, b, **_: np.concatenate([a, b])))
     channels = {f"w{i}": Channel(s.address, s.token) for i, s in enumerate(servers)}
     try:
         for round_ in range(3):
@@ -33,15 +33,15 @@ def test_requests_and_replies_round_trip_on_each_channel() -> None:
                 channels[f"w{i}"].send(pack(np.full((10, 784), float(i + round_))))
             shared = pack(np.arange(3.0))  # one pickle, sent to a host beside its own
             channels["w2"].send(pack(np.full(4, round_)), shared)
-            results, lost = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
-            assert lost == {}
+            results, lost, cpu = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
+            assert lost == {} and 0 < cpu < 10
             for i in range(2):
                 expected = np.full((10, 784), 2.0 * (i + round_))
                 np.testing.assert_array_equal(results[f"w{i}"], expected)
             np.testing.assert_array_equal(results["w2"], [round_] * 4 + [0.0, 1.0, 2.0])
             # a reply larger than the driver's first buffer arrives whole
             channels["w0"].send(pack(np.full((100, 785), float(round_))))
-            results, _ = receive_all({"w0": channels["w0"]}, _never_lost, 0.05, None)
+            results, _, _ = receive_all({"w0": channels["w0"]}, _never_lost, 0.05, None)
             np.testing.assert_array_equal(results["w0"], np.full((100, 785), 2.0 * round_))
     finally:
         for channel in channels.values():
@@ -56,7 +56,7 @@ def test_a_hosts_exception_is_raised_by_the_driver_and_the_channel_goes_on() -> 
         with pytest.raises(ValueError, match="an empty request"):
             receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
         channels["w"].send(pack(np.ones(3)))
-        results, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
+        results, _, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
         np.testing.assert_array_equal(results["w"], [2.0, 2.0, 2.0])
     finally:
         channels["w"].close()
@@ -70,7 +70,7 @@ def test_a_connection_without_the_token_is_dropped_and_the_driver_still_gets_in(
     channels = {"w": Channel(server.address, server.token)}
     try:
         channels["w"].send(pack(np.ones(2)))
-        results, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
+        results, _, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
         np.testing.assert_array_equal(results["w"], [2.0, 2.0])
     finally:
         channels["w"].close()
@@ -79,7 +79,7 @@ def test_a_connection_without_the_token_is_dropped_and_the_driver_still_gets_in(
 _HOST = """
 import sys, time
 from distrib.parallel.block_channel import ChannelServer
-def slow(request):
+def slow(request, **_):
     time.sleep(60)
 server = ChannelServer("127.0.0.1", slow)
 print(server.address[1], server.token.hex(), flush=True)
@@ -96,7 +96,7 @@ def test_a_host_killed_mid_request_is_reported_lost_at_once() -> None:
         channels["w"].send(pack(np.ones(2)))
         host.kill()
         t0 = time.monotonic()
-        results, lost = receive_all(channels, _never_lost, 0.05, time.monotonic() + 30)
+        results, lost, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 30)
         assert results == {} and set(lost) == {"w"}
         assert time.monotonic() - t0 < 5, "a closed socket is seen without waiting for a timeout"
     finally:
@@ -105,17 +105,17 @@ def test_a_host_killed_mid_request_is_reported_lost_at_once() -> None:
 
 
 def test_a_host_the_check_names_lost_stops_the_wait_and_a_silent_one_times_out() -> None:
-    server = ChannelServer("127.0.0.1", lambda request: time.sleep(3))
+    server = ChannelServer("127.0.0.1", lambda request, **_: time.sleep(3))
     channels = {"w": Channel(server.address, server.token)}
     try:
         channels["w"].send(pack(None))
-        results, lost = receive_all(
+        results, lost, _ = receive_all(
             channels, lambda pending: {w: "its worker left" for w in pending}, 0.05, None
         )
         assert results == {} and lost == {"w": "its worker left"}
     finally:
         channels["w"].close()
-    server = ChannelServer("127.0.0.1", lambda request: time.sleep(3))
+    server = ChannelServer("127.0.0.1", lambda request, **_: time.sleep(3))
     channels = {"w": Channel(server.address, server.token)}
     try:
         channels["w"].send(pack(None))
@@ -123,3 +123,49 @@ def test_a_host_the_check_names_lost_stops_the_wait_and_a_silent_one_times_out()
             receive_all(channels, _never_lost, 0.05, time.monotonic() + 0.3)
     finally:
         channels["w"].close()
+
+
+def test_others_join_with_the_token_while_the_owner_stays_and_close_with_it() -> None:
+    """A relaying host connects beside the driver (same token); when the driver's connection
+    closes, the host closes the others too, and a waiting handler sees its caller leave."""
+    seen_open: list[bool] = []
+
+    def wait_for_caller(seconds: float, *, upstream_open: object) -> str:
+        assert callable(upstream_open)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and upstream_open():
+            time.sleep(0.01)
+        seen_open.append(bool(upstream_open()))
+        return "done"
+
+    server = ChannelServer("127.0.0.1", wait_for_caller)
+    owner = Channel(server.address, server.token)
+    other = Channel(server.address, server.token)
+    try:
+        other.send(pack(0.0))
+        results, _, _ = receive_all({"other": other}, _never_lost, 0.05, time.monotonic() + 10)
+        assert results == {"other": "done"} and seen_open == [True]
+        owner.send(pack(30.0))  # the handler waits for its caller to leave
+        time.sleep(0.2)
+        owner.close()
+        deadline = time.monotonic() + 10
+        while len(seen_open) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen_open == [True, False], "the handler saw its caller close the channel"
+        while time.monotonic() < deadline:  # the host stops listening...
+            try:
+                socket.create_connection(server.address, timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the host still accepts connections after its owner left")
+        try:  # ... and has closed the other connection
+            other.send(pack(0.0))
+        except OSError:
+            pass
+        else:
+            results, lost, _ = receive_all({"other": other}, _never_lost, 0.05, deadline)
+            assert results == {} and set(lost) == {"other"}
+    finally:
+        other.close()

@@ -14,10 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
+from sklearn.datasets import load_digits
 
 from distrib import TrainConfig, train
 from distrib.linear.model import LinearModel
+from distrib.parallel.block_hosts import ClusterBlocks
 from distrib.parallel.cluster import start_local_cluster
+from distrib.parallel.multinomial import block_loss_grad, load_block
+from distrib.parallel.partial_sums import total
+from distrib.parallel.transfer import InMemoryArrays
 from distrib.run.checkpoint import Checkpoints
 
 from .conftest import REPO, DaskProcesses, run_cli
@@ -114,6 +119,51 @@ def test_worker_killed_mid_multinomial_fit_recomputes_its_rows_same_model(
     first, again = reloaded[0]["loads"][:2]
     assert first["worker"] == victim and not first["worker_alive"]
     assert again["worker"] != victim
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["relaying", "relayed"])
+def test_a_worker_killed_under_a_relay_gives_the_same_sums(role: str) -> None:
+    """Two workers, one group: the first host relays every evaluation to the second. SIGKILL
+    either mid-evaluation: its rows are loaded again on the live worker and every evaluation
+    still sums to exactly what the same blocks give here."""
+    X, y = load_digits(return_X_y=True)
+    X, y = np.tile(X.astype(np.float32), (200, 1)), np.tile(y, 200)  # ~20 ms per block
+    data = InMemoryArrays(X, y)
+    classes = np.arange(10)
+    rng = np.random.default_rng(0)
+    points = [(rng.normal(size=(10, 64)) * 0.01, rng.normal(size=10)) for _ in range(6)]
+    cluster = start_local_cluster(2)
+    client = Client(cluster, set_as_default=False)
+    try:
+        client.wait_for_workers(2, timeout=60)
+        runner = ClusterBlocks.from_training_data(client, data, classes, timeout=120)
+        runner.groups = 1
+        got = [runner.evaluate(*points[0], None)]
+        assert got[0].relayed == 1, "the second host was reached through the first"
+        victim = runner.placement[0 if role == "relaying" else 1]
+        pid = client.run(os.getpid)[victim]
+        for k, point in enumerate(points[1:], start=1):
+            if k == 2:
+                threading.Timer(0.005, os.kill, (pid, signal.SIGKILL)).start()
+            got.append(runner.evaluate(*point, None))
+        runner.release()
+    finally:
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+
+    assert victim not in runner.placement and sum(runner.losses.values()) == 1
+    assert got[2].relayed == 0, "killed mid-evaluation: the live host evaluated both blocks"
+    blocks = [load_block(data, a, b, classes) for a, b in ((0, len(y) // 2), (len(y) // 2, len(y)))]
+    assert [(s["start"], s["rows"]) for s in runner.describe()] == [
+        (0, len(y) // 2),
+        (len(y) // 2, len(y) - len(y) // 2),
+    ]
+    for evaluation, (coef, intercept) in zip(got, points, strict=True):
+        here = {i: block_loss_grad(block, coef, intercept, None) for i, block in enumerate(blocks)}
+        expected = total(((0, 1),), here)
+        assert evaluation.total.loss == expected.loss
+        np.testing.assert_array_equal(evaluation.total.grad, expected.grad)
 
 
 def _start_train(*args: str, new_session: bool = False) -> subprocess.Popen[str]:

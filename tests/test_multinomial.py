@@ -8,17 +8,13 @@ from distributed import Client
 from sklearn.datasets import load_digits
 
 from distrib.parallel.block_hosts import ClusterBlocks
-from distrib.parallel.multinomial import (
-    BlockResult,
-    block_loss_grad,
-    busiest_worker_seconds,
-    load_block,
-)
+from distrib.parallel.multinomial import block_loss_grad, busiest_worker_seconds, load_block
+from distrib.parallel.partial_sums import Timing, total
 from distrib.parallel.transfer import InMemoryArrays
 
 
-def _result(worker: str, started: float, seconds: float) -> BlockResult:
-    return BlockResult(0.0, np.zeros((2, 3)), seconds, worker, started)
+def _result(worker: str, started: float, seconds: float) -> Timing:
+    return Timing(worker, started, seconds)
 
 
 def test_busiest_worker_spans_its_blocks_one_after_another_or_at_once() -> None:
@@ -33,28 +29,34 @@ def test_busiest_worker_spans_its_blocks_one_after_another_or_at_once() -> None:
     assert busiest_worker_seconds([]) == 0.0
 
 
-def test_cluster_blocks_give_the_same_results_over_channels_and_over_dask(
+def test_cluster_blocks_give_the_same_sum_over_channels_relays_and_dask(
     cluster_client: Client,
 ) -> None:
-    """Each block's loss and gradient are the same whether the driver calls its host over the
-    direct channel or through distributed's RPC, and equal to evaluating its rows here."""
+    """The sum over the blocks is the same, bit for bit, whether the driver calls each host
+    over its direct channel, lets one host relay for the other, or calls them through
+    distributed's RPC; and equal to evaluating the same blocks here, summed the same way."""
     X, y = load_digits(return_X_y=True)
     data = InMemoryArrays(X.astype(np.float32), y)
     rng = np.random.default_rng(0)
     coef, intercept = rng.normal(size=(10, 64)) * 0.01, rng.normal(size=10)
-    expected = [
-        block_loss_grad(load_block(data, a, b, np.arange(10)), coef, intercept, None)
-        for a, b in ((0, 898), (898, len(y)))
-    ]
-    for direct in (True, False):
+    blocks = [load_block(data, a, b, np.arange(10)) for a, b in ((0, 898), (898, len(y)))]
+    here = {i: block_loss_grad(block, coef, intercept, None) for i, block in enumerate(blocks)}
+    expected = total(((0, 1),), here)
+    for direct, relay, calls, relayed in (
+        (True, False, "direct channel", 0),
+        (True, True, "direct channel", 1),
+        (False, True, "dask rpc", 0),
+    ):
         runner = ClusterBlocks.from_training_data(cluster_client, data, np.arange(10))
-        runner.direct = direct
+        runner.direct, runner.relay, runner.groups = direct, relay, 1
         try:
-            results = runner.evaluate(coef, intercept, None)
-            calls = {b["calls"] for b in runner.describe()}
-            assert calls == {"direct channel" if direct else "dask rpc"}
+            evaluation = runner.evaluate(coef, intercept, None)
+            assert {b["calls"] for b in runner.describe()} == {calls}
         finally:
             runner.release()
-        assert [r.loss for r in results] == [r.loss for r in expected]
-        for ours, theirs in zip(results, expected, strict=True):
-            np.testing.assert_array_equal(ours.grad, theirs.grad)
+        assert runner.tree == ((0, 1),)
+        assert evaluation.relayed == relayed
+        assert evaluation.messages == (0 if calls == "dask rpc" else 2 - relayed)
+        assert evaluation.total.loss == expected.loss
+        np.testing.assert_array_equal(evaluation.total.grad, expected.grad)
+        assert len({t.worker for t in evaluation.total.timings}) == 2

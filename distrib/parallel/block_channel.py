@@ -10,9 +10,11 @@ thread reads the request from its socket, evaluates its blocks and writes the re
 The host opens the channel on its worker's own address (``tcp://`` workers only; with TLS,
 or when the driver cannot reach the port, evaluations go through distributed as before) and
 hands its address and a random token to the driver through Dask (`BlockHost.channel`). The
-first thing a connection sends is the token; the host drops a connection that does not, and
-accepts one driver only. The channel lives as long as that connection: when the driver closes
-it or goes away, the host's thread ends.
+first thing a connection sends is the token; the host drops a connection that does not. The
+first connection is the driver's; hosts the driver asks to relay evaluations to this one
+(`distrib.parallel.partial_sums`) connect with the same token while it stays. The channel
+lives as long as the driver's connection: when the driver closes it or goes away, the host's
+threads end.
 
 Frames are an 8-byte length, then one or more pickles back to back. A request's pickles are
 the arguments of the host's handler (the driver pickles the coefficients once per evaluation
@@ -21,10 +23,12 @@ for all hosts, `pack`); a reply is one pickle, ``(True, result)`` or ``(False, e
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import io
 import pickle
 import secrets
+import select
 import selectors
 import socket
 import struct
@@ -70,15 +74,21 @@ def _recv_exact(conn: socket.socket, size: int) -> bytes | None:
 
 
 class ChannelServer:
-    """The host's end: accepts one driver on ``host`` and answers its requests.
+    """The host's end: answers the requests of its driver, and of the hosts the driver asks
+    to relay evaluations to this one.
+
+    The first connection that presents the token is the owner's (the driver's); more may
+    join while it stays (hosts relaying for the driver, given the token by it). When the
+    owner's connection closes, the server and every other connection close.
 
     Parameters
     ----------
     host : str
         The interface to listen on (the worker's own address).
     handler : callable
-        Called with each request's values, in the channel's thread; its result (or
-        exception) is the reply.
+        Called with each request's values, and ``upstream_open``: a function telling
+        whether the requesting connection is still open (a handler that waits on others
+        checks it). Its result (or exception) is the reply.
     """
 
     def __init__(self, host: str, handler: Callable[..., Any]) -> None:
@@ -86,34 +96,50 @@ class ChannelServer:
         self._handler: Callable[..., Any] | None = handler
         self._listener = socket.create_server((host, 0))
         self.address: tuple[str, int] = (host, self._listener.getsockname()[1])
-        threading.Thread(target=self._serve, name="distrib-channel", daemon=True).start()
+        self._connections: list[socket.socket] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept_all, name="distrib-channel", daemon=True).start()
 
-    def _accept(self) -> socket.socket | None:
-        """The first connection that presents the token, within `ACCEPT_SECONDS`."""
+    def _authenticated(self, conn: socket.socket) -> bool:
+        try:
+            conn.settimeout(10.0)
+            token = _recv_exact(conn, TOKEN_BYTES)
+            conn.settimeout(None)
+        except OSError:
+            return False
+        return token is not None and hmac.compare_digest(token, self.token)
+
+    def _accept_all(self) -> None:
+        """Accept the owner within `ACCEPT_SECONDS`, then others while the owner stays."""
         deadline = time.monotonic() + ACCEPT_SECONDS
+        owner = True
         with self._listener:
-            while (left := deadline - time.monotonic()) > 0:
-                self._listener.settimeout(left)
+            self._listener.settimeout(0.25)
+            while not self._closed.is_set() and not (owner and time.monotonic() > deadline):
                 try:
                     conn, _ = self._listener.accept()
-                    conn.settimeout(10.0)
-                    token = _recv_exact(conn, TOKEN_BYTES)
-                except OSError:  # timed out
-                    return None
-                if token is not None and hmac.compare_digest(token, self.token):
-                    conn.settimeout(None)
-                    return conn
-                conn.close()
-        return None
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if not self._authenticated(conn):
+                    conn.close()
+                    continue
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._connections.append(conn)
+                threading.Thread(
+                    target=self._serve, args=(conn, owner), name="distrib-channel", daemon=True
+                ).start()
+                owner = False
+        if owner:  # nobody came
+            self.close()
 
-    def _serve(self) -> None:
-        conn = self._accept()
-        if conn is None:
-            self._handler = None
-            return
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _serve(self, conn: socket.socket, owner: bool) -> None:
+        def upstream_open() -> bool:
+            return _is_open(conn)
+
         with conn:
-            while self._handler is not None:
+            while (handler := self._handler) is not None:
                 try:
                     header = _recv_exact(conn, _LENGTH.size)
                     body = header and _recv_exact(conn, _LENGTH.unpack(header)[0])
@@ -122,14 +148,42 @@ class ChannelServer:
                 if not body:
                     break
                 try:
-                    reply: tuple[bool, Any] = (True, self._handler(*_unpack_all(body)))
-                except Exception as exc:  # the driver raises it
+                    reply: tuple[bool, Any] = (
+                        True,
+                        handler(*_unpack_all(body), upstream_open=upstream_open),
+                    )
+                except Exception as exc:  # the caller raises it
                     reply = (False, exc)
                 try:
                     conn.sendall(_frame(pack(reply)))
                 except OSError:
                     break
-        self._handler = None  # nothing of the host stays referenced by this thread
+        if owner:
+            self.close()
+
+    def close(self) -> None:
+        """Stop accepting and close every connection (their threads end)."""
+        self._closed.set()
+        self._handler = None  # nothing of the host stays referenced by the threads
+        for conn in self._connections:
+            _shut(conn)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut a socket down: a thread blocked reading it (or selecting on it) wakes up."""
+    with contextlib.suppress(OSError):  # not connected any more
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def _is_open(conn: socket.socket) -> bool:
+    """Whether the peer of ``conn`` has not closed it (a pending request counts as open)."""
+    try:
+        if not select.select([conn], [], [], 0)[0]:
+            return True
+        return bool(conn.recv(1, socket.MSG_PEEK))
+    except (OSError, ValueError):
+        return False
 
 
 class Channel:
@@ -180,7 +234,7 @@ class Channel:
         return reply
 
     def close(self) -> None:
-        self.sock.close()
+        _shut(self.sock)
 
 
 def receive_all(
@@ -188,15 +242,17 @@ def receive_all(
     check: Callable[[set[str]], dict[str, str]],
     every: float,
     deadline: float | None,
-) -> tuple[dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, Any], dict[str, str], float]:
     """Wait for one reply on each channel (keyed by worker).
 
-    Every ``every`` seconds without a reply, ``check(pending)`` names the pending workers
-    known lost (worker -> why). Returns (worker -> result, worker -> why lost); a host's
-    exception is raised here; TimeoutError after ``deadline`` (`time.monotonic`).
+    Every ``every`` seconds, ``check(pending)`` names the pending workers known lost
+    (worker -> why). Returns (worker -> result, worker -> why lost, this thread's CPU
+    seconds spent reading the replies); a host's exception is raised here; TimeoutError
+    after ``deadline`` (`time.monotonic`).
     """
     results: dict[str, Any] = {}
     lost: dict[str, str] = {}
+    cpu = 0.0
     checked = time.monotonic()
     with selectors.DefaultSelector() as selector:
         for worker, channel in channels.items():
@@ -206,12 +262,15 @@ def receive_all(
                 raise TimeoutError("a block evaluation took longer than the fit's timeout")
             for key, _ in selector.select(timeout=every):
                 worker = key.data
+                started = time.thread_time()
                 try:
                     reply = channels[worker].read_some()
                 except OSError as exc:
                     lost[worker] = f"{type(exc).__name__}: {exc}"
                     selector.unregister(key.fileobj)
                     continue
+                finally:
+                    cpu += time.thread_time() - started
                 if reply is not None:
                     selector.unregister(key.fileobj)
                     ok, value = reply
@@ -224,4 +283,4 @@ def receive_all(
                 for worker, why in check(pending).items():
                     lost[worker] = why
                     selector.unregister(channels[worker].sock)
-    return results, lost
+    return results, lost, cpu

@@ -28,8 +28,9 @@ import time
 import types
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -38,12 +39,40 @@ import numpy as np
 from distrib.errors import ClusterError
 from distrib.parallel.block_channel import Channel, ChannelServer, pack, receive_all
 from distrib.parallel.cluster import worker_infos
-from distrib.parallel.multinomial import BlockResult, RowBlock, block_loss_grad, load_block
+from distrib.parallel.multinomial import Evaluation, RowBlock, block_loss_grad, load_block
+from distrib.parallel.partial_sums import (
+    Node,
+    PartialSum,
+    SumTree,
+    combine,
+    covered,
+    relay_routes,
+    sum_tree,
+    total,
+)
 from distrib.parallel.transfer import InMemoryArrays, TrainingData
 
 # How often a pending call checks that its worker is still there (the call itself returns
 # as soon as its result arrives; this only bounds how long a lost worker goes unnoticed).
 _WATCH_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class HostReply:
+    """A host's answer to one evaluation request.
+
+    ``parts``: its blocks' results, and those of the hosts it relayed to, with every group
+    held whole already summed (`distrib.parallel.partial_sums.combine`); ``lost``: relayed
+    hosts whose channel closed before they answered (worker -> why); ``unreached``: relayed
+    hosts it could not connect to; ``relayed`` and ``relay_cpu``: the replies it read from
+    relayed hosts and its CPU seconds spent on them (forwarding, reading, summing).
+    """
+
+    parts: dict[Node, PartialSum]
+    lost: dict[str, str] = field(default_factory=dict)
+    unreached: list[str] = field(default_factory=list)
+    relayed: int = 0
+    relay_cpu: float = 0.0
 
 
 class BlockHost:
@@ -56,9 +85,14 @@ class BlockHost:
     """
 
     def __init__(self, threads: int = 1) -> None:
+        from distributed import get_worker
+
+        self.worker = str(get_worker().address)  # the actor starts in its worker's task
         self.blocks: dict[int, RowBlock] = {}
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="distrib-blocks")
         self._server: ChannelServer | None = None
+        # worker -> (its channel's address and token, this host's connection to it)
+        self._relayed: dict[str, tuple[tuple[Any, ...], Channel]] = {}
 
     def channel(self) -> tuple[str, int, bytes] | None:
         """Open the direct channel for evaluations on this worker's interface: its
@@ -75,9 +109,6 @@ class BlockHost:
         except OSError:
             return None
         return (*self._server.address, self._server.token)
-
-    def _answer(self, indices: list[int], args: tuple[Any, ...]) -> list[BlockResult]:
-        return self.evaluate(indices, *args)
 
     def load(self, index: int, source: TrainingData, start: int, stop: int, **kw: Any) -> int:
         """Read rows ``start:stop`` of ``source`` as block ``index``; return its row count.
@@ -109,17 +140,92 @@ class BlockHost:
         coef: np.ndarray,
         intercept: np.ndarray,
         class_weight: np.ndarray | None,
-    ) -> list[BlockResult]:
-        """The loss and gradient of each block in ``indices`` at these coefficients.
+        tree: SumTree,
+    ) -> HostReply:
+        """The loss and gradient of each block in ``indices`` at these coefficients, every
+        group of ``tree`` held whole summed.
 
-        Runs in the worker's actor thread: one block right there (a hand-off to another
-        thread costs ~0.2 ms per evaluation), several at once on the host's threads.
+        Runs in the calling thread: one block right there (a hand-off to another thread
+        costs ~0.2 ms per evaluation), several at once on the host's threads.
         """
         blocks = [self.blocks[i] for i in indices]
-        args = (coef, intercept, class_weight)
+        args = (coef, intercept, class_weight, self.worker)
         if len(blocks) == 1:
-            return [block_loss_grad(blocks[0], *args)]
-        return list(self._pool.map(lambda block: block_loss_grad(block, *args), blocks))
+            results = [block_loss_grad(blocks[0], *args)]
+        else:
+            results = list(self._pool.map(lambda block: block_loss_grad(block, *args), blocks))
+        return HostReply(combine(tree, dict(zip(indices, results, strict=True))))
+
+    def _answer(
+        self,
+        indices: list[int],
+        relayed: list[tuple[str, tuple[str, int], bytes, list[int]]],
+        args: tuple[Any, ...],
+        *,
+        upstream_open: Callable[[], bool],
+    ) -> HostReply:
+        """A request on the direct channel: evaluate ``indices`` at ``args`` (`evaluate`'s),
+        after forwarding the evaluation to each relayed (worker, address, token, indices);
+        their results come back here and go up summed with this host's."""
+        started = time.thread_time()
+        sent, unreached = self._forward(relayed, args)
+        cpu = time.thread_time() - started
+        reply = self.evaluate(indices, *args)
+        if not relayed:
+            return reply
+
+        def check(pending: set[str]) -> dict[str, str]:
+            if not upstream_open():  # the driver gave up on this request
+                raise ConnectionError("the driver closed the channel")
+            return {}
+
+        try:
+            results, lost, read_cpu = receive_all(sent, check, _WATCH_SECONDS, None)
+        except BaseException:  # replies may still come on these: never read one as the next
+            for worker in sent:
+                self._forget_relayed(worker)
+            raise
+        started = time.thread_time()
+        parts = dict(reply.parts)
+        for result in results.values():
+            parts.update(result.parts)
+        for worker in lost:
+            self._forget_relayed(worker)
+        parts = combine(args[-1], parts)
+        cpu += read_cpu + time.thread_time() - started
+        return HostReply(parts, lost, unreached, len(results), cpu)
+
+    def _forward(
+        self,
+        relayed: list[tuple[str, tuple[str, int], bytes, list[int]]],
+        args: tuple[Any, ...],
+    ) -> tuple[dict[str, Channel], list[str]]:
+        """Send the evaluation to each relayed host: the channels sent on, the hosts that
+        could not be reached."""
+        sent: dict[str, Channel] = {}
+        unreached: list[str] = []
+        if not relayed:
+            return sent, unreached
+        request, nobody = pack(args), pack([])
+        for worker, address, token, indices in relayed:
+            try:
+                known = self._relayed.get(worker)
+                if known is None or known[0] != (address, token):
+                    self._forget_relayed(worker)
+                    channel = Channel(address, token)
+                    self._relayed[worker] = ((address, token), channel)
+                channel = self._relayed[worker][1]
+                channel.send(pack(indices), nobody, request)
+                sent[worker] = channel
+            except OSError:
+                self._forget_relayed(worker)
+                unreached.append(worker)
+        return sent, unreached
+
+    def _forget_relayed(self, worker: str) -> None:
+        known = self._relayed.pop(worker, None)
+        if known is not None:
+            known[1].close()
 
 
 @dataclass(frozen=True)
@@ -187,6 +293,12 @@ class ClusterBlocks:
     direct : bool
         Evaluate over direct channels where the hosts can open one (default); False sends
         every evaluation through distributed's RPC.
+    groups : int, optional
+        Groups of the sum tree (`distrib.parallel.partial_sums.sum_tree`; default about
+        the square root of the worker count).
+    relay : bool
+        Let the first host of each group relay evaluations to the group's other hosts
+        (default); False calls every host from the driver. Same results either way.
     """
 
     def __init__(
@@ -198,9 +310,14 @@ class ClusterBlocks:
         timeout: float | None = None,
         slots: list[str] | None = None,
         direct: bool = True,
+        groups: int | None = None,
+        relay: bool = True,
     ) -> None:
         self.client = client
         self.direct = direct
+        self.groups = groups
+        self.relay = relay
+        self.tree: SumTree | None = None  # fixed at the first evaluation
         self.sources = sources
         self.classes = np.asarray(classes)
         self.run_id = run_id
@@ -210,6 +327,8 @@ class ClusterBlocks:
         ]
         self.hosts: dict[str, Any] = {}  # worker -> the future of its BlockHost actor
         self.channels: dict[str, Channel] = {}  # worker -> its host's direct channel
+        self.addresses: dict[str, tuple[tuple[str, int], bytes]] = {}  # ... its address, token
+        self._unrelayed: set[str] = set()  # hosts a relaying host could not reach
         self._no_channel: set[str] = set()  # hosts (keys) that could not open one
         self.losses: Counter[int] = Counter()  # block -> times its worker died under it
         self._loaded = False
@@ -441,6 +560,7 @@ class ClusterBlocks:
                     raise OSError("no channel")
                 host, port, token = answer
                 self.channels[worker] = Channel((host, port), token)
+                self.addresses[worker] = ((host, port), token)
             except OSError:
                 self._no_channel.add(self.hosts[worker].key)
 
@@ -454,6 +574,7 @@ class ClusterBlocks:
         channel = self.channels.pop(worker, None)
         if channel is not None:
             channel.close()
+        self.addresses.pop(worker, None)
         lost = [i for i, w in enumerate(self.placement) if w == worker]
         allowed = int(dask.config.get("distributed.scheduler.allowed-failures"))
         for index in lost:
@@ -481,53 +602,112 @@ class ClusterBlocks:
 
     def evaluate(
         self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
-    ) -> list[BlockResult]:
+    ) -> Evaluation:
         self.wait_loaded()
-        results: dict[int, BlockResult] = {}
-        while len(results) < len(self.sources):
+        if self.tree is None:
+            self.tree = sum_tree(self.placement, self.groups)
+        args = (coef, intercept, class_weight, self.tree)
+        parts: dict[Node, PartialSum] = {}
+        stats = dict.fromkeys(("messages", "message_cpu", "relayed", "relay_cpu"), 0.0)
+        while len(done := covered(parts)) < len(self.sources):
             by_worker: dict[str, list[int]] = {}
             for index, worker in enumerate(self.placement):
-                if index not in results:
+                if index not in done:
                     by_worker.setdefault(worker, []).append(index)
-            outcome = self._evaluate_on(by_worker, (coef, intercept, class_weight))
+            replies, lost = self._evaluate_on(by_worker, args, stats)
+            for reply in replies:
+                parts.update(reply.parts)
             reload: list[int] = []
-            for worker, result in outcome.items():
-                if isinstance(result, _Lost):
-                    reload += self._lose(worker)
-                else:
-                    results.update(zip(by_worker[worker], result, strict=True))
+            for worker in lost:
+                reload += self._lose(worker)
             if reload:
                 self._load(reload)
-        return [results[i] for i in range(len(self.sources))]
+        return Evaluation(
+            total(self.tree, parts),
+            messages=int(stats["messages"]),
+            message_cpu=stats["message_cpu"],
+            relayed=int(stats["relayed"]),
+            relay_cpu=stats["relay_cpu"],
+        )
+
+    def _routes(self, by_worker: dict[str, list[int]]) -> dict[str, list[str]]:
+        """Hosts called over their channel -> the hosts each relays the evaluation to."""
+        direct = [w for w in by_worker if w in self.channels]
+        if not self.relay or self.tree is None:
+            return {w: [] for w in direct}
+        reachable = [w for w in direct if w not in self._unrelayed]
+        routes = relay_routes(self.tree, by_worker, reachable)
+        return routes | {w: [] for w in direct if w in self._unrelayed}
 
     def _evaluate_on(
-        self, by_worker: dict[str, list[int]], args: tuple[Any, ...]
-    ) -> dict[str, Any]:
-        """Each worker's blocks evaluated at ``args``: worker -> results, or a `_Lost`.
-        Requests go out on the direct channels first, then the other hosts are called
-        through Dask, then the channels' replies are read."""
-        outcome: dict[str, Any] = {}
-        sent: dict[str, Channel] = {}
+        self, by_worker: dict[str, list[int]], args: tuple[Any, ...], stats: dict[str, float]
+    ) -> tuple[list[HostReply], dict[str, str]]:
+        """Each worker's blocks evaluated at ``args``: the hosts' replies, and the workers
+        lost on the way (worker -> why). Requests go out on the direct channels first (to the
+        relaying hosts, `_routes`), then the other hosts are called through Dask, then the
+        channels' replies are read. Blocks of a relaying host abandoned here (one of its
+        relayed hosts left) are in no reply: the caller asks again."""
+        replies: list[HostReply] = []
+        lost: dict[str, str] = {}
+        routes = self._routes(by_worker)
+        started = time.thread_time()
         shared = pack(args)  # the coefficients, pickled once for every host
-        for worker, channel in self.channels.items():
-            if worker in by_worker:
-                try:
-                    channel.send(pack(by_worker[worker]), shared)
-                    sent[worker] = channel
-                except OSError as exc:  # the host's worker died since the last call
-                    outcome[worker] = _Lost(worker, f"{type(exc).__name__}: {exc}")
+        sent: dict[str, Channel] = {}
+        for worker, relayed in routes.items():
+            forward = [(w, *self.addresses[w], by_worker[w]) for w in relayed]
+            try:
+                self.channels[worker].send(pack(by_worker[worker]), pack(forward), shared)
+                sent[worker] = self.channels[worker]
+            except OSError as exc:  # the host's worker died since the last call
+                lost[worker] = f"{type(exc).__name__}: {exc}"
+        stats["message_cpu"] += time.thread_time() - started
+        called = {w for relayed in routes.values() for w in relayed} | set(routes)
         rest: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]] = {
             w: ("evaluate", (indices, *args), {})
             for w, indices in by_worker.items()
-            if w not in sent and w not in outcome
+            if w not in called
         }
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         if rest:
-            outcome.update(self.client.sync(self._call_all, rest))
-        results, lost = receive_all(sent, self._gone, _WATCH_SECONDS, deadline)
-        outcome.update(results)
-        outcome.update({w: _Lost(w, why) for w, why in lost.items()})
-        return outcome
+            for worker, result in self.client.sync(self._call_all, rest).items():
+                if isinstance(result, _Lost):
+                    lost[worker] = result.why
+                else:
+                    replies.append(result)
+        abandoned: set[str] = set()
+
+        def check(pending: set[str]) -> dict[str, str]:
+            gone = self._gone(pending | {w for r in pending for w in routes[r]})
+            stop = {r: gone[r] for r in pending if r in gone}
+            for relaying in pending - set(stop):
+                for worker in routes[relaying]:
+                    if worker in gone:  # stop waiting: its host would wait on it forever
+                        lost[worker] = gone[worker]
+                        abandoned.add(relaying)
+                        stop[relaying] = f"{worker} left"
+            return stop
+
+        results, unanswered, read_cpu = receive_all(sent, check, _WATCH_SECONDS, deadline)
+        stats["message_cpu"] += read_cpu
+        stats["messages"] += len(results)
+        for reply in results.values():
+            replies.append(reply)
+            lost.update(reply.lost)
+            self._unrelayed.update(reply.unreached)
+            stats["relayed"] += reply.relayed
+            stats["relay_cpu"] += reply.relay_cpu
+        for worker, why in unanswered.items():
+            if worker not in abandoned:
+                lost[worker] = why
+        self._reopen(abandoned - set(lost))
+        return replies, lost
+
+    def _reopen(self, workers: set[str]) -> None:
+        """A new channel to each of these hosts (the old one was closed mid-request)."""
+        for worker in workers:
+            self.channels.pop(worker).close()
+            self.addresses.pop(worker, None)
+        self._open_channels(sorted(workers))
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -547,8 +727,9 @@ class ClusterBlocks:
         hosts = list(self.hosts.values())
         self.hosts = {}
         for channel in self.channels.values():
-            channel.close()  # the host's channel thread ends
+            channel.close()  # the host's channel threads end
         self.channels = {}
+        self.addresses = {}
         if hosts:
             with contextlib.suppress(Exception):  # best effort: the cluster may be gone
                 self.client.cancel(hosts)

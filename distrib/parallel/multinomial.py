@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from distrib.errors import DataError
 from distrib.linear import softmax
+from distrib.parallel.partial_sums import PartialSum, Timing
 from distrib.parallel.transfer import Matrix, TrainingData, aligned_copy
 
 BLOCK_TOPIC = "distrib-block-load"
@@ -55,22 +56,19 @@ class RowBlock:
 
 
 @dataclass(frozen=True)
-class BlockResult:
-    """One block's share of one objective evaluation."""
+class Evaluation:
+    """One evaluation of the objective over every block, and what its coordination cost.
 
-    loss: float
-    grad: np.ndarray  # (n_classes, n_features + 1): coefficients, then the intercept
-    seconds: float
-    worker: str
-    started: float
+    ``messages`` and ``message_cpu``: the replies the driver read and its CPU time spent
+    sending the requests and reading the replies; ``relayed`` and ``relay_cpu``: the same
+    for hosts that relayed the evaluation to others (`distrib.parallel.partial_sums`).
+    """
 
-
-def _worker_address() -> str:
-    with contextlib.suppress(ImportError, ValueError):
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    return "local"
+    total: PartialSum
+    messages: int = 0
+    message_cpu: float = 0.0
+    relayed: int = 0
+    relay_cpu: float = 0.0
 
 
 def load_block(
@@ -121,30 +119,28 @@ def block_loss_grad(
     coef: np.ndarray,
     intercept: np.ndarray,
     class_weight: np.ndarray | None,
-) -> BlockResult:
+    worker: str = "local",
+) -> PartialSum:
     """Softmax loss (summed over the block's rows) and its gradient, for one block
-    (`distrib.linear.softmax.loss_grad`: one pass over the rows, products in their precision)."""
+    (`distrib.linear.softmax.loss_grad`: one pass over the rows, products in their precision);
+    ``worker`` names where it ran, in its timing."""
     started = time.time()
     t0 = time.perf_counter()
     weights = None if class_weight is None else class_weight[block.codes]
     if block.weights is not None:
         weights = block.weights if weights is None else weights * block.weights
     loss, grad = softmax.loss_grad(block.X, block.codes, coef, intercept, weights)
-    return BlockResult(
-        loss=loss,
-        grad=grad,
-        seconds=time.perf_counter() - t0,
-        worker=_worker_address(),
-        started=started,
-    )
+    timing = Timing(worker, started, time.perf_counter() - t0)
+    return PartialSum(loss, grad, (timing,))
 
 
 class BlockRunner(Protocol):
-    """Evaluates every block at given coefficients; where the blocks live is its business."""
+    """Evaluates every block at given coefficients and sums them in a fixed order; where
+    the blocks live is its business."""
 
     def evaluate(
         self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
-    ) -> list[BlockResult]: ...
+    ) -> Evaluation: ...
 
     def wait_loaded(self) -> None: ...
 
@@ -161,8 +157,8 @@ class LocalBlocks:
 
     def evaluate(
         self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
-    ) -> list[BlockResult]:
-        return [block_loss_grad(self.block, coef, intercept, class_weight)]
+    ) -> Evaluation:
+        return Evaluation(block_loss_grad(self.block, coef, intercept, class_weight))
 
     def describe(self) -> list[dict[str, Any]]:
         block = {"start": 0, "rows": self.block.n_rows, "worker": "local", "copies": 1}
@@ -193,7 +189,8 @@ class SoftmaxFit:
         walls = np.array([e["wall"] for e in self.evaluations] or [0.0])
         compute = np.array([e["compute_max"] for e in self.evaluations] or [0.0])
         total = np.array([e["compute_sum"] for e in self.evaluations] or [0.0])
-        driver = np.array([e["driver_cpu_per_host"] for e in self.evaluations] or [0.0])
+        per_message = [e["cpu_per_message"] for e in self.evaluations if e["cpu_per_message"]]
+        per_relayed = [e["cpu_per_relayed"] for e in self.evaluations if e["cpu_per_relayed"]]
         return {
             "strategy": "multinomial",
             "n_iter": self.n_iter,
@@ -205,13 +202,18 @@ class SoftmaxFit:
             "median_block_compute_seconds": float(np.median(compute)),
             "median_compute_seconds_all_blocks": float(np.median(total)),
             "median_coordination_seconds": float(np.median(walls - compute)),
-            "median_driver_cpu_seconds_per_host": float(np.median(driver)),
+            "median_driver_cpu_seconds_per_message": _median_or_none(per_message),
+            "median_relay_cpu_seconds_per_message": _median_or_none(per_relayed),
             "per_evaluation": {
                 "loss": [e["loss"] for e in self.evaluations],
                 "seconds": walls.tolist() if self.evaluations else [],
                 "slowest_block_seconds": compute.tolist() if self.evaluations else [],
             },
         }
+
+
+def _median_or_none(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
 
 
 def _minimize(
@@ -232,14 +234,14 @@ def _minimize(
     )
 
 
-def busiest_worker_seconds(results: Sequence[BlockResult]) -> float:
+def busiest_worker_seconds(timings: Sequence[Timing]) -> float:
     """How long the busiest worker computed in one evaluation: from the start of its first
     block to the end of its last (blocks of one worker may run one after another or at once).
     The rest of the evaluation's wall time is coordination."""
     spans: dict[str, tuple[float, float]] = {}
-    for r in results:
-        first, last = spans.get(r.worker, (r.started, r.started + r.seconds))
-        spans[r.worker] = (min(first, r.started), max(last, r.started + r.seconds))
+    for t in timings:
+        first, last = spans.get(t.worker, (t.started, t.started + t.seconds))
+        spans[t.worker] = (min(first, t.started), max(last, t.started + t.seconds))
     return max((last - first for first, last in spans.values()), default=0.0)
 
 
@@ -328,19 +330,20 @@ def fit_softmax(
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
         coef, intercept = unpack(w)
-        t0, cpu0 = time.perf_counter(), time.thread_time()
-        results = runner.evaluate(coef, intercept, weights)
-        wall, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+        t0 = time.perf_counter()
+        evaluation = runner.evaluate(coef, intercept, weights)
+        timings = evaluation.total.timings
         evaluations.append(
             {
-                "wall": wall,
-                "compute_max": busiest_worker_seconds(results),
-                "compute_sum": float(np.sum([r.seconds for r in results])),
-                "driver_cpu_per_host": cpu / max(1, len({r.worker for r in results})),
+                "wall": time.perf_counter() - t0,
+                "compute_max": busiest_worker_seconds(timings),
+                "compute_sum": float(np.sum([t.seconds for t in timings])),
+                "cpu_per_message": evaluation.message_cpu / max(1, evaluation.messages),
+                "cpu_per_relayed": evaluation.relay_cpu / max(1, evaluation.relayed),
             }
         )
-        loss = sum(r.loss for r in results) / weight_sum
-        grad = np.sum([r.grad for r in results], axis=0) / weight_sum
+        loss = evaluation.total.loss / weight_sum
+        grad = evaluation.total.grad / weight_sum
         loss += 0.5 * penalty * float(np.sum(coef * coef))
         evaluations[-1]["loss"] = loss
         grad[:, :-1] += penalty * coef
