@@ -175,24 +175,35 @@ def test_projection_saturates_at_the_class_count() -> None:
     assert proj["saturates_at_workers"] == 10
 
 
-def test_multinomial_projection_divides_compute_and_adds_the_drivers_time_per_host() -> None:
+def test_multinomial_projection_divides_compute_and_adds_the_sum_trees_cost() -> None:
+    c = 0.0002  # the driver's CPU per reply
     solver = {"n_evaluations": 100, "median_compute_seconds_all_blocks": 0.08,
               "median_coordination_seconds": 0.01, "seconds": 9.0,
-              "median_driver_cpu_seconds_per_host": 0.0002}  # fmt: skip
-    measured = {1: {"median_wall": 10.5, "median_fit": 9.5, "runs": [{"solver": solver}]}}
+              "median_driver_cpu_seconds_per_message": c}  # fmt: skip
+    two = {"median_wall": 6.0, "median_fit": 5.0, "runs": [{"solver": solver}],
+           "relay_level": {"level_seconds": 0.003}}  # fmt: skip
+    measured = {1: {"median_wall": 10.5, "median_fit": 9.5, "runs": [{"solver": solver}]}, 2: two}
     proj = project_multinomial(measured)
     walls = dict(zip(proj["workers"], proj["wall"], strict=True))
+    groups = dict(zip(proj["workers"], proj["groups"], strict=True))
+    assert (groups[1], groups[2], groups[8], groups[32]) == (1, 2, 3, 6)
     assert walls[1] == pytest.approx(1.0 + 0.5 + 100 * (0.08 + 0.01))
-    assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01 + 7 * 0.0002))
-    assert walls[16] < walls[8], "rows keep dividing past the class count"
-    assert walls[32] > walls[16], "32 hosts cost the driver more than 16 save"
-    assert "from 8 workers" in proj["note"], proj["note"]  # 0.0114 s > 0.08 s / 8
+    # 2 workers: two groups of one host, one more reply for the driver, no relay level
+    assert walls[2] == pytest.approx(1.5 + 100 * (0.04 + 0.01 + c))
+    # 8 workers: 3 groups of up to 3 hosts: 2 more replies, a level, 2 relayed replies
+    assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01 + 2 * c + 0.003 + c))
+    # 32 workers: 6 groups of up to 6: 5 more replies, a level, 5 relayed replies
+    assert walls[32] == pytest.approx(1.5 + 100 * (0.0025 + 0.01 + 5 * c + 0.003 + 4 * c))
+    assert walls[32] < walls[16] < walls[8], "the tree keeps the driver's share growing slowly"
+    assert "From 6 workers" in proj["note"] and "measured" in proj["note"], proj["note"]
     solver_speedup = dict(zip(proj["workers"], proj["solver_speedup"], strict=True))
-    assert solver_speedup[8] == pytest.approx((0.08 + 0.01) / (0.01 + 0.01 + 0.0014))
-    # without the driver's time per host (older bench.json), coordination stays as measured
-    del solver["median_driver_cpu_seconds_per_host"]
-    walls = dict(zip(PROJECTION_WORKERS, project_multinomial(measured)["wall"], strict=True))
-    assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01))
+    assert solver_speedup[32] == pytest.approx((0.08 + 0.01) / (0.0025 + 0.013 + 9 * c))
+    # without a measured relay level, one more base coordination is assumed
+    del two["relay_level"]
+    proj = project_multinomial(measured)
+    assert not proj["relay_level_measured"] and proj["relay_level_seconds"] == 0.01
+    walls = dict(zip(PROJECTION_WORKERS, proj["wall"], strict=True))
+    assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01 + 2 * c + 0.01 + c))
 
 
 def test_the_dask_ml_baseline_fits_one_vs_rest_on_the_cluster(cluster_client) -> None:

@@ -52,6 +52,18 @@ def _frame(*pickles: bytes) -> bytes:
     return _LENGTH.pack(sum(map(len, pickles))) + b"".join(pickles)
 
 
+def _send_parts(sock: socket.socket, parts: list[bytes]) -> None:
+    """Send ``parts`` back to back without joining them (a 63 KB copy per host)."""
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
 def _unpack_all(body: bytes) -> list[Any]:
     """Every pickle of a frame's body, in order."""
     stream = io.BytesIO(body)
@@ -210,7 +222,7 @@ class Channel:
         """Send one request: the handler's arguments, each a `pack` (raises OSError if the
         host is gone)."""
         self._got = 0
-        self.sock.sendall(_frame(*pickles))
+        _send_parts(self.sock, [_LENGTH.pack(sum(map(len, pickles))), *pickles])
 
     def read_some(self) -> tuple[bool, Any] | None:
         """Read what has arrived (call when the socket is readable): the reply once

@@ -650,8 +650,8 @@ class ClusterBlocks:
         replies: list[HostReply] = []
         lost: dict[str, str] = {}
         routes = self._routes(by_worker)
-        started = time.thread_time()
         shared = pack(args)  # the coefficients, pickled once for every host
+        started = time.thread_time()  # from here on, the driver's time per message
         sent: dict[str, Channel] = {}
         for worker, relayed in routes.items():
             forward = [(w, *self.addresses[w], by_worker[w]) for w in relayed]

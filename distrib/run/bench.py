@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import platform
 import statistics
@@ -47,6 +48,7 @@ from distrib.files import write_json
 from distrib.parallel.cluster import connect, package_versions, start_local_cluster, worker_infos
 from distrib.parallel.dispatch import fit_binary_classifiers
 from distrib.parallel.transfer import InMemoryArrays, choose_layout, density_of, matrix_nbytes
+from distrib.run.coordination import relay_level
 from distrib.run.train import train
 
 PROJECTION_WORKERS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
@@ -243,6 +245,7 @@ def _distrib_runs(
     runs: list[dict[str, Any]] = []
     estimator: dict[str, Any] = {}
     dask_ml: dict[str, Any] = {}
+    relay: dict[str, float] = {}
     with _cluster(workers, scheduler) as (client, startup):
         present = len(worker_infos(client))
         idle_rss = client.run(_idle_rss_bytes)
@@ -279,6 +282,12 @@ def _distrib_runs(
                 ]
             runs.append(run)
         peak_rss = client.run(_peak_rss_bytes)
+        if config.strategy == "multinomial" and present >= 2:
+            relay = relay_level(client)
+            say(
+                f"[distrib multinomial, {present} worker(s)] one relay level: "
+                f"{relay['level_seconds'] * 1e3:.2f} ms per evaluation"
+            )
         if estimator_inputs is not None:
             estimator = _estimator_runs(client, config, estimator_inputs, repeat, warmup, say)
         if dask_ml_inputs is not None:
@@ -297,6 +306,7 @@ def _distrib_runs(
             w: {"idle_rss_bytes": idle_rss.get(w), "peak_rss_bytes": peak}
             for w, peak in sorted(peak_rss.items())
         },
+        **({"relay_level": relay} if relay else {}),
         **({"estimator": estimator} if estimator else {}),
         **({"dask_ml": dask_ml} if dask_ml else {}),
     }
@@ -438,12 +448,15 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     measured worker count.
 
     Per evaluation: the compute of all blocks divided over the workers, plus the measured
-    coordination cost (one call per worker host), plus the driver's measured CPU time per
-    host for each host past the measured ones (the calls run at once; what grows with the
-    hosts is the driver's own work: sending, receiving, summing); times the evaluations
-    L-BFGS needed; plus the run's fixed overhead (end-to-end wall minus fit).
-    ``speedup`` is end to end; ``solver_speedup`` counts the evaluations only (what
-    compute and coordination alone allow).
+    coordination cost at the base count, plus what the sum tree adds past it. On ``k``
+    workers the tree has ``g = ceil(sqrt(k))`` groups of up to ``h = ceil(k / g)`` hosts
+    (`distrib.parallel.partial_sums.sum_tree`): the driver reads ``g`` replies, each
+    costing its measured CPU time per message; where ``h > 1`` a relaying host adds one
+    level (measured on this cluster, `distrib.run.coordination.relay_level`; without such a
+    measurement, one more base coordination) and reads ``h - 1`` replies at the same cost
+    per message. Times the evaluations L-BFGS needed; plus the run's fixed overhead (end-to-
+    end wall minus fit). ``speedup`` is end to end; ``solver_speedup`` counts the
+    evaluations only (what compute and coordination alone allow).
     """
     base_workers = min(runs_by_workers)
     base = runs_by_workers[base_workers]
@@ -451,12 +464,21 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     evaluations = _median([s["n_evaluations"] for s in solvers])
     compute = _median([s["median_compute_seconds_all_blocks"] for s in solvers])
     coordination = _median([s["median_coordination_seconds"] for s in solvers])
-    per_host = _median([s.get("median_driver_cpu_seconds_per_host", 0.0) for s in solvers])
+    per_message = _median([s.get("median_driver_cpu_seconds_per_message") or 0.0 for s in solvers])
+    probes = [r["relay_level"] for _, r in sorted(runs_by_workers.items()) if "relay_level" in r]
+    level = probes[-1]["level_seconds"] if probes else coordination
     setup = max(0.0, base["median_fit"] - _median([s["seconds"] for s in solvers]))
     fixed = max(0.0, base["median_wall"] - base["median_fit"])
 
+    def shape(k: int) -> tuple[int, int]:
+        groups = math.ceil(math.sqrt(k))
+        return groups, math.ceil(k / groups)
+
     def coordination_at(k: int) -> float:
-        return coordination + max(0, k - base_workers) * per_host
+        groups, hosts = shape(k)
+        base_groups, _ = shape(base_workers)
+        extra = coordination + max(0, groups - base_groups) * per_message
+        return extra + (level + (hosts - 2) * per_message if hosts > 1 else 0.0)
 
     solver = {k: evaluations * (compute / k + coordination_at(k)) for k in PROJECTION_WORKERS}
     walls = {k: fixed + setup + solver[k] for k in PROJECTION_WORKERS}
@@ -466,22 +488,29 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
         "evaluations": evaluations,
         "compute_seconds_per_evaluation_all_blocks": compute,
         "coordination_seconds_per_evaluation": coordination,
-        "driver_cpu_seconds_per_host": per_host,
+        "driver_cpu_seconds_per_message": per_message,
+        "relay_level_seconds": level,
+        "relay_level_measured": bool(probes),
         "block_setup_seconds": setup,
         "fixed_overhead_seconds": fixed,
         "workers": list(PROJECTION_WORKERS),
+        "groups": [shape(k)[0] for k in PROJECTION_WORKERS],
+        "coordination_seconds": [coordination_at(k) for k in PROJECTION_WORKERS],
         "wall": [walls[k] for k in PROJECTION_WORKERS],
         "speedup": [walls[PROJECTION_WORKERS[0]] / walls[k] for k in PROJECTION_WORKERS],
         "solver_speedup": [solver[PROJECTION_WORKERS[0]] / solver[k] for k in PROJECTION_WORKERS],
         "note": (
-            f"rows, not classes, are divided: every worker stays busy at any count, but each "
-            f"of the {evaluations:.0f} evaluations pays {coordination * 1e3:.1f} ms of "
-            f"coordination at {base_workers} worker(s), plus {per_host * 1e6:.0f} us of the "
-            "driver's time per further worker; "
+            f"rows, not classes, are divided: every worker stays busy at any count. Each of "
+            f"the {evaluations:.0f} evaluations pays {coordination * 1e3:.2f} ms of "
+            f"coordination at {base_workers} worker(s); past it, results are summed in "
+            f"about sqrt(workers) groups: {per_message * 1e6:.0f} us of the driver's time "
+            f"per group and, where a group has several hosts, one relay level "
+            f"({level * 1e3:.2f} ms, {'measured' if probes else 'assumed'}) plus the same "
+            "time per host it relays to. "
             + (
-                f"from {half} workers that cost exceeds the compute it divides. "
+                f"From {half} workers coordination exceeds the compute it divides. "
                 if half is not None
-                else f"up to {PROJECTION_WORKERS[-1]} workers it stays below the compute. "
+                else f"Up to {PROJECTION_WORKERS[-1]} workers it stays below the compute. "
             )
             + "Simulated from the measured times, assuming one core and its own memory "
             "bandwidth per worker."
