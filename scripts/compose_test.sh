@@ -141,5 +141,9 @@ print(f"== compose: multinomial test accuracy {metrics['test_accuracy']:.4f}; ro
       f"{len(workers)} workers: {sorted(workers)}")
 assert len(workers) == 3, f"expected blocks on 3 workers, got {sorted(workers)}"
 assert metrics["test_accuracy"] > 0.9, metrics["test_accuracy"]
+# 3 workers: 2 groups in the sum tree, so one worker relays each evaluation to another
+relay_cpu = metrics["solver"]["median_relay_cpu_seconds_per_message"]
+print(f"== compose: a worker relayed the evaluations ({relay_cpu * 1e6:.0f} us per reply)")
+assert relay_cpu, metrics["solver"]
 PY
 log "passed"

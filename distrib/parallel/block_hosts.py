@@ -13,10 +13,14 @@ Rows reach the hosts once, and never through the scheduler: prepared files are r
 on the worker, in-memory rows travel in the load call straight to their worker, and a chunk
 of a Dask array is computed by Dask and adopted by the host of the worker that holds it.
 
+With more than two workers, hosts relay: the first host of each group of the fit's sum tree
+(`distrib.parallel.partial_sums`) forwards each evaluation to the group's other hosts over their
+channels and returns one sum for all of them, so the driver reads about sqrt(workers) replies.
+
 An actor dies with its worker. The driver watches each call; when a host's worker leaves, its
 blocks are loaded again from their source on the live workers and only their part of the
 pending evaluation runs again. Each block's result is the same wherever it is computed and the
-driver sums them in block order, so the fit continues on the same path to the same model.
+sums follow the fit's fixed tree, so the fit continues on the same path to the same model.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ workers: it cannot use more workers than classes, and every worker holds the who
 Here the training rows are cut into blocks, one per worker thread; each block is loaded once
 onto its worker and kept there (no worker holds more than its rows). Each evaluation of the
 objective sends the current coefficients to every block; the worker returns its block's
-softmax loss and gradient (`distrib.linear.softmax`); the driver sums them, adds the L2 term, and
+softmax loss and gradient (`distrib.linear.softmax`), summed in a fixed order
+(`distrib.parallel.partial_sums`); the driver adds the L2 term, and
 SciPy's L-BFGS takes the step, with scikit-learn's options and its ``C`` convention::
 
     mean_i w_i * (logsumexp(z_i) - z_i[y_i]) + ||coef||^2 / (2 * C * sum_i w_i)

@@ -62,18 +62,10 @@ class TrainingData(Protocol):
 
 
 def _row_slice(X: Matrix, y: np.ndarray, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
-    """Rows ``start:stop`` as a fresh, aligned copy (reads only those rows of a map)."""
-    if sp.issparse(X):
-        csr = sp.csr_matrix(X)
-        lo, hi = int(csr.indptr[start]), int(csr.indptr[stop])
-        indptr = np.array(csr.indptr[start : stop + 1], dtype=np.int64) - lo
-        part = sp.csr_matrix(
-            (np.array(csr.data[lo:hi]), np.array(csr.indices[lo:hi]), indptr),
-            shape=(stop - start, csr.shape[1]),
-            copy=False,
-        )
-        return part, np.array(y[start:stop])
-    return np.array(X[start:stop]), np.array(y[start:stop])
+    """Rows ``start:stop`` as a fresh copy (of a memory-mapped CSR matrix, scipy reads only
+    those rows)."""
+    rows = sp.csr_matrix(X)[start:stop] if sp.issparse(X) else np.array(X[start:stop])
+    return rows, np.array(y[start:stop])
 
 
 def file_signature(path: str) -> tuple[int, int] | None:

@@ -45,7 +45,7 @@ from distrib.data.datasets import load_dataset
 from distrib.data.split import split_arrays
 from distrib.errors import ConfigError, OutputError
 from distrib.files import write_json
-from distrib.parallel.cluster import connect, package_versions, start_local_cluster, worker_infos
+from distrib.parallel.cluster import connect, package_versions, worker_infos
 from distrib.parallel.dispatch import fit_binary_classifiers
 from distrib.parallel.transfer import InMemoryArrays, choose_layout, density_of, matrix_nbytes
 from distrib.run.coordination import relay_level
@@ -123,19 +123,18 @@ def machine() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _cluster(workers: int, scheduler: str | None) -> Iterator[tuple[Client, float]]:
+    """A client of ``workers`` fresh local workers (or of ``scheduler``'s cluster, once it
+    has that many), and the seconds it took."""
     started = time.perf_counter()
-    if scheduler:
-        with connect(ClusterConfig(scheduler=scheduler, wait_workers=workers)) as client:
-            yield client, time.perf_counter() - started
-        return
-    cluster = start_local_cluster(workers)
-    client = Client(cluster, set_as_default=False)
-    try:
-        client.wait_for_workers(workers, timeout=120)
+    config = ClusterConfig(
+        scheduler=scheduler,
+        workers=workers,
+        wait_workers=workers,
+        worker_timeout=120.0,
+        dashboard_address=":0",  # fresh clusters one after another: never a port clash
+    )
+    with connect(config) as client:
         yield client, time.perf_counter() - started
-    finally:
-        client.close(timeout=10)
-        cluster.close(timeout=10)
 
 
 @dataclasses.dataclass(frozen=True)
