@@ -11,27 +11,17 @@ Two strategies fit the same kind of model (`distrib.linear.model.LinearModel`):
 
 Prediction works on numpy arrays, SciPy sparse matrices and Dask arrays (lazy and chunked, so
 a test set larger than memory streams through the workers). Models are saved as
-``model.npz`` + ``model.json`` (`save` / `load`), never pickled. ``distrib train`` fits
-through this same class (`DaskLogisticRegression.fit_training_data`).
+``model.npz`` + ``model.json`` (`save` / `load`), never pickled. The fit itself is
+`distrib.parallel.fitting`'s, which ``distrib train`` calls too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dask.array as da
 import numpy as np
-from joblib import parallel_config
-from joblib._dask import DaskDistributedBackend
-from joblib.parallel import get_active_backend
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -40,146 +30,15 @@ from distrib.config import ESTIMATOR_PARAMS, SETTINGS, TrainConfig
 from distrib.errors import DataError, OutputError
 from distrib.linear.model import LinearModel
 from distrib.parallel.block_hosts import ClusterBlocks
-from distrib.parallel.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
-from distrib.parallel.multinomial import (
-    BlockRunner,
-    LocalBlocks,
-    SoftmaxFit,
-    fit_softmax,
-    objective_weights,
+from distrib.parallel.fitting import (
+    FitOutcome,
+    by_class_index,
+    current_client,
+    fit_multinomial,
+    fit_training_data,
 )
-from distrib.parallel.reduce import reduce_fits
-from distrib.parallel.transfer import (
-    ArrayFiles,
-    InMemoryArrays,
-    TrainingData,
-    release_aligned,
-    workers_blind_to,
-    write_in_memory,
-)
-
-
-@dataclass
-class FitHooks:
-    """How ``distrib train`` follows a fit (all optional).
-
-    Attributes
-    ----------
-    log : callable
-        Receives one-line progress messages.
-    on_binary_fit : callable
-        ``ovr``: called with each class's `BinaryFit` as it arrives (checkpoints).
-    done : dict
-        ``ovr``: classes already fitted (from checkpoints), not dispatched again.
-    run_id : str
-        Names the fit in the workers' events (retry and block-load records).
-    """
-
-    log: Callable[[str], None] | None = None
-    on_binary_fit: Callable[[BinaryFit], None] | None = None
-    done: dict[int, BinaryFit] = field(default_factory=dict)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    def say(self, message: str) -> None:
-        if self.log is not None:
-            self.log(message)
-
-
-def _current_client() -> Any:
-    """The client of the caller's joblib dask backend, else the current Dask client."""
-    active, _ = get_active_backend()
-    if isinstance(active, DaskDistributedBackend):
-        return active.client
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except (ImportError, ValueError):
-        return None
-
-
-def _inside_a_dask_task() -> bool:
-    """Whether this code runs as (part of) a task on a Dask worker."""
-    try:
-        from distributed.worker import thread_state
-    except ImportError:
-        return False
-    return getattr(thread_state, "key", None) is not None
-
-
-@contextlib.contextmanager
-def _shared_rows(client: Any, data: TrainingData) -> Iterator[ArrayFiles | None]:
-    """In-memory rows written once to a temporary folder, if every worker of ``client``
-    sees that folder as this process does (workers on this machine): tasks then open them
-    by path, as ``distrib train`` does, instead of receiving them. None otherwise; the
-    folder is removed on exit."""
-    if not isinstance(data, InMemoryArrays):
-        yield None
-        return
-    folder = Path(tempfile.mkdtemp(prefix="distrib-rows-"))
-    try:
-        files = write_in_memory(data, folder)
-        yield None if workers_blind_to(client, files) else files
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _ovr_backend(client: Any, data: TrainingData) -> Iterator[tuple[TrainingData, str]]:
-    """Where the binary fits run, and the rows as they reach them (with how: ``path``,
-    ``scatter`` or ``here``).
-
-    Inside a Dask task: in this thread. Else on the client of the caller's dask backend if
-    set, else on ``client``, else on joblib's backend as is. In-memory rows go by path to
-    workers on this machine, else are scattered once to every worker (never inside the
-    tasks)."""
-    if _inside_a_dask_task():
-        # Nested in a task (a search run by the dask joblib backend): tasks of its own
-        # could wait for threads that the search's other tasks hold (1 thread: forever).
-        with parallel_config(backend="sequential"):
-            yield data, "here"
-        return
-    active, _ = get_active_backend()
-    if isinstance(active, DaskDistributedBackend):  # the caller's cluster, rows sent our way
-        client = active.client
-    if client is None:
-        yield data, "here"
-        return
-    with _shared_rows(client, data) as files:
-        if files is not None:
-            with parallel_config(backend=cluster_backend(client)):
-                yield files, "path"
-            return
-    scatter = [data] if isinstance(data, InMemoryArrays) else None
-    try:
-        with parallel_config(backend=cluster_backend(client, scatter=scatter)):
-            yield data, "scatter" if scatter else "path"
-    finally:
-        if scatter is not None:
-            with contextlib.suppress(Exception):
-                client.run(release_aligned, data.token)  # type: ignore[attr-defined]
-
-
-def check_class_weight_labels(class_weight: dict[Any, float], labels: np.ndarray) -> None:
-    """Refuse a class weight dict that names a label the data does not have."""
-    unknown = [k for k in class_weight if k not in set(labels.tolist())]
-    if unknown:
-        raise DataError(
-            f"class_weight names {unknown}, which are not classes of y "
-            f"({labels.tolist()}): key the dict by y's labels"
-        )
-
-
-def _by_class_index(
-    class_weight: str | dict[Any, float] | None, labels: np.ndarray
-) -> str | dict[int, float] | None:
-    """``class_weight`` with a dict's keys turned from ``labels``' values into their
-    indices (checked first); anything else as it is."""
-    if not isinstance(class_weight, dict):
-        return class_weight
-    check_class_weight_labels(class_weight, labels)
-    index = {label: i for i, label in enumerate(labels.tolist())}
-    return {index[k]: float(v) for k, v in class_weight.items()}
+from distrib.parallel.multinomial import objective_weights
+from distrib.parallel.transfer import InMemoryArrays
 
 
 class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
@@ -280,11 +139,14 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
         weights = self._check_weights(sample_weight, X)
         classes, encoded = self._encode(y)
-        class_weight = _by_class_index(self.class_weight, classes)
         data = InMemoryArrays(X, encoded, weights)
-        self.fit_training_data(data, np.arange(len(classes)), class_weight=class_weight)
-        self.classes_ = classes
-        self._relabel_records(classes)
+        outcome = fit_training_data(
+            data,
+            np.arange(len(classes)),
+            self._config(),
+            class_weight=by_class_index(self.class_weight, classes),
+        )
+        self._take(outcome, classes, int(X.shape[1]))
         return self
 
     @staticmethod
@@ -303,141 +165,6 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
             )
         return classes, encoded.astype(np.int64)
 
-    def _relabel_records(self, classes: np.ndarray) -> None:
-        for record in self.fit_records_:
-            if "label" in record:
-                record["label"] = classes[record["label"]]
-
-    def fit_training_data(
-        self,
-        data: TrainingData,
-        labels: np.ndarray,
-        *,
-        client: Any = None,
-        hooks: FitHooks | None = None,
-        class_weight: str | dict[int, float] | None = None,
-    ) -> DaskLogisticRegression:
-        """Fit on training data already in distrib's transfer form (what ``fit`` and
-        ``distrib train`` both call).
-
-        Parameters
-        ----------
-        data : TrainingData
-            `distrib.parallel.transfer.ArrayFiles` (workers open the files by path) or
-            `distrib.parallel.transfer.InMemoryArrays` (sent by value).
-        labels : ndarray
-            The sorted values found in ``data``'s labels; they become ``classes_``.
-        client : distributed.Client, optional
-            Default: the caller's joblib dask backend, else the current client, else none
-            (``ovr`` then runs on joblib's active backend, ``multinomial`` in this process).
-        hooks : FitHooks, optional
-            Progress, per-class checkpoints and resume (``distrib train``).
-        class_weight : "balanced" or dict, optional
-            Overrides the ``class_weight`` parameter, a dict keyed by ``labels``' values.
-        """
-        config = self._config()
-        hooks = hooks or FitHooks()
-        client = client if client is not None else _current_client()
-        labels = np.asarray(labels)
-        class_weight = class_weight if class_weight is not None else config.class_weight
-        if isinstance(class_weight, dict):
-            check_class_weight_labels(class_weight, labels)
-        self.n_features_in_ = int(data.shape[1])
-        if self.strategy == "ovr":
-            self._fit_ovr(data, labels, config, client, hooks, class_weight)
-        else:
-            y = np.asarray(data.arrays()[1])
-            codes = np.searchsorted(labels, y)
-            by_index = _by_class_index(class_weight, labels)
-            weights = objective_weights(codes, len(labels), by_index, data.weights(0, len(codes)))
-            runner: BlockRunner
-            if client is None or _inside_a_dask_task():
-                # Nested in a task (a search run by the dask joblib backend): its thread is
-                # the one this fit may use; actors of its own could wait for a thread that
-                # the search's other tasks hold (a deadlock with every thread taken).
-                runner = LocalBlocks(data, labels)
-            else:
-                runner = ClusterBlocks.from_training_data(client, data, labels, run_id=hooks.run_id)
-            self._fit_multinomial(runner, len(labels), weights, config, hooks)
-        self.classes_ = labels
-        return self
-
-    def _fit_ovr(
-        self,
-        data: TrainingData,
-        labels: np.ndarray,
-        config: TrainConfig,
-        client: Any,
-        hooks: FitHooks,
-        class_weight: str | dict[int, float] | None,
-    ) -> None:
-        positives = [int(labels[1])] if len(labels) == 2 else [int(c) for c in labels]
-        todo = [c for c in positives if c not in hooks.done]
-        fits: list[BinaryFit] = []
-        transfer = "none"
-        if todo:
-            with _ovr_backend(client, data) as (data, transfer):
-                fits = fit_binary_classifiers(
-                    data,
-                    todo,
-                    {**config.estimator_params(), "class_weight": class_weight},
-                    on_fit=hooks.on_binary_fit,
-                    run_id=hooks.run_id,
-                )
-        coef, intercept, records = reduce_fits([*hooks.done.values(), *fits], np.asarray(positives))
-        for record in records:
-            record["from_checkpoint"] = record["label"] in hooks.done
-        self.coef_ = coef
-        self.intercept_ = intercept
-        self.n_iter_ = np.array([r["n_iter"] for r in records])
-        self.fit_records_ = records
-        self.solver_ = {"strategy": "ovr", "transfer": transfer}
-
-    def _fit_multinomial(
-        self,
-        runner: BlockRunner,
-        n_classes: int,
-        weights: tuple[np.ndarray | None, float],
-        config: TrainConfig,
-        hooks: FitHooks,
-    ) -> None:
-        """``weights``: each class's weight and the rows' total (`objective_weights`)."""
-        every = 10  # a line per ten iterations: ~0.5 s apart on full MNIST, 2 workers
-
-        def on_iteration(iteration: int, loss: float) -> None:
-            if iteration % every == 0 or iteration in (1, config.max_iter):
-                hooks.say(f"[{iteration}/{config.max_iter}] L-BFGS iteration, loss {loss:.6f}")
-
-        try:
-            runner.wait_loaded()
-            blocks = runner.describe()
-            hooks.say(
-                f"{len(blocks)} row block(s) on {len({b['worker'] for b in blocks})} worker(s); "
-                f"L-BFGS over their summed softmax loss (at most {config.max_iter} iterations)"
-            )
-            fit: SoftmaxFit = fit_softmax(
-                runner,
-                n_features=self.n_features_in_,
-                n_classes=n_classes,
-                weight_sum=weights[1],
-                C=config.C,
-                tol=config.tol,
-                max_iter=config.max_iter,
-                fit_intercept=config.fit_intercept,
-                class_weights=weights[0],
-                on_iteration=on_iteration,
-            )
-            blocks = runner.describe()
-        finally:
-            runner.release()
-        if not fit.converged:
-            hooks.say(f"L-BFGS stopped before convergence ({fit.message}): raise --max-iter")
-        self.coef_ = fit.coef
-        self.intercept_ = fit.intercept
-        self.n_iter_ = np.array([fit.n_iter])
-        self.fit_records_ = blocks
-        self.solver_ = fit.record()
-
     def _fit_dask_multinomial(
         self, X: da.Array, y: Any, sample_weight: Any = None
     ) -> DaskLogisticRegression:
@@ -451,21 +178,33 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         if y.ndim != 1 or len(y) != X.shape[0]:
             raise DataError(f"y has shape {y.shape}, X has {X.shape[0]} rows: they must match")
         classes, encoded = self._encode(y)
-        client = _current_client()
+        client = current_client()
         if client is None:
             X = X.compute()
             return self.fit(X, y, sample_weight)
         weights = self._check_weights(sample_weight, np.empty((len(y), 0)))
-        config = self._config()
-        self.n_features_in_ = int(X.shape[1])
-        class_weight = _by_class_index(self.class_weight, classes)
+        class_weight = by_class_index(self.class_weight, classes)
         objective = objective_weights(encoded, len(classes), class_weight, weights)
         runner = ClusterBlocks.from_dask_array(
             client, X, encoded, np.arange(len(classes)), sample_weight=weights
         )
-        self._fit_multinomial(runner, len(classes), objective, config, FitHooks())
-        self.classes_ = classes
+        n_features = int(X.shape[1])
+        outcome = fit_multinomial(runner, n_features, len(classes), objective, self._config())
+        self._take(outcome, classes, n_features)
         return self
+
+    def _take(self, outcome: FitOutcome, classes: np.ndarray, n_features: int) -> None:
+        """Set the fitted attributes from ``outcome`` (fitted on class indices)."""
+        self.classes_ = classes
+        self.coef_ = outcome.coef
+        self.intercept_ = outcome.intercept
+        self.n_iter_ = outcome.n_iter
+        self.n_features_in_ = n_features
+        self.fit_records_ = outcome.records
+        for record in self.fit_records_:
+            if "label" in record:
+                record["label"] = classes[record["label"]]
+        self.solver_ = outcome.solver
 
     # --- prediction -------------------------------------------------------------------
 

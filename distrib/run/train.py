@@ -22,7 +22,7 @@ from distrib.config import TrainConfig
 from distrib.data.datasets import Dataset, data_home, load_dataset
 from distrib.data.split import SplitArrays, check_labels, split_arrays
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
-from distrib.estimator import DaskLogisticRegression, FitHooks, check_class_weight_labels
+from distrib.estimator import DaskLogisticRegression
 from distrib.files import write_json
 from distrib.linear.model import LinearModel
 from distrib.parallel.cluster import (
@@ -33,6 +33,12 @@ from distrib.parallel.cluster import (
     worker_infos,
 )
 from distrib.parallel.dispatch import ATTEMPT_TOPIC, BinaryFit
+from distrib.parallel.fitting import (
+    FitHooks,
+    FitOutcome,
+    check_class_weight_labels,
+    fit_training_data,
+)
 from distrib.parallel.multinomial import block_loads
 from distrib.parallel.transfer import (
     TRANSFER_MODES,
@@ -167,16 +173,16 @@ def _warm_up() -> None:
 
 
 def _fit(
-    estimator: DaskLogisticRegression,
+    config: TrainConfig,
     client: Client,
     data: TrainingData,
     classes: np.ndarray,
     hooks: FitHooks,
     checkpoints: Checkpoints,
     folder: Path,
-) -> None:
-    """Fit through the estimator; name what went wrong in the terms of this run."""
-    if estimator.strategy == "ovr":
+) -> FitOutcome:
+    """Fit; name what went wrong in the terms of this run."""
+    if config.strategy == "ovr":
         hint = (
             f"{{}} class(es) are checkpointed in {checkpoints.folder}; run "
             f"`distrib train --resume {folder}` to fit only the rest"
@@ -185,9 +191,9 @@ def _fit(
         hint = f"run `distrib train --resume {folder}` to start the multinomial fit again"
     n_done = len(hooks.done)
     try:
-        estimator.fit_training_data(data, classes, client=client, hooks=hooks)
+        return fit_training_data(data, classes, config, client=client, hooks=hooks)
     except KilledWorker as exc:
-        if estimator.strategy == "ovr":
+        if config.strategy == "ovr":
             saved = checkpoints.load()
             n_done = len(saved)
             attempts = _attempts(client, hooks.run_id)
@@ -211,7 +217,7 @@ def _fit(
     except (CancelledError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         address = getattr(client.scheduler, "address", "?")
-        n_done = len(checkpoints.load()) if estimator.strategy == "ovr" else 0
+        n_done = len(checkpoints.load()) if config.strategy == "ovr" else 0
         raise ClusterError(
             f"lost the Dask scheduler at {address} during the fit ({reason}); "
             f"{hint.format(n_done)} once it is back"
@@ -383,7 +389,6 @@ def _run(
         layout = files.layout
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
 
-    estimator = DaskLogisticRegression(**config.model_settings())
     with contextlib.ExitStack() as stack:
         if client is None:
             with phase("connect"):
@@ -422,9 +427,9 @@ def _run(
                 say("resuming: a multinomial fit has no per-class checkpoints; fitting it again")
             say(f"fitting one multinomial model on {cluster_info['workers']} workers")
         with phase("fit"):
-            _fit(estimator, client, data, classes, hooks, checkpoints, folder)
+            outcome = _fit(config, client, data, classes, hooks, checkpoints, folder)
         with phase("reduce"):
-            records = estimator.fit_records_
+            records = outcome.records
             if config.strategy == "ovr":
                 retries = _retries(client, hooks.run_id, records)
                 for record in records:
@@ -432,7 +437,7 @@ def _run(
             else:
                 _add_block_loads(client, hooks.run_id, records)
 
-    model = estimator.to_model()
+    model = LinearModel(outcome.coef, outcome.intercept, classes, config.strategy)
     with phase("evaluate"):
         train_pred = model.predict(files.arrays()[0])
         test_pred = model.predict(test_files.arrays()[0])
@@ -458,12 +463,17 @@ def _run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with phase("write"):
-        estimator.save(folder, model_info)
+        estimator = {  # what `DaskLogisticRegression.load` reads back
+            "estimator": DaskLogisticRegression.__name__,
+            "estimator_params": config.model_settings(),
+            "n_iter": outcome.n_iter.tolist(),
+        }
+        model.save(folder, {**estimator, **model_info})
         _save_images(folder, dataset, parts, metrics)
     metrics = {
         **metrics,
         "fits": records,
-        "solver": estimator.solver_,
+        "solver": outcome.solver,
         "settings": config.to_dict(),
         "data": data_info,
         "cluster": cluster_info,

@@ -1,0 +1,326 @@
+"""The fit itself, both strategies, on training data in distrib's transfer form.
+
+What `distrib.estimator.DaskLogisticRegression` and ``distrib train`` both call: the
+estimator with its users' arrays, the training job with its prepared files, checkpoints and
+progress. The job follows the fit through `FitHooks` (progress lines, each class's binary fit
+as it arrives, classes already fitted, the name of the fit in the workers' events); the fit
+returns a `FitOutcome` and keeps no state.
+
+* ``ovr``: one binary `LogisticRegression` per class, each a joblib task: on the Dask cluster
+  the caller chose with ``parallel_config(backend="dask")``, else on the given (or current)
+  Dask client, else on whatever joblib backend is active (in this process by default).
+* ``multinomial``: the rows cut into blocks held by the workers, a driver-side L-BFGS over
+  their summed losses and gradients (`distrib.parallel.multinomial`); in this process
+  without a Dask client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from joblib import parallel_config
+from joblib._dask import DaskDistributedBackend
+from joblib.parallel import get_active_backend
+
+from distrib.config import TrainConfig
+from distrib.errors import DataError
+from distrib.parallel.block_hosts import ClusterBlocks
+from distrib.parallel.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
+from distrib.parallel.multinomial import (
+    BlockRunner,
+    LocalBlocks,
+    SoftmaxFit,
+    fit_softmax,
+    objective_weights,
+)
+from distrib.parallel.reduce import reduce_fits
+from distrib.parallel.transfer import (
+    ArrayFiles,
+    InMemoryArrays,
+    TrainingData,
+    release_aligned,
+    workers_blind_to,
+    write_in_memory,
+)
+
+
+@dataclass
+class FitOutcome:
+    """A finished fit.
+
+    Attributes
+    ----------
+    coef : ndarray of shape (n_classes, n_features), or (1, n_features) for two classes
+    intercept : ndarray
+    n_iter : ndarray
+        ``ovr``: iterations of each binary fit; ``multinomial``: one entry (L-BFGS).
+    records : list of dict
+        ``ovr``: per binary fit (label, iterations, convergence, seconds, worker, times,
+        ``from_checkpoint``); ``multinomial``: per row block (key, first row, rows, worker).
+    solver : dict
+        ``multinomial``: iterations, evaluations, convergence, time per evaluation;
+        ``ovr``: how the rows reached the fits.
+    """
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    n_iter: np.ndarray
+    records: list[dict[str, Any]]
+    solver: dict[str, Any]
+
+
+@dataclass
+class FitHooks:
+    """How ``distrib train`` follows a fit (all optional).
+
+    Attributes
+    ----------
+    log : callable
+        Receives one-line progress messages.
+    on_binary_fit : callable
+        ``ovr``: called with each class's `BinaryFit` as it arrives (checkpoints).
+    done : dict
+        ``ovr``: classes already fitted (from checkpoints), not dispatched again.
+    run_id : str
+        Names the fit in the workers' events (retry and block-load records).
+    """
+
+    log: Callable[[str], None] | None = None
+    on_binary_fit: Callable[[BinaryFit], None] | None = None
+    done: dict[int, BinaryFit] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+
+def current_client() -> Any:
+    """The client of the caller's joblib dask backend, else the current Dask client."""
+    active, _ = get_active_backend()
+    if isinstance(active, DaskDistributedBackend):
+        return active.client
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def inside_a_dask_task() -> bool:
+    """Whether this code runs as (part of) a task on a Dask worker."""
+    try:
+        from distributed.worker import thread_state
+    except ImportError:
+        return False
+    return getattr(thread_state, "key", None) is not None
+
+
+@contextlib.contextmanager
+def _shared_rows(client: Any, data: TrainingData) -> Iterator[ArrayFiles | None]:
+    """In-memory rows written once to a temporary folder, if every worker of ``client``
+    sees that folder as this process does (workers on this machine): tasks then open them
+    by path, as ``distrib train`` does, instead of receiving them. None otherwise; the
+    folder is removed on exit."""
+    if not isinstance(data, InMemoryArrays):
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="distrib-rows-"))
+    try:
+        files = write_in_memory(data, folder)
+        yield None if workers_blind_to(client, files) else files
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _ovr_backend(client: Any, data: TrainingData) -> Iterator[tuple[TrainingData, str]]:
+    """Where the binary fits run, and the rows as they reach them (with how: ``path``,
+    ``scatter`` or ``here``).
+
+    Inside a Dask task: in this thread. Else on the client of the caller's dask backend if
+    set, else on ``client``, else on joblib's backend as is. In-memory rows go by path to
+    workers on this machine, else are scattered once to every worker (never inside the
+    tasks)."""
+    if inside_a_dask_task():
+        # Nested in a task (a search run by the dask joblib backend): tasks of its own
+        # could wait for threads that the search's other tasks hold (1 thread: forever).
+        with parallel_config(backend="sequential"):
+            yield data, "here"
+        return
+    active, _ = get_active_backend()
+    if isinstance(active, DaskDistributedBackend):  # the caller's cluster, rows sent our way
+        client = active.client
+    if client is None:
+        yield data, "here"
+        return
+    with _shared_rows(client, data) as files:
+        if files is not None:
+            with parallel_config(backend=cluster_backend(client)):
+                yield files, "path"
+            return
+    scatter = [data] if isinstance(data, InMemoryArrays) else None
+    try:
+        with parallel_config(backend=cluster_backend(client, scatter=scatter)):
+            yield data, "scatter" if scatter else "path"
+    finally:
+        if scatter is not None:
+            with contextlib.suppress(Exception):
+                client.run(release_aligned, data.token)  # type: ignore[attr-defined]
+
+
+def check_class_weight_labels(class_weight: dict[Any, float], labels: np.ndarray) -> None:
+    """Refuse a class weight dict that names a label the data does not have."""
+    unknown = [k for k in class_weight if k not in set(labels.tolist())]
+    if unknown:
+        raise DataError(
+            f"class_weight names {unknown}, which are not classes of y "
+            f"({labels.tolist()}): key the dict by y's labels"
+        )
+
+
+def by_class_index(
+    class_weight: str | dict[Any, float] | None, labels: np.ndarray
+) -> str | dict[int, float] | None:
+    """``class_weight`` with a dict's keys turned from ``labels``' values into their
+    indices (checked first); anything else as it is."""
+    if not isinstance(class_weight, dict):
+        return class_weight
+    check_class_weight_labels(class_weight, labels)
+    index = {label: i for i, label in enumerate(labels.tolist())}
+    return {index[k]: float(v) for k, v in class_weight.items()}
+
+
+def fit_training_data(
+    data: TrainingData,
+    labels: np.ndarray,
+    config: TrainConfig,
+    *,
+    client: Any = None,
+    hooks: FitHooks | None = None,
+    class_weight: str | dict[int, float] | None = None,
+) -> FitOutcome:
+    """Fit ``config``'s model on ``data``.
+
+    Parameters
+    ----------
+    data : TrainingData
+        `distrib.parallel.transfer.ArrayFiles` (workers open the files by path) or
+        `distrib.parallel.transfer.InMemoryArrays` (sent by value).
+    labels : ndarray
+        The sorted values found in ``data``'s labels.
+    config : TrainConfig
+        The model's settings (strategy, C, tol, ...).
+    client : distributed.Client, optional
+        Default: the caller's joblib dask backend, else the current client, else none
+        (``ovr`` then runs on joblib's active backend, ``multinomial`` in this process).
+    hooks : FitHooks, optional
+        Progress, per-class checkpoints and resume.
+    class_weight : "balanced" or dict, optional
+        Overrides ``config.class_weight``; a dict keyed by ``labels``' values.
+    """
+    hooks = hooks or FitHooks()
+    client = client if client is not None else current_client()
+    labels = np.asarray(labels)
+    class_weight = class_weight if class_weight is not None else config.class_weight
+    if isinstance(class_weight, dict):
+        check_class_weight_labels(class_weight, labels)
+    if config.strategy == "ovr":
+        return _fit_ovr(data, labels, config, client, hooks, class_weight)
+    y = np.asarray(data.arrays()[1])
+    codes = np.searchsorted(labels, y)
+    by_index = by_class_index(class_weight, labels)
+    weights = objective_weights(codes, len(labels), by_index, data.weights(0, len(codes)))
+    runner: BlockRunner
+    if client is None or inside_a_dask_task():
+        # Nested in a task (a search run by the dask joblib backend): its thread is the one
+        # this fit may use; actors of its own could wait for a thread that the search's
+        # other tasks hold (a deadlock with every thread taken).
+        runner = LocalBlocks(data, labels)
+    else:
+        runner = ClusterBlocks.from_training_data(client, data, labels, run_id=hooks.run_id)
+    return fit_multinomial(runner, int(data.shape[1]), len(labels), weights, config, hooks)
+
+
+def _fit_ovr(
+    data: TrainingData,
+    labels: np.ndarray,
+    config: TrainConfig,
+    client: Any,
+    hooks: FitHooks,
+    class_weight: str | dict[int, float] | None,
+) -> FitOutcome:
+    positives = [int(labels[1])] if len(labels) == 2 else [int(c) for c in labels]
+    todo = [c for c in positives if c not in hooks.done]
+    fits: list[BinaryFit] = []
+    transfer = "none"
+    if todo:
+        with _ovr_backend(client, data) as (data, transfer):
+            fits = fit_binary_classifiers(
+                data,
+                todo,
+                {**config.estimator_params(), "class_weight": class_weight},
+                on_fit=hooks.on_binary_fit,
+                run_id=hooks.run_id,
+            )
+    coef, intercept, records = reduce_fits([*hooks.done.values(), *fits], np.asarray(positives))
+    for record in records:
+        record["from_checkpoint"] = record["label"] in hooks.done
+    n_iter = np.array([r["n_iter"] for r in records])
+    return FitOutcome(coef, intercept, n_iter, records, {"strategy": "ovr", "transfer": transfer})
+
+
+def fit_multinomial(
+    runner: BlockRunner,
+    n_features: int,
+    n_classes: int,
+    weights: tuple[np.ndarray | None, float],
+    config: TrainConfig,
+    hooks: FitHooks | None = None,
+) -> FitOutcome:
+    """The multinomial fit over ``runner``'s blocks (released at the end).
+
+    ``weights``: each class's weight and the rows' total
+    (`distrib.parallel.multinomial.objective_weights`).
+    """
+    hooks = hooks or FitHooks()
+    every = 10  # a line per ten iterations: ~0.5 s apart on full MNIST, 2 workers
+
+    def on_iteration(iteration: int, loss: float) -> None:
+        if iteration % every == 0 or iteration in (1, config.max_iter):
+            hooks.say(f"[{iteration}/{config.max_iter}] L-BFGS iteration, loss {loss:.6f}")
+
+    try:
+        runner.wait_loaded()
+        blocks = runner.describe()
+        hooks.say(
+            f"{len(blocks)} row block(s) on {len({b['worker'] for b in blocks})} worker(s); "
+            f"L-BFGS over their summed softmax loss (at most {config.max_iter} iterations)"
+        )
+        fit: SoftmaxFit = fit_softmax(
+            runner,
+            n_features=n_features,
+            n_classes=n_classes,
+            weight_sum=weights[1],
+            C=config.C,
+            tol=config.tol,
+            max_iter=config.max_iter,
+            fit_intercept=config.fit_intercept,
+            class_weights=weights[0],
+            on_iteration=on_iteration,
+        )
+        blocks = runner.describe()
+    finally:
+        runner.release()
+    if not fit.converged:
+        hooks.say(f"L-BFGS stopped before convergence ({fit.message}): raise --max-iter")
+    return FitOutcome(fit.coef, fit.intercept, np.array([fit.n_iter]), blocks, fit.record())

@@ -1,0 +1,52 @@
+"""The fit engine's callback interface (what `distrib train` builds checkpoints and progress
+on), in this process: no cluster needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from distrib.config import TrainConfig
+from distrib.parallel.dispatch import BinaryFit
+from distrib.parallel.fitting import FitHooks, fit_training_data
+from distrib.parallel.transfer import InMemoryArrays
+
+
+@pytest.fixture(scope="module")
+def digits() -> InMemoryArrays:
+    X, y = load_digits(return_X_y=True)
+    return InMemoryArrays((X / 16).astype(np.float32), y)
+
+
+def test_ovr_reports_each_fit_and_skips_the_classes_already_done(digits) -> None:
+    config = TrainConfig(dataset="digits")
+    labels = np.arange(10)
+    arrived: list[BinaryFit] = []
+    first = fit_training_data(digits, labels, config, hooks=FitHooks(on_binary_fit=arrived.append))
+    assert sorted(f.label for f in arrived) == list(range(10))
+    assert not any(r["from_checkpoint"] for r in first.records)
+
+    done = {f.label: f for f in arrived if f.label in (0, 4, 7)}
+    again: list[BinaryFit] = []
+    hooks = FitHooks(on_binary_fit=again.append, done=done)
+    resumed = fit_training_data(digits, labels, config, hooks=hooks)
+    assert sorted(f.label for f in again) == [1, 2, 3, 5, 6, 8, 9], "done classes not refit"
+    assert [r["label"] for r in resumed.records if r["from_checkpoint"]] == [0, 4, 7]
+    np.testing.assert_array_equal(resumed.coef, first.coef)
+    np.testing.assert_array_equal(resumed.intercept, first.intercept)
+    assert resumed.solver == {"strategy": "ovr", "transfer": "here"}
+
+
+def test_multinomial_logs_its_progress_and_returns_its_blocks_and_solver(digits) -> None:
+    lines: list[str] = []
+    config = TrainConfig(dataset="digits", strategy="multinomial", max_iter=30)
+    outcome = fit_training_data(digits, np.arange(10), config, hooks=FitHooks(log=lines.append))
+    assert lines[0].startswith("1 row block(s) on 1 worker(s)")
+    assert any(line.startswith("[10/30] L-BFGS iteration") for line in lines)
+    assert lines[-1].startswith("L-BFGS stopped before convergence"), lines[-1]
+    assert outcome.coef.shape == (10, 64) and outcome.n_iter.tolist() == [30]
+    assert outcome.records == [
+        {"start": 0, "rows": 1797, "worker": "local", "copies": 1, "calls": "in process"}
+    ]
+    assert outcome.solver["n_iter"] == 30 and not outcome.solver["converged"]
