@@ -6,7 +6,7 @@ from distrib._version import __version__
 from distrib.config import ClusterConfig, TrainConfig
 from distrib.data.datasets import Dataset, fetch_mnist, load_dataset
 from distrib.errors import ClusterError, ConfigError, DataError, DistribError, OutputError
-from distrib.estimator import DaskLogisticRegression, DaskOneVsRestClassifier
+from distrib.estimator import DaskLogisticRegression
 from distrib.linear.model import LinearModel
 from distrib.run.train import RunResult, train
 
@@ -15,7 +15,6 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "DaskLogisticRegression",
-    "DaskOneVsRestClassifier",
     "DataError",
     "Dataset",
     "DistribError",

@@ -24,6 +24,7 @@ from distrib.config import (
 )
 from distrib.errors import ConfigError, DistribError
 from distrib.parallel.transfer import TRANSFER_MODES
+from distrib.report.bench_format import STRATEGY_KEYS
 
 
 def _log(message: str) -> None:
@@ -322,12 +323,9 @@ def bench(
         strategies=[part.strip() for part in strategies_text.split(",") if part.strip()],
         log=None if quiet else _log,
     )
-    for name, key, scaling_key in (
-        ("ovr", "distrib", "scaling"),
-        ("multinomial", "multinomial", "multinomial_scaling"),
-    ):
-        for k, run in report.get(key, {}).items():
-            scaling = report[scaling_key][k]
+    for name, keys in STRATEGY_KEYS.items():
+        for k, run in report.get(keys.runs, {}).items():
+            scaling = report[keys.scaling][k]
             click.echo(
                 f"{name}, {k} worker(s): wall {run['median_wall']:.2f} s, fit "
                 f"{run['median_fit']:.2f} s, speedup {scaling['speedup_wall']:.2f} "
@@ -339,7 +337,7 @@ def bench(
     for k, ratio in report.get("sklearn_multinomial", {}).get("fit_over_sklearn", {}).items():
         click.echo(f"distrib multinomial, {k} worker(s), fit over scikit-learn's: {ratio:.2f}x")
     for k, ratio in report.get("fit_vs_dask_ml", {}).items():
-        run = report["distrib"][k]["dask_ml"]
+        run = report[STRATEGY_KEYS["ovr"].runs][k]["dask_ml"]
         click.echo(
             f"dask-ml one-vs-rest, {k} worker(s): fit {run['median_fit']:.2f} s "
             f"({ratio:.1f}x distrib ovr's), test accuracy {run['test_accuracy']:.4f}"

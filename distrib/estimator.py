@@ -292,7 +292,3 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         estimator.fit_records_ = []
         estimator.saved_metadata_ = meta
         return estimator
-
-
-#: The name this estimator had when it fitted one-vs-rest only (distrib 0.1).
-DaskOneVsRestClassifier = DaskLogisticRegression

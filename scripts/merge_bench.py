@@ -10,22 +10,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import astuple
 from pathlib import Path
 
 from distrib.files import write_json
+from distrib.report.bench_format import STRATEGY_KEYS
 from distrib.report.plots import plot_bench
 from distrib.run.bench import project, project_multinomial, speedups
 
-# per strategy: its runs, scaling, memory and projection keys in bench.json
-STRATEGY_KEYS = {
-    "ovr": ("distrib", "scaling", "memory", "projection"),
-    "multinomial": (
-        "multinomial",
-        "multinomial_scaling",
-        "multinomial_memory",
-        "multinomial_projection",
-    ),
-}
 PROJECT = {"ovr": project, "multinomial": project_multinomial}
 
 
@@ -35,9 +27,10 @@ def main(argv: list[str]) -> int:
         return 2
     out, paths = Path(argv[0]), [Path(p) for p in argv[1:]]
     reports = [json.loads(p.read_text()) for p in paths]
-    per_strategy = {key for keys in STRATEGY_KEYS.values() for key in keys}
+    per_strategy = {key for keys in STRATEGY_KEYS.values() for key in astuple(keys)}
     merged = {k: v for k, v in reports[0].items() if k not in per_strategy}
-    for strategy, (runs_key, scaling_key, memory_key, projection_key) in STRATEGY_KEYS.items():
+    for strategy, keys in STRATEGY_KEYS.items():
+        runs_key, scaling_key, memory_key, projection_key = astuple(keys)
         if not any(runs_key in r for r in reports):
             continue
         merged[runs_key] = {k: v for r in reports for k, v in r.get(runs_key, {}).items()}

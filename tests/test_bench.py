@@ -107,6 +107,12 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
     assert set(reference["fit_over_sklearn"]) == {"1", "2"}
     assert abs(report["multinomial"]["2"]["test_accuracy"] - reference["test_accuracy"]) < 0.01
     assert len(report["multinomial_projection"]["wall"]) == len(PROJECTION_WORKERS)
+    # one relay level measured on the 2-worker cluster, and used by the projection
+    assert "relay_level" not in report["multinomial"]["1"]
+    level = report["multinomial"]["2"]["relay_level"]
+    assert level["workers"] == 2 and level["relayed_coordination_seconds"] > 0
+    assert report["multinomial_projection"]["relay_level_measured"]
+    assert report["multinomial_projection"]["relay_level_seconds"] == level["level_seconds"]
     # the estimator with the matrix in memory and as a Dask array, against scikit-learn on it
     for k, entry in report["multinomial"].items():
         assert set(entry["estimator"]) == {"numpy", "csr", "dask"}

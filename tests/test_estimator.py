@@ -24,7 +24,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from distrib.data.datasets import load_mnist
 from distrib.errors import ConfigError, OutputError
-from distrib.estimator import DaskLogisticRegression, DaskOneVsRestClassifier
+from distrib.estimator import DaskLogisticRegression
 from distrib.parallel.cluster import worker_infos
 from distrib.parallel.dispatch import cluster_backend
 
@@ -51,7 +51,7 @@ def test_scikit_learn_estimator_checks(estimator, check, on_cluster: Client) -> 
 
 def test_matches_sklearn_one_vs_rest(digits, on_cluster: Client) -> None:
     X_train, X_test, y_train, _ = digits
-    ours = DaskOneVsRestClassifier(C=1.0).fit(X_train, y_train)
+    ours = DaskLogisticRegression(C=1.0).fit(X_train, y_train)
     theirs = OneVsRestClassifier(LogisticRegression(C=1.0, random_state=0)).fit(X_train, y_train)
     np.testing.assert_allclose(ours.coef_, np.vstack([e.coef_ for e in theirs.estimators_]),
                                rtol=1e-6, atol=1e-8)  # fmt: skip
@@ -65,9 +65,9 @@ def test_matches_sklearn_one_vs_rest(digits, on_cluster: Client) -> None:
 
 def test_pipeline_and_grid_search_on_the_cluster(digits, on_cluster: Client) -> None:
     X_train, X_test, y_train, y_test = digits
-    pipe = make_pipeline(StandardScaler(), DaskOneVsRestClassifier())
+    pipe = make_pipeline(StandardScaler(), DaskLogisticRegression())
     assert pipe.fit(X_train, y_train).score(X_test, y_test) > 0.9
-    search = GridSearchCV(DaskOneVsRestClassifier(), {"C": [0.01, 1.0]}, cv=2)
+    search = GridSearchCV(DaskLogisticRegression(), {"C": [0.01, 1.0]}, cv=2)
     search.fit(X_train, y_train)
     assert search.best_params_ == {"C": 1.0}
     assert search.score(X_test, y_test) > 0.9
@@ -75,7 +75,7 @@ def test_pipeline_and_grid_search_on_the_cluster(digits, on_cluster: Client) -> 
 
 def test_dask_array_prediction_is_lazy_and_equal(digits, on_cluster: Client) -> None:
     X_train, X_test, y_train, _ = digits
-    clf = DaskOneVsRestClassifier().fit(X_train, y_train)
+    clf = DaskLogisticRegression().fit(X_train, y_train)
     lazy = clf.predict(da.from_array(X_test, chunks=(100, 64)))
     assert isinstance(lazy, da.Array) and lazy.numblocks == (5,)
     np.testing.assert_array_equal(lazy.compute(), clf.predict(X_test))
@@ -85,9 +85,9 @@ def test_dask_array_prediction_is_lazy_and_equal(digits, on_cluster: Client) -> 
 
 def test_save_load_round_trip_and_tampering(digits, on_cluster: Client, tmp_path: Path) -> None:
     X_train, X_test, y_train, _ = digits
-    clf = DaskOneVsRestClassifier(C=0.5).fit(X_train, y_train)
+    clf = DaskLogisticRegression(C=0.5).fit(X_train, y_train)
     clf.save(tmp_path / "model")
-    loaded = DaskOneVsRestClassifier.load(tmp_path / "model")
+    loaded = DaskLogisticRegression.load(tmp_path / "model")
     assert loaded.get_params() == clf.get_params()
     np.testing.assert_array_equal(loaded.predict(X_test), clf.predict(X_test))
     meta_path = tmp_path / "model" / "model.json"
@@ -95,13 +95,13 @@ def test_save_load_round_trip_and_tampering(digits, on_cluster: Client, tmp_path
     meta["arrays_sha256"]["coef"] = "0" * 64
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(OutputError, match="array 'coef' does not match the digest"):
-        DaskOneVsRestClassifier.load(tmp_path / "model")
+        DaskLogisticRegression.load(tmp_path / "model")
 
 
 def test_string_labels_and_two_classes(on_cluster: Client) -> None:
     X, y = load_digits(n_class=2, return_X_y=True)
     labels = np.where(y == 1, "one", "zero")
-    clf = DaskOneVsRestClassifier().fit(X / 16.0, labels)
+    clf = DaskLogisticRegression().fit(X / 16.0, labels)
     assert clf.coef_.shape == (1, 64) and clf.classes_.tolist() == ["one", "zero"]
     assert set(clf.predict(X / 16.0)) <= {"one", "zero"}
     assert clf.score(X / 16.0, labels) > 0.95

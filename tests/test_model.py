@@ -76,6 +76,10 @@ def test_tampered_or_foreign_files_are_refused(model: LinearModel, tmp_path: Pat
     (other_dir / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(OutputError, match="model format version 99"):
         LinearModel.load(other_dir)
+    old = {**meta, "format": "distrib-ovr-model", "format_version": 1}  # distrib's first format
+    (other_dir / "model.json").write_text(json.dumps(old))
+    with pytest.raises(OutputError, match="model format version 1, .*reads version 2: retrain"):
+        LinearModel.load(other_dir)
 
     (other_dir / "model.json").write_text("{not json")
     with pytest.raises(OutputError, match="is not valid JSON"):

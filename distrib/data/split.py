@@ -40,6 +40,11 @@ class SplitArrays:
     split: Split
     scale: str
 
+    def local(self, *names: str) -> tuple[np.ndarray, ...]:
+        """The named parts (``"X_train"``, ``"y_test"``, ...) computed here, together (the
+        data set is read once), on threads."""
+        return tuple(da.compute(*(getattr(self, name) for name in names), scheduler="threads"))
+
 
 def make_split(dataset: Dataset, kind: str = "notebook") -> Split:
     """The row indices of a split.

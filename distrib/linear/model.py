@@ -35,8 +35,9 @@ from distrib.files import write_json, write_npz
 
 MODEL_FORMAT = "distrib-linear-model"
 MODEL_FORMAT_VERSION = 2
-# Older formats this version still reads.
-_READABLE_FORMATS = {("distrib-ovr-model", 1), (MODEL_FORMAT, MODEL_FORMAT_VERSION)}
+# Every name the format has had (format 1 was "distrib-ovr-model"): recognised, so that an
+# older file is refused by its version, with the fix, rather than as a stranger.
+_FORMAT_NAMES = {"distrib-ovr-model", MODEL_FORMAT}
 MODEL_ARRAYS = ("coef", "intercept", "classes")
 
 
@@ -219,14 +220,13 @@ class LinearModel:
             meta = json.loads(json_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise OutputError(f"{json_path} is not valid JSON ({exc})") from exc
-        known_names = {name for name, _ in _READABLE_FORMATS}
-        if not isinstance(meta, dict) or meta.get("format") not in known_names:
+        if not isinstance(meta, dict) or meta.get("format") not in _FORMAT_NAMES:
             raise OutputError(f"{json_path} is not a distrib model file (format {MODEL_FORMAT!r})")
-        if (meta.get("format"), meta.get("format_version")) not in _READABLE_FORMATS:
+        if (meta.get("format"), meta.get("format_version")) != (MODEL_FORMAT, MODEL_FORMAT_VERSION):
             raise OutputError(
                 f"{json_path} has model format version {meta.get('format_version')!r}, written by "
                 f"distrib {meta.get('distrib_version')}; this distrib reads version "
-                f"{MODEL_FORMAT_VERSION} and older: retrain, or load it with that distrib version"
+                f"{MODEL_FORMAT_VERSION}: retrain, or load it with that distrib version"
             )
         try:
             with np.load(npz_path, allow_pickle=False) as npz:
@@ -244,9 +244,6 @@ class LinearModel:
         strategy = meta.get("strategy", "ovr")
         if strategy not in STRATEGIES:
             raise OutputError(f"{json_path} names an unknown strategy {strategy!r}")
-        all_classes = meta.get("all_classes")
-        if meta["format_version"] == 1 and isinstance(all_classes, list) and len(classes) == 1:
-            classes = np.asarray(all_classes)  # version 1 kept a binary model's classes here
         try:
             model = cls(coef=coef, intercept=intercept, classes=classes, strategy=strategy)
         except ValueError as exc:

@@ -425,9 +425,11 @@ class ClusterBlocks:
         )
         while True:
             done, _ = await asyncio.wait({call}, timeout=_WATCH_SECONDS)
-            if self.client.status != "running":
+            try:
+                gone = self._gone({worker})
+            except OSError:  # the scheduler is gone
                 call.cancel()
-                raise self._scheduler_lost()
+                raise
             if done:
                 try:
                     response = call.result()
@@ -436,9 +438,9 @@ class ClusterBlocks:
                 if response["status"] != "OK":
                     raise response["exception"]
                 return response["result"]
-            if host.status not in ("finished", "pending"):  # the scheduler saw it go
+            if gone:  # the scheduler saw it go
                 call.cancel()
-                return _Lost(worker, f"its actor's task became {host.status}")
+                return _Lost(worker, gone[worker])
 
     def _scheduler_lost(self) -> OSError:
         return OSError(f"the client lost its scheduler (client status: {self.client.status})")

@@ -10,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from distrib.files import write_bytes
+from distrib.report.bench_format import STRATEGY_KEYS
 
 
 def _integer_log2_axis(ax: Any, axis: str = "x") -> None:
@@ -66,13 +67,12 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     fig = Figure(figsize=(12, 4.8))
     wall_ax, speed_ax = fig.subplots(1, 2)
     ks: list[int] = []
-    if "distrib" in report:
-        ks += _strategy_lines(wall_ax, speed_ax, report["distrib"], report.get("projection"),
-                              "ovr", ("C0", "C1"))  # fmt: skip
-    if "multinomial" in report:
-        ks += _strategy_lines(wall_ax, speed_ax, report["multinomial"],
-                              report.get("multinomial_projection"), "multinomial",
-                              ("C5", "C6"))  # fmt: skip
+    colors = {"ovr": ("C0", "C1"), "multinomial": ("C5", "C6")}
+    for strategy, keys in STRATEGY_KEYS.items():
+        if keys.runs in report:
+            ks += _strategy_lines(wall_ax, speed_ax, report[keys.runs],
+                                  report.get(keys.projection), strategy,
+                                  colors[strategy])  # fmt: skip
     base_k = min(ks)
     for i, (name, by_k) in enumerate(sorted(report.get("loky", {}).items())):
         lk = sorted(int(k) for k in by_k)

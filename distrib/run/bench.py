@@ -48,11 +48,11 @@ from distrib.files import write_json
 from distrib.parallel.cluster import connect, package_versions, worker_infos
 from distrib.parallel.dispatch import fit_binary_classifiers
 from distrib.parallel.transfer import InMemoryArrays, choose_layout, density_of, matrix_nbytes
+from distrib.report.bench_format import BENCH_FORMAT_VERSION, STRATEGY_KEYS
 from distrib.run.coordination import relay_level
 from distrib.run.train import train
 
 PROJECTION_WORKERS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
-BENCH_FORMAT_VERSION = 1
 
 
 def parse_workers(text: str) -> list[int]:
@@ -619,8 +619,7 @@ def run_bench(
         raise OutputError(f"cannot create the bench folder {folder}: {exc}") from exc
 
     parts = split_arrays(load_dataset(config.dataset, home, log=say), config.split, config.scale)
-    X_dense = parts.X_train.compute(scheduler="threads")
-    y_train = parts.y_train.compute(scheduler="threads")
+    X_dense, y_train, X_test, y_test = parts.local("X_train", "y_train", "X_test", "y_test")
     density = density_of(parts.X_train)
     layout = choose_layout(config.layout, density)
     X_fit = sp.csr_matrix(X_dense) if layout == "sparse" else X_dense
@@ -641,8 +640,6 @@ def run_bench(
         "scheduler": scheduler,
         "machine": machine(),
     }
-    X_test = parts.X_test.compute(scheduler="threads")
-    y_test = parts.y_test.compute(scheduler="threads")
     estimator_inputs = EstimatorInputs(
         inputs={"numpy": X_dense, "csr": sp.csr_matrix(X_dense), "dask": parts.X_train},
         y=y_train,
@@ -675,12 +672,10 @@ def run_bench(
     dense_bytes = int(X_dense.nbytes)
     report["dense_matrix_bytes"] = dense_bytes
     for strategy, runs in by_strategy.items():
-        key = "distrib" if strategy == "ovr" else "multinomial"
-        report[key] = {str(k): v for k, v in runs.items()}
-        report["scaling" if strategy == "ovr" else "multinomial_scaling"] = speedups(runs)
-        report["memory" if strategy == "ovr" else "multinomial_memory"] = _memory(
-            runs, report["training_matrix_bytes"], dense_bytes
-        )
+        keys = STRATEGY_KEYS[strategy]
+        report[keys.runs] = {str(k): v for k, v in runs.items()}
+        report[keys.scaling] = speedups(runs)
+        report[keys.memory] = _memory(runs, report["training_matrix_bytes"], dense_bytes)
     distrib_runs = by_strategy.get("ovr", {})
 
     if baselines and distrib_runs:
@@ -746,14 +741,15 @@ def run_bench(
                 }
                 for k, r in multinomial.items()
             }
-        report["multinomial_projection"] = project_multinomial(multinomial)
+        report[STRATEGY_KEYS["multinomial"].projection] = project_multinomial(multinomial)
     if notebook and distrib_runs:
         raw = split_arrays(load_dataset(config.dataset, home), config.split, "raw")
+        X_raw, X_raw_test = raw.local("X_train", "X_test")
         report["notebook"] = _notebook_baseline(
-            raw.X_train.compute(scheduler="threads").astype(np.float64),
+            X_raw.astype(np.float64),
             y_train,
-            raw.X_test.compute(scheduler="threads").astype(np.float64),
-            raw.y_test.compute(scheduler="threads"),
+            X_raw_test.astype(np.float64),
+            y_test,
             config.dataset,
             say,
         )
@@ -762,7 +758,7 @@ def run_bench(
             for k, r in distrib_runs.items()
         }
     if distrib_runs:
-        report["projection"] = project(distrib_runs)
+        report[STRATEGY_KEYS["ovr"].projection] = project(distrib_runs)
 
     from distrib.report.plots import plot_bench
 

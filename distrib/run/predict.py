@@ -112,7 +112,7 @@ def predict_saved(
             )
         parts = split_arrays(dataset, data["split"], data["scale"])
         pred = estimator.predict(parts.X_test).compute(scheduler="threads")
-        y = parts.y_test.compute(scheduler="threads")
+        (y,) = parts.local("y_test")
         source = f"{dataset.name} {data['split']} test split"
     else:
         X = check_images(

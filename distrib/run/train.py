@@ -366,8 +366,7 @@ def _run(
     say(f"data: {dataset.name} {tuple(dataset.X.shape)} from {dataset.source}")
     with phase("split"):
         parts = split_arrays(dataset, config.split, config.scale)
-        y_train = parts.y_train.compute(scheduler="threads")
-        y_test = parts.y_test.compute(scheduler="threads")
+        y_train, y_test = parts.local("y_train", "y_test")
         classes = check_labels(y_train, y_test)
     if isinstance(config.class_weight, dict):  # before anything is written
         check_class_weight_labels(config.class_weight, classes)
