@@ -182,11 +182,12 @@ def test_projection_saturates_at_the_class_count() -> None:
 
 
 def test_multinomial_projection_divides_compute_and_adds_the_sum_trees_cost() -> None:
-    c = 0.0002  # the driver's CPU per reply
+    c = 0.0002  # the driver's CPU per reply at 2 workers (two replies per evaluation)
     solver = {"n_evaluations": 100, "median_compute_seconds_all_blocks": 0.08,
               "median_coordination_seconds": 0.01, "seconds": 9.0,
-              "median_driver_cpu_seconds_per_message": c}  # fmt: skip
-    two = {"median_wall": 6.0, "median_fit": 5.0, "runs": [{"solver": solver}],
+              "median_driver_cpu_seconds_per_message": 0.0005}  # fmt: skip
+    two = {"median_wall": 6.0, "median_fit": 5.0,
+           "runs": [{"solver": {**solver, "median_driver_cpu_seconds_per_message": c}}],
            "relay_level": {"level_seconds": 0.003}}  # fmt: skip
     measured = {1: {"median_wall": 10.5, "median_fit": 9.5, "runs": [{"solver": solver}]}, 2: two}
     proj = project_multinomial(measured)

@@ -78,7 +78,7 @@ def test_tampered_or_foreign_files_are_refused(model: LinearModel, tmp_path: Pat
         LinearModel.load(other_dir)
     old = {**meta, "format": "distrib-ovr-model", "format_version": 1}  # distrib's first format
     (other_dir / "model.json").write_text(json.dumps(old))
-    with pytest.raises(OutputError, match="model format version 1, .*reads version 2: retrain"):
+    with pytest.raises(OutputError, match=r"model format version 1, .*reads version 2: retrain"):
         LinearModel.load(other_dir)
 
     (other_dir / "model.json").write_text("{not json")

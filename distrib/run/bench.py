@@ -450,7 +450,8 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     coordination cost at the base count, plus what the sum tree adds past it. On ``k``
     workers the tree has ``g = ceil(sqrt(k))`` groups of up to ``h = ceil(k / g)`` hosts
     (`distrib.parallel.partial_sums.sum_tree`): the driver reads ``g`` replies, each
-    costing its measured CPU time per message; where ``h > 1`` a relaying host adds one
+    costing its CPU time per reply (measured in the fits of the largest measured worker
+    count, where an evaluation has the most replies); where ``h > 1`` a relaying host adds one
     level (measured on this cluster, `distrib.run.coordination.relay_level`; without such a
     measurement, one more base coordination) and reads ``h - 1`` replies at the same cost
     per message. Times the evaluations L-BFGS needed; plus the run's fixed overhead (end-to-
@@ -463,7 +464,13 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     evaluations = _median([s["n_evaluations"] for s in solvers])
     compute = _median([s["median_compute_seconds_all_blocks"] for s in solvers])
     coordination = _median([s["median_coordination_seconds"] for s in solvers])
-    per_message = _median([s.get("median_driver_cpu_seconds_per_message") or 0.0 for s in solvers])
+    # The driver's CPU per reply, from the runs with the most replies per evaluation: the
+    # first reply of an evaluation also pays for waking up (cold caches), which the base
+    # coordination already counts; the further replies the tree adds cost less.
+    widest = runs_by_workers[max(runs_by_workers)]
+    per_message = _median(
+        [r["solver"].get("median_driver_cpu_seconds_per_message") or 0.0 for r in widest["runs"]]
+    )
     probes = [r["relay_level"] for _, r in sorted(runs_by_workers.items()) if "relay_level" in r]
     level = probes[-1]["level_seconds"] if probes else coordination
     setup = max(0.0, base["median_fit"] - _median([s["seconds"] for s in solvers]))
