@@ -48,6 +48,18 @@ def cli() -> None:
     """Train one-vs-rest logistic regression on MNIST across a Dask cluster."""
 
 
+def _tls_options(func: Any) -> Any:
+    """The client's certificates for a tls:// scheduler, spelled as `dask worker` spells them."""
+    helps = {
+        "--tls-ca-file": "CA certificate of a TLS cluster [default: distributed.comm.tls.ca-file].",
+        "--tls-cert": "This client's certificate [default: distributed.comm.tls.client.cert].",
+        "--tls-key": "This client's private key [default: distributed.comm.tls.client.key].",
+    }
+    for flag, text in reversed(helps.items()):
+        func = click.option(flag, type=click.Path(dir_okay=False), default=None, help=text)(func)
+    return func
+
+
 def _data_home_option(func: Any) -> Any:
     return click.option(
         "--data-home",
@@ -109,8 +121,12 @@ def _setting_options(func: Any) -> Any:
 @click.option("--worker-timeout", type=float, default=60.0, show_default=True, help="Seconds.")
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds.")
 @click.option(
-    "--dashboard-address", default=":8787", show_default=True, help="Local cluster dashboard."
+    "--dashboard-address",
+    default="127.0.0.1:8787",
+    show_default=True,
+    help="Local cluster dashboard (':8787' publishes it on every interface).",
 )
+@_tls_options
 @click.option(
     "--transfer",
     type=click.Choice(TRANSFER_MODES),
@@ -140,6 +156,9 @@ def train(
     worker_timeout: float,
     connect_timeout: float,
     dashboard_address: str,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     transfer: str,
     data_home: str | None,
     out: str | None,
@@ -177,6 +196,9 @@ def train(
         connect_timeout=connect_timeout,
         worker_timeout=worker_timeout,
         dashboard_address=dashboard_address,
+        tls_ca_file=tls_ca_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     result = run_training(
         config,
@@ -256,6 +278,7 @@ def predict(
     metavar="ADDRESS",
     help="Time an existing cluster (its workers as they are) instead of local clusters.",
 )
+@_tls_options
 @click.option(
     "--baselines/--no-baselines",
     default=True,
@@ -297,6 +320,9 @@ def bench(
     repeat: int,
     warmup: int,
     scheduler: str | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     baselines: bool,
     estimators: bool,
     dask_ml: bool,
@@ -314,6 +340,7 @@ def bench(
         repeat=repeat,
         warmup=warmup,
         scheduler=scheduler,
+        tls={"tls_ca_file": tls_ca_file, "tls_cert": tls_cert, "tls_key": tls_key},
         home=data_home,
         out=out,
         baselines=baselines,

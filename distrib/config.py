@@ -285,9 +285,14 @@ class ClusterConfig:
     worker_timeout : float
         Seconds to wait for ``wait_workers`` workers.
     dashboard_address : str or None
-        Where a `LocalCluster` serves its dashboard (``":0"`` picks a free port).
+        Where a `LocalCluster` serves its dashboard (``":0"`` picks a free port); this
+        machine only unless the address says otherwise.
     check_versions : bool
         Refuse workers whose library versions differ from the client's.
+    tls_ca_file, tls_cert, tls_key : str or None
+        The client's certificates for a ``tls://`` scheduler (as ``dask worker`` names
+        them): the CA that signed the cluster's certificates, this client's certificate and
+        its private key. Without them, dask's configuration (``distributed.comm.tls.*``).
     """
 
     scheduler: str | None = None
@@ -296,8 +301,11 @@ class ClusterConfig:
     wait_workers: int = 1
     connect_timeout: float = 10.0
     worker_timeout: float = 60.0
-    dashboard_address: str | None = ":8787"
+    dashboard_address: str | None = "127.0.0.1:8787"
     check_versions: bool = True
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:

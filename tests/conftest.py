@@ -85,7 +85,8 @@ class DaskProcesses:
         self.procs.append(proc)
         return proc
 
-    def start_scheduler(self, timeout: float = 30) -> str:
+    def start_scheduler(self, *extra: str, timeout: float = 30) -> str:
+        """A ``dask scheduler`` on a free local port; ``extra`` flags appended."""
         sched_file = self.workdir / "scheduler.json"
         self._spawn(
             "dask",
@@ -98,6 +99,7 @@ class DaskProcesses:
             "127.0.0.1:0",
             "--scheduler-file",
             str(sched_file),
+            *extra,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,7 +17,8 @@ import dask
 from distributed import Client, LocalCluster
 
 from distrib.config import ClusterConfig
-from distrib.errors import ClusterError
+from distrib.errors import ClusterError, ConfigError
+from distrib.parallel.tls import client_security, handshake_hint
 
 # Packages whose versions must agree between the client and the workers: a model fitted
 # with one scikit-learn and evaluated with another is not the model you asked for.
@@ -54,6 +55,7 @@ def start_local_cluster(
     """A `LocalCluster` of worker processes with `LOCAL_WORKER_CONFIG` applied."""
     with dask.config.set(LOCAL_WORKER_CONFIG):
         return LocalCluster(
+            host="127.0.0.1",  # this machine only; its dashboard too by default
             n_workers=workers,
             threads_per_worker=threads_per_worker,
             processes=True,
@@ -135,15 +137,14 @@ def describe(client: Client) -> dict[str, Any]:
     }
 
 
-def _connect_to(address: str, timeout: float) -> Client:
+def _connect_to(address: str, timeout: float, security: Any = None) -> Client:
     try:
-        return Client(address, timeout=timeout, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as exc:
+        return Client(address, timeout=timeout, set_as_default=False, security=security)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ClusterError(
             f"could not reach the Dask scheduler at {address} within {timeout:g} s ({reason}): "
-            "check the address and that `dask scheduler` runs there, or leave out --scheduler "
-            "and DASK_SCHEDULER_ADDRESS to start a local cluster"
+            + handshake_hint(address, reason, security)
         ) from exc
 
 
@@ -179,6 +180,11 @@ def connect(
     client: Client | None = None
     try:
         if address is None:
+            if config.tls_ca_file or config.tls_cert or config.tls_key:
+                raise ConfigError(
+                    "TLS certificates were given but no scheduler: a local cluster needs "
+                    "none; pass --scheduler tls://HOST:PORT to use them"
+                )
             n_workers = config.workers or os.cpu_count() or 1
             cluster = start_local_cluster(
                 n_workers, config.threads_per_worker, config.dashboard_address
@@ -190,7 +196,8 @@ def connect(
                 f"{config.threads_per_worker} thread(s) at {address}"
             )
         else:
-            client = _connect_to(address, config.connect_timeout)
+            security = client_security(config, address)
+            client = _connect_to(address, config.connect_timeout, security)
             say(f"connected to the Dask scheduler at {address}")
         _wait_for_workers(client, address, config.wait_workers, config.worker_timeout)
         if config.check_versions:

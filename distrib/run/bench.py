@@ -122,11 +122,18 @@ def machine() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _cluster(workers: int, scheduler: str | None) -> Iterator[tuple[Client, float]]:
+def _cluster(
+    workers: int, scheduler: str | None, tls: dict[str, str | None] | None = None
+) -> Iterator[tuple[Client, float]]:
     """A client of ``workers`` fresh local workers (or of ``scheduler``'s cluster, once it
-    has that many), and the seconds it took."""
+    has that many, with ``tls``: `ClusterConfig`'s certificate settings), and the seconds
+    it took."""
     started = time.perf_counter()
+    tls = tls or {}
     config = ClusterConfig(
+        tls_ca_file=tls.get("tls_ca_file"),
+        tls_cert=tls.get("tls_cert"),
+        tls_key=tls.get("tls_key"),
         scheduler=scheduler,
         workers=workers,
         wait_workers=workers,
@@ -233,6 +240,7 @@ def _distrib_runs(
     workers: int,
     *,
     scheduler: str | None,
+    tls: dict[str, str | None] | None = None,
     repeat: int,
     warmup: int,
     home: str | os.PathLike[str] | None,
@@ -245,7 +253,7 @@ def _distrib_runs(
     estimator: dict[str, Any] = {}
     dask_ml: dict[str, Any] = {}
     relay: dict[str, float] = {}
-    with _cluster(workers, scheduler) as (client, startup):
+    with _cluster(workers, scheduler, tls) as (client, startup):
         present = len(worker_infos(client))
         idle_rss = client.run(_idle_rss_bytes)
         for i in range(warmup + repeat):
@@ -567,6 +575,7 @@ def run_bench(
     repeat: int = 3,
     warmup: int = 1,
     scheduler: str | None = None,
+    tls: dict[str, str | None] | None = None,
     home: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] = "bench",
     baselines: bool = True,
@@ -589,6 +598,9 @@ def run_bench(
         Timed runs and untimed warm-up runs per configuration.
     scheduler : str, optional
         An existing scheduler instead of fresh local clusters.
+    tls : dict, optional
+        The client's certificates for a ``tls://`` scheduler (`ClusterConfig`'s
+        ``tls_ca_file``, ``tls_cert``, ``tls_key``).
     home : path, optional
         The data cache folder.
     out : path
@@ -664,6 +676,7 @@ def run_bench(
                     job,
                     k,
                     scheduler=scheduler,
+                    tls=tls,
                     repeat=repeat,
                     warmup=warmup,
                     home=home,
