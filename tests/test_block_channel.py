@@ -6,11 +6,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from distrib.parallel.block_channel import Channel, ChannelServer, pack, receive_all
+
+from .conftest import REPO
 
 
 def _never_lost(pending: set[str]) -> dict[str, str]:
@@ -169,3 +172,65 @@ def test_others_join_with_the_token_while_the_owner_stays_and_close_with_it() ->
             assert results == {} and set(lost) == {"other"}
     finally:
         other.close()
+
+
+def test_a_tls_channel_round_trips_and_refuses_parties_without_the_clusters_ca(
+    tmp_path: Path,
+) -> None:
+    """On a TLS cluster the host's channel speaks TLS with the worker's certificate: the
+    driver (client pair) gets in, even for replies larger than a TLS record; a party of
+    another CA, or one speaking plain TCP, does not."""
+    import ssl
+
+    from distributed.security import Security
+
+    def contexts(certs: Path) -> Security:
+        return Security(
+            tls_ca_file=str(certs / "ca.pem"),
+            tls_worker_cert=str(certs / "worker.pem"),
+            tls_worker_key=str(certs / "worker.key"),
+            tls_client_cert=str(certs / "client.pem"),
+            tls_client_key=str(certs / "client.key"),
+        )
+
+    ours, theirs = (contexts(_make_certs(tmp_path / name)) for name in ("ours", "theirs"))
+    listen = ours.get_listen_args("worker")["ssl_context"]
+    server = ChannelServer("127.0.0.1", _double, listen)
+    driver = Channel(
+        server.address, server.token, ssl_context=ours.get_connection_args("client")["ssl_context"]
+    )
+    try:
+        assert isinstance(driver.sock, ssl.SSLSocket)
+        for size in (3, 100 * 785):  # a reply of many TLS records arrives whole
+            driver.send(pack(np.ones(size)))
+            results, lost, _ = receive_all({"w": driver}, _never_lost, 0.05, time.monotonic() + 10)
+            assert lost == {}
+            np.testing.assert_array_equal(results["w"], np.full(size, 2.0))
+        with pytest.raises(ssl.SSLError):  # it does not trust the host's certificate
+            Channel(
+                server.address,
+                server.token,
+                ssl_context=theirs.get_connection_args("client")["ssl_context"],
+            )
+        plain = Channel(server.address, server.token)  # no TLS: the host drops it
+        try:
+            try:
+                plain.send(pack(np.ones(2)))
+            except OSError:
+                pass  # dropped already
+            else:
+                deadline = time.monotonic() + 20
+                results, lost, _ = receive_all({"p": plain}, _never_lost, 0.05, deadline)
+                assert results == {} and set(lost) == {"p"}
+        finally:
+            plain.close()
+    finally:
+        driver.close()
+
+
+def _make_certs(folder: Path) -> Path:
+    subprocess.run(
+        ["bash", str(REPO / "scripts" / "make_certs.sh"), str(folder), "1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return folder

@@ -36,13 +36,13 @@ def _flags(certs: Path, role: str = "client") -> list[str]:
 
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A TLS scheduler with two single-threaded workers: (its tls:// address, its certs)."""
+    """A TLS scheduler with three single-threaded workers: (its tls:// address, its certs)."""
     workdir = tmp_path_factory.mktemp("tls-cluster")
     certs = _make_certs(workdir / "certs", 7)
     procs = DaskProcesses(workdir)
     try:
         address = procs.start_scheduler("--protocol", "tls", *_flags(certs, "scheduler"))
-        for _ in range(2):
+        for _ in range(3):
             procs.start_worker(*_flags(certs, "worker"))
         yield address, certs
     finally:
@@ -76,7 +76,7 @@ def test_train_through_a_tls_cluster_with_flags_and_with_dask_config(
     address, certs = tls_cluster
     out = tmp_path / "flags"
     proc = run_cli(
-        "train", "--dataset", "digits", "--scheduler", address, "--wait-workers", "2",
+        "train", "--dataset", "digits", "--scheduler", address, "--wait-workers", "3",
         *_flags(certs), "--out", str(out), "-q", timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -92,13 +92,16 @@ def test_train_through_a_tls_cluster_with_flags_and_with_dask_config(
     out = tmp_path / "config"
     proc = run_cli(
         "train", "--dataset", "digits", "--strategy", "multinomial", "--scheduler", address,
-        "--wait-workers", "2", "--out", str(out), "-q", env=env, timeout=300,
+        "--wait-workers", "3", "--out", str(out), "-q", env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] > 0.9
-    # the blocks' direct channel is plain TCP: on a TLS cluster evaluations go through dask
-    assert {block["calls"] for block in metrics["fits"]} == {"dask rpc"}
+    # the hosts' direct channels speak TLS with the workers' certificates; with 3 workers
+    # one host relays each evaluation to another over them
+    assert {block["calls"] for block in metrics["fits"]} == {"direct channel"}
+    assert len({block["worker"] for block in metrics["fits"]}) == 3
+    assert metrics["solver"]["median_relay_cpu_seconds_per_message"]
 
 
 REFUSALS = {

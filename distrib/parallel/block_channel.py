@@ -7,9 +7,11 @@ request (the coefficients, 63 KB) and one small reply (a gradient) per worker, s
 was most of its coordination. Over this channel a round trip costs ~0.05 ms: the host's
 thread reads the request from its socket, evaluates its blocks and writes the reply.
 
-The host opens the channel on its worker's own address (``tcp://`` workers only; with TLS,
-or when the driver cannot reach the port, evaluations go through distributed as before) and
-hands its address and a random token to the driver through Dask (`BlockHost.channel`). The
+The host opens the channel on its worker's own address (when the driver cannot reach the
+port, evaluations go through distributed as before) and hands its address and a random token
+to the driver through Dask (`BlockHost.channel`). On a TLS cluster the channel speaks TLS
+with the worker's certificate and requires the other end to present one of the cluster's CA;
+the token follows, inside TLS. The
 first thing a connection sends is the token; the host drops a connection that does not. The
 first connection is the driver's; hosts the driver asks to relay evaluations to this one
 (`distrib.parallel.partial_sums`) connect with the same token while it stays. The channel
@@ -31,6 +33,7 @@ import secrets
 import select
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -53,7 +56,11 @@ def _frame(*pickles: bytes) -> bytes:
 
 
 def _send_parts(sock: socket.socket, parts: list[bytes]) -> None:
-    """Send ``parts`` back to back without joining them (a 63 KB copy per host)."""
+    """Send ``parts`` back to back without joining them (a 63 KB copy per host; TLS
+    sockets have no ``sendmsg``: joined there)."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.sendall(b"".join(parts))
+        return
     views = [memoryview(part) for part in parts if part]
     while views:
         sent = sock.sendmsg(views)
@@ -101,9 +108,18 @@ class ChannelServer:
         Called with each request's values, and ``upstream_open``: a function telling
         whether the requesting connection is still open (a handler that waits on others
         checks it). Its result (or exception) is the reply.
+    ssl_context : ssl.SSLContext, optional
+        Speak TLS with it (a TLS cluster's worker context: the connecting party must
+        present a certificate of the cluster's CA), before the token.
     """
 
-    def __init__(self, host: str, handler: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        host: str,
+        handler: Callable[..., Any],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._ssl = ssl_context
         self.token = secrets.token_bytes(TOKEN_BYTES)
         self._handler: Callable[..., Any] | None = handler
         self._listener = socket.create_server((host, 0))
@@ -112,14 +128,21 @@ class ChannelServer:
         self._closed = threading.Event()
         threading.Thread(target=self._accept_all, name="distrib-channel", daemon=True).start()
 
-    def _authenticated(self, conn: socket.socket) -> bool:
+    def _authenticated(self, conn: socket.socket) -> socket.socket | None:
+        """The connection (over TLS where the server speaks it) if it presents the token."""
         try:
             conn.settimeout(10.0)
+            if self._ssl is not None:
+                conn = self._ssl.wrap_socket(conn, server_side=True)
             token = _recv_exact(conn, TOKEN_BYTES)
             conn.settimeout(None)
-        except OSError:
-            return False
-        return token is not None and hmac.compare_digest(token, self.token)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return None
+        if token is not None and hmac.compare_digest(token, self.token):
+            return conn
+        conn.close()
+        return None
 
     def _accept_all(self) -> None:
         """Accept the owner within `ACCEPT_SECONDS`, then others while the owner stays."""
@@ -129,13 +152,13 @@ class ChannelServer:
             self._listener.settimeout(0.25)
             while not self._closed.is_set() and not (owner and time.monotonic() > deadline):
                 try:
-                    conn, _ = self._listener.accept()
+                    accepted, _ = self._listener.accept()
                 except TimeoutError:
                     continue
                 except OSError:
                     break
-                if not self._authenticated(conn):
-                    conn.close()
+                conn = self._authenticated(accepted)
+                if conn is None:
                     continue
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._connections.append(conn)
@@ -189,10 +212,13 @@ def _shut(sock: socket.socket) -> None:
 
 
 def _is_open(conn: socket.socket) -> bool:
-    """Whether the peer of ``conn`` has not closed it (a pending request counts as open)."""
+    """Whether the peer of ``conn`` has not closed it, asked while it waits for a reply (so
+    anything readable means it closed; over plain TCP a pending request counts as open)."""
     try:
         if not select.select([conn], [], [], 0)[0]:
             return True
+        if isinstance(conn, ssl.SSLSocket):  # no peeking through TLS
+            return False
         return bool(conn.recv(1, socket.MSG_PEEK))
     except (OSError, ValueError):
         return False
@@ -209,11 +235,26 @@ class Channel:
         The host's token (`ChannelServer.token`).
     timeout : float
         Seconds to connect, and to send one request.
+    ssl_context : ssl.SSLContext, optional
+        For a host that speaks TLS: a context with this party's certificate.
     """
 
-    def __init__(self, address: tuple[str, int], token: bytes, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(
+        self,
+        address: tuple[str, int],
+        token: bytes,
+        timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            try:
+                sock = ssl_context.wrap_socket(sock)
+            except ssl.SSLError:
+                sock.close()
+                raise
+        self.sock = sock
         self.sock.sendall(token)
         self._buffer = bytearray(1 << 17)  # a reply is read into this, grown as needed
         self._got = 0
@@ -227,6 +268,14 @@ class Channel:
     def read_some(self) -> tuple[bool, Any] | None:
         """Read what has arrived (call when the socket is readable): the reply once
         whole, else None. Raises ConnectionError if the host closed the channel."""
+        while True:
+            reply = self._read_once()
+            # TLS may hold decrypted bytes the socket no longer signals: read them now
+            pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+            if reply is not None or not pending:
+                return reply
+
+    def _read_once(self) -> tuple[bool, Any] | None:
         if self._got >= _LENGTH.size:
             needed = _LENGTH.size + _LENGTH.unpack_from(self._buffer)[0]
             if len(self._buffer) < needed:

@@ -3,11 +3,11 @@
 One `BlockHost` actor per worker holds the row blocks placed on that worker and evaluates
 them in place. At each evaluation of the objective the driver calls every host directly: no
 task is scheduled and nothing waits on distributed's batching timers (client -> scheduler
-10 ms, scheduler -> worker 5 ms, ...). Where the workers speak plain ``tcp://`` the call
-travels over a TCP channel of the host's own (`distrib.parallel.block_channel`: ~0.05 ms a
-round trip); with TLS, or where the driver cannot reach a host's port, over the worker's
-``actor_execute`` handler on the client's connections (~1.2 ms a round trip here, against
-~15-18 ms for a submit/gather round).
+10 ms, scheduler -> worker 5 ms, ...). The call travels over a TCP channel of the host's
+own (`distrib.parallel.block_channel`: ~0.05 ms a round trip; TLS with the workers'
+certificates on a ``tls://`` cluster); where the driver cannot reach a host's port, over the
+worker's ``actor_execute`` handler on the client's connections (~1.2 ms a round trip here,
+against ~15-18 ms for a submit/gather round).
 
 Rows reach the hosts once, and never through the scheduler: prepared files are read by path
 on the worker, in-memory rows travel in the load call straight to their worker, and a chunk
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 import time
 import types
 import uuid
@@ -59,6 +60,24 @@ from distrib.parallel.transfer import InMemoryArrays, TrainingData
 # How often a pending call checks that its worker is still there (the call itself returns
 # as soon as its result arrives; this only bounds how long a lost worker goes unnoticed).
 _WATCH_SECONDS = 0.05
+
+
+def _tls_contexts(security: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A TLS worker's contexts from its dask `Security`: to accept connections (the other
+    end must present a certificate of the cluster's CA) and to connect to other hosts."""
+    listen = security.get_listen_args("worker")["ssl_context"]
+    connect = security.get_connection_args("worker")["ssl_context"]
+    if listen is None or connect is None:
+        raise ValueError("the worker has no TLS certificates")
+    return listen, connect
+
+
+def _client_tls_context(client: Any) -> ssl.SSLContext:
+    """The client's TLS context (its certificate) for the hosts' channels."""
+    context = client.security.get_connection_args("client")["ssl_context"]
+    if context is None:
+        raise ValueError("the client has no TLS certificates")
+    return context
 
 
 @dataclass(frozen=True)
@@ -95,22 +114,28 @@ class BlockHost:
         self.blocks: dict[int, RowBlock] = {}
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="distrib-blocks")
         self._server: ChannelServer | None = None
+        self._tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None  # (listen, connect)
         # worker -> (its channel's address and token, this host's connection to it)
         self._relayed: dict[str, tuple[tuple[Any, ...], Channel]] = {}
 
     def channel(self) -> tuple[str, int, bytes] | None:
         """Open the direct channel for evaluations on this worker's interface: its
-        (host, port, token), or None for a worker that does not speak plain ``tcp://``
-        (TLS: evaluations then go through distributed) or a port that cannot open."""
+        (host, port, token), or None for a worker that speaks neither ``tcp://`` nor
+        ``tls://`` or a port that cannot open (evaluations then go through distributed).
+        On a TLS cluster the channel speaks TLS with the worker's certificate, and the
+        other end must present one of the cluster's CA."""
         from distributed import get_worker
         from distributed.comm import get_address_host, parse_address
 
-        address = get_worker().address
-        if parse_address(address)[0] != "tcp":
+        worker = get_worker()
+        scheme = parse_address(worker.address)[0]
+        if scheme not in ("tcp", "tls"):
             return None
         try:
-            self._server = ChannelServer(get_address_host(address), self._answer)
-        except OSError:
+            self._tls = _tls_contexts(worker.security) if scheme == "tls" else None
+            listen = self._tls[0] if self._tls else None
+            self._server = ChannelServer(get_address_host(worker.address), self._answer, listen)
+        except (OSError, ValueError):
             return None
         return (*self._server.address, self._server.token)
 
@@ -216,12 +241,13 @@ class BlockHost:
                 known = self._relayed.get(worker)
                 if known is None or known[0] != (address, token):
                     self._forget_relayed(worker)
-                    channel = Channel(address, token)
+                    connect = self._tls[1] if self._tls else None
+                    channel = Channel(address, token, ssl_context=connect)
                     self._relayed[worker] = ((address, token), channel)
                 channel = self._relayed[worker][1]
                 channel.send(pack(indices), nobody, request)
                 sent[worker] = channel
-            except OSError:
+            except (OSError, ssl.SSLError):
                 self._forget_relayed(worker)
                 unreached.append(worker)
         return sent, unreached
@@ -565,9 +591,11 @@ class ClusterBlocks:
                 if answer is None:
                     raise OSError("no channel")
                 host, port, token = answer
-                self.channels[worker] = Channel((host, port), token)
+                tls = worker.startswith("tls://")
+                context = _client_tls_context(self.client) if tls else None
+                self.channels[worker] = Channel((host, port), token, ssl_context=context)
                 self.addresses[worker] = ((host, port), token)
-            except OSError:
+            except (OSError, ValueError):
                 self._no_channel.add(self.hosts[worker].key)
 
     def _lose(self, worker: str) -> list[int]:
