@@ -18,12 +18,12 @@ from distrib.config import (
     DATASETS,
     PRESETS,
     SETTINGS,
+    TRANSFER_MODES,
     ClusterConfig,
     TrainConfig,
     parse_class_weight,
 )
 from distrib.errors import ConfigError, DistribError
-from distrib.parallel.transfer import TRANSFER_MODES
 from distrib.report.bench_format import STRATEGY_KEYS
 
 

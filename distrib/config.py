@@ -24,6 +24,8 @@ L1_SOLVERS = ("saga", "liblinear")
 CLASS_WEIGHTS = (None, "balanced")
 LAYOUTS = ("auto", "dense", "sparse")
 STRATEGIES = ("ovr", "multinomial")
+#: How training rows reach the workers (`distrib.parallel.transfer`).
+TRANSFER_MODES = ("auto", "path", "scatter")
 PRESETS = ("notebook",)
 
 # The notebook's settings, applied to one binary fit per class (issue 2, item 10).

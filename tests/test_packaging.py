@@ -10,6 +10,8 @@ import sys
 from importlib.metadata import requires
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 #: Distribution name -> the module it is imported as, where they differ.
 IMPORT_NAMES = {"scikit-learn": "sklearn", "dask-ml": "dask_ml"}
@@ -45,3 +47,29 @@ def test_import_distrib_does_not_load_matplotlib() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_import_distrib_is_light_and_its_names_load_on_use() -> None:
+    """``import distrib`` (and ``distrib --help``) load neither scikit-learn nor Dask arrays;
+    the estimator and the training job load when first named."""
+    code = (
+        "import sys, distrib\n"
+        "print(any(m in sys.modules for m in ('sklearn', 'dask.array', 'matplotlib')))\n"
+        "from distrib import DaskLogisticRegression, train\n"
+        "print(DaskLogisticRegression.__module__, train.__module__, 'sklearn' in sys.modules)\n"
+        "import distrib.cli\n"
+        "print('dask.array' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split("\n")[:2] == ["False", "distrib.estimator distrib.run.train True"]
+    code = "import sys, distrib.cli; print('sklearn' in sys.modules or 'dask.array' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False", "the CLI's parser loads no heavy library"
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        import distrib
+
+        _ = distrib.nothing  # type: ignore[attr-defined]

@@ -37,7 +37,6 @@ from distrib.data.split import SplitArrays
 from distrib.errors import ConfigError, DataError, OutputError
 from distrib.files import atomic_path, write_json
 
-TRANSFER_MODES = ("auto", "path", "scatter")
 AUTO_SPARSE_DENSITY = 0.25
 _SPARSE_PARTS = ("data", "indices", "indptr")
 

@@ -18,7 +18,7 @@ import numpy as np
 from distributed import Client, KilledWorker
 
 from distrib._version import __version__
-from distrib.config import TrainConfig
+from distrib.config import TRANSFER_MODES, TrainConfig
 from distrib.data.datasets import Dataset, data_home, load_dataset
 from distrib.data.split import SplitArrays, check_labels, split_arrays
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
@@ -41,7 +41,6 @@ from distrib.parallel.fitting import (
 )
 from distrib.parallel.multinomial import block_loads
 from distrib.parallel.transfer import (
-    TRANSFER_MODES,
     ArrayFiles,
     TrainingData,
     load_in_memory,
