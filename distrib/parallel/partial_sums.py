@@ -120,13 +120,14 @@ def relay_routes(
     Per group of ``tree``, the ``reachable`` workers holding its pending blocks
     (``by_worker``: worker -> its pending blocks) are taken in the order of those blocks: the
     first relays for the others. A worker appears once (under the first group it holds a
-    pending block of); a reachable worker with pending blocks always appears.
+    pending block of); as the tree covers every block, so does every reachable worker with
+    pending blocks.
     """
     reachable = set(reachable)
     holder = {i: w for w, indices in by_worker.items() if w in reachable for i in indices}
     routes: dict[str, list[str]] = {}
     placed: set[str] = set()
-    for group in (*tree, tuple(sorted(holder))):  # the last: blocks of no group (none, normally)
+    for group in tree:
         holders = dict.fromkeys(holder[i] for i in group if i in holder)
         workers = [w for w in holders if w not in placed]
         if workers:
