@@ -36,6 +36,7 @@ from distrib.config import LAYOUTS
 from distrib.data.split import SplitArrays
 from distrib.errors import ConfigError, DataError, OutputError
 from distrib.files import atomic_path, write_json
+from distrib.linear import softmax
 
 AUTO_SPARSE_DENSITY = 0.25
 _SPARSE_PARTS = ("data", "indices", "indptr")
@@ -104,13 +105,42 @@ def choose_layout(layout: str, density: float) -> str:
     return layout
 
 
-def _read_npy_range(path: Path, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` (first axis) of a C-ordered ``.npy`` file, read into new memory."""
+def _read_npy_range(path: Path, start: int, stop: int, dtype: Any = None) -> np.ndarray:
+    """Rows ``start:stop`` (first axis) of a C-ordered ``.npy`` file, read into new memory;
+    as ``dtype`` if given, converted a chunk at a time (no full copy in the file's type)."""
     header = _load(path)  # a map: only its shape, dtype and offset are used, no page is read
     row = int(np.prod(header.shape[1:], dtype=np.int64))
     offset = int(getattr(header, "offset", 0)) + start * row * header.dtype.itemsize
-    out = np.fromfile(path, dtype=header.dtype, count=(stop - start) * row, offset=offset)
+    count = (stop - start) * row
+    if dtype is None or np.dtype(dtype) == header.dtype:
+        out = np.fromfile(path, dtype=header.dtype, count=count, offset=offset)
+    else:  # through one small buffer, reused (no allocation per chunk)
+        out = np.empty(count, dtype=dtype)
+        buffer = np.empty(min(count, _CHUNK), dtype=header.dtype)
+        with open(path, "rb", buffering=0) as handle:
+            handle.seek(offset)
+            for a in range(0, count, _CHUNK):
+                chunk = buffer[: min(count, a + _CHUNK) - a]
+                _read_into(handle, chunk, path)
+                out[a : a + len(chunk)] = chunk
     return out.reshape((stop - start, *header.shape[1:]))
+
+
+def _read_into(handle: Any, array: np.ndarray, path: Path) -> None:
+    """Fill ``array`` from ``handle``'s next bytes."""
+    view = memoryview(array).cast("B")  # type: ignore[arg-type]
+    got = 0
+    while got < len(view):
+        n = handle.readinto(view[got:])
+        if not n:
+            raise DataError(
+                f"{path} ends early (damaged): delete {path.parents[2]} and run again; "
+                "distrib prepares the split anew"
+            )
+        got += n
+
+
+_CHUNK = 1 << 20  # entries converted at a time by `_read_npy_range`
 
 
 def _load(path: Path) -> np.ndarray:
@@ -143,7 +173,7 @@ class ArrayFiles:
         return sp.csr_matrix((data, indices, indptr), shape=self.shape, copy=False), y
 
     def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
-        """Rows ``start:stop`` read from the files into fresh memory.
+        """Rows ``start:stop`` read from the files into fresh memory, as a block holds them.
 
         Read, not memory-mapped: only the copy counts in this process's memory (mapped pages
         of the file would count too while the copy is made).
@@ -155,9 +185,11 @@ class ArrayFiles:
         indptr = np.array(_load(folder / "X_indptr.npy")[start : stop + 1], dtype=np.int64)
         lo, hi = int(indptr[0]), int(indptr[-1])
         data = _read_npy_range(folder / "X_data.npy", lo, hi)
-        indices = _read_npy_range(folder / "X_indices.npy", lo, hi)
+        # column indices straight into the block kernel's type (uint16 for MNIST)
+        index = softmax.index_dtype(self.shape[1])
+        indices = _read_npy_range(folder / "X_indices.npy", lo, hi, index)
         shape = (stop - start, self.shape[1])
-        return sp.csr_matrix((data, indices, indptr - lo), shape=shape, copy=False), y
+        return softmax.block_csr(shape, data, indices, indptr - lo), y
 
     def weights(self, start: int, stop: int) -> np.ndarray | None:
         path = Path(self.folder) / "w.npy"
@@ -181,12 +213,13 @@ def _aligned(array: np.ndarray) -> np.ndarray:
 def aligned_copy(X: Matrix) -> Matrix:
     """``X`` in aligned, C-ordered memory (a copy only where needed)."""
     if sp.issparse(X):
-        csr = sp.csr_matrix(X)
-        return sp.csr_matrix(
-            (_aligned(csr.data), _aligned(csr.indices), _aligned(csr.indptr)),
-            shape=csr.shape,
-            copy=False,
-        )
+        given: Any = X
+        csr = given if given.format == "csr" else sp.csr_matrix(X)
+        parts = (csr.data, csr.indices, csr.indptr)
+        aligned = tuple(_aligned(part) for part in parts)
+        if all(new is old for new, old in zip(aligned, parts, strict=True)):
+            return csr
+        return softmax.block_csr(csr.shape, *aligned)  # keeps the index types
     return _aligned(np.asarray(X))
 
 
