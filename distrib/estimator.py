@@ -29,15 +29,13 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from distrib.config import ESTIMATOR_PARAMS, SETTINGS, TrainConfig
 from distrib.errors import DataError, OutputError
 from distrib.linear.model import LinearModel
-from distrib.parallel.block_hosts import ClusterBlocks
 from distrib.parallel.fitting import (
     FitOutcome,
     by_class_index,
     current_client,
-    fit_multinomial,
+    fit_dask_rows,
     fit_training_data,
 )
-from distrib.parallel.multinomial import objective_weights
 from distrib.parallel.transfer import InMemoryArrays
 
 
@@ -182,15 +180,16 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         if client is None:
             X = X.compute()
             return self.fit(X, y, sample_weight)
-        weights = self._check_weights(sample_weight, np.empty((len(y), 0)))
-        class_weight = by_class_index(self.class_weight, classes)
-        objective = objective_weights(encoded, len(classes), class_weight, weights)
-        runner = ClusterBlocks.from_dask_array(
-            client, X, encoded, np.arange(len(classes)), sample_weight=weights
+        outcome = fit_dask_rows(
+            X,
+            encoded,
+            len(classes),
+            self._config(),
+            client=client,
+            class_weight=by_class_index(self.class_weight, classes),
+            sample_weight=self._check_weights(sample_weight, np.empty((len(y), 0))),
         )
-        n_features = int(X.shape[1])
-        outcome = fit_multinomial(runner, n_features, len(classes), objective, self._config())
-        self._take(outcome, classes, n_features)
+        self._take(outcome, classes, int(X.shape[1]))
         return self
 
     def _take(self, outcome: FitOutcome, classes: np.ndarray, n_features: int) -> None:

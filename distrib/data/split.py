@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from distrib.data.datasets import Dataset
+from distrib.data.grow import grow_rows
 from distrib.errors import ConfigError, DataError
 
 NOTEBOOK_RANDOM_STATE = 0
@@ -39,6 +40,7 @@ class SplitArrays:
     y_test: da.Array
     split: Split
     scale: str
+    grow: int = 1
 
     def local(self, *names: str) -> tuple[np.ndarray, ...]:
         """The named parts (``"X_train"``, ``"y_test"``, ...) computed here, together (the
@@ -80,19 +82,29 @@ def scale_pixels(X: Any, pixel_max: int, scale: str) -> Any:
     raise ConfigError(f"unknown scale {scale!r}: expected 'unit' or 'raw'")
 
 
-def split_arrays(dataset: Dataset, kind: str = "notebook", scale: str = "unit") -> SplitArrays:
-    """Apply a split and a scaling to a data set, lazily."""
+def split_arrays(
+    dataset: Dataset, kind: str = "notebook", scale: str = "unit", grow: int = 1
+) -> SplitArrays:
+    """Apply a split and a scaling to a data set, lazily.
+
+    ``grow`` > 1 makes the training part that many variants of each training image
+    (`distrib.data.grow`), variant by variant; the test part stays the data set's own.
+    """
     split = make_split(dataset, kind)
-    X = scale_pixels(dataset.X, dataset.pixel_max, scale)
-    arrays = SplitArrays(
-        X_train=X[split.train_index],
-        y_train=dataset.y[split.train_index],
-        X_test=X[split.test_index],
+    X_train = dataset.X[split.train_index]
+    y_train = dataset.y[split.train_index]
+    if grow != 1:
+        X_train = grow_rows(X_train, split.train_index, grow, dataset.image_shape)
+        y_train = da.concatenate([y_train] * grow)
+    return SplitArrays(
+        X_train=scale_pixels(X_train, dataset.pixel_max, scale),
+        y_train=y_train,
+        X_test=scale_pixels(dataset.X[split.test_index], dataset.pixel_max, scale),
         y_test=dataset.y[split.test_index],
         split=split,
         scale=scale,
+        grow=grow,
     )
-    return arrays
 
 
 def check_labels(y_train: np.ndarray, y_test: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ import dask
 import numpy as np
 
 from distrib.errors import ClusterError
+from distrib.linear import softmax
 from distrib.parallel.block_channel import Channel, ChannelServer, pack, receive_all
 from distrib.parallel.cluster import worker_infos
 from distrib.parallel.multinomial import Evaluation, RowBlock, block_loss_grad, load_block
@@ -401,7 +402,10 @@ class ClusterBlocks:
         their weights (sent with each chunk's load)."""
         X = X.rechunk({1: -1})
         edges = np.cumsum((0, *X.chunks[0]))
-        chunks = X.to_delayed().ravel()
+        # each chunk as its block keeps it (CSR where sparse), made where it is computed
+        chunks = [
+            dask.delayed(softmax.prepare, pure=True)(chunk) for chunk in X.to_delayed().ravel()
+        ]
         sources = [
             _Source(
                 int(a),
@@ -531,16 +535,15 @@ class ClusterBlocks:
         """Compute the Dask chunks of blocks ``indices``, each on the live worker with the
         fewest rows so far (Dask alone may put most chunks on one worker), and place each
         block where its chunk is."""
-        todo = [i for i in indices if self.sources[i].data is None]
-        if not todo:
+        if not indices:
             return {}
         workers = sorted(worker_infos(self.client))
         rows = Counter({w: 0 for w in workers})
         for i, w in enumerate(self.placement):
-            if i not in todo and w in rows:
+            if i not in indices and w in rows and self.sources[i].data is None:
                 rows[w] += self.sources[i].stop - self.sources[i].start
         futures = {}
-        for index in todo:
+        for index in indices:
             target = min(workers, key=lambda w: (rows[w], workers.index(w))) if workers else None
             source = self.sources[index]
             if target is not None:
@@ -556,22 +559,37 @@ class ClusterBlocks:
         return futures
 
     def _load(self, indices: list[int]) -> None:
-        """Load blocks ``indices`` where `placement` says, one per worker at a time."""
+        """Load blocks ``indices`` where `placement` says, one per worker at a time.
+
+        Chunks of a Dask array are computed a wave at a time (about one per live worker)
+        and kept until their block adopts them: a worker holds its blocks and at most a few
+        chunks on their way in, never the whole array."""
         pending = list(indices)
+        computed: dict[int, Any] = {}  # block -> the future of its chunk, not yet adopted
         while pending:
-            chunks = self._compute_chunks(pending)
+            wave = max(1, len(worker_infos(self.client)) - len(computed))
+            todo = [i for i in pending if self.sources[i].data is None and i not in computed]
+            computed.update(self._compute_chunks(todo[:wave]))
             calls: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]] = {}
+            started: dict[str, int] = {}
             for index in list(pending):
+                if self.sources[index].data is None and index not in computed:
+                    continue
                 worker = self.placement[index]
                 if worker not in calls:
                     self._host(worker)
-                    calls[worker] = self._load_call(index, chunks)
+                    calls[worker] = self._load_call(index, computed)
+                    started[worker] = index
                     pending.remove(index)
             outcome = self.client.sync(self._call_all, calls)
-            del chunks  # adopted: the hosts hold those rows now
+            for index in started.values():
+                computed.pop(index, None)  # adopted: the host holds those rows now
             for worker, result in outcome.items():
                 if isinstance(result, _Lost):
-                    pending += self._lose(worker)
+                    lost = self._lose(worker)
+                    for index in lost:  # computed anew where they are placed next
+                        computed.pop(index, None)
+                    pending += [i for i in lost if i not in pending]
             self._open_channels([w for w, r in outcome.items() if not isinstance(r, _Lost)])
 
     def _open_channels(self, workers: list[str]) -> None:

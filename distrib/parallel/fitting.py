@@ -279,6 +279,46 @@ def _fit_ovr(
     return FitOutcome(coef, intercept, n_iter, records, {"strategy": "ovr", "transfer": transfer})
 
 
+def fit_dask_rows(
+    X: Any,
+    codes: np.ndarray,
+    n_classes: int,
+    config: TrainConfig,
+    *,
+    client: Any,
+    hooks: FitHooks | None = None,
+    class_weight: str | dict[int, float] | None = None,
+    sample_weight: np.ndarray | None = None,
+) -> FitOutcome:
+    """The multinomial fit on a Dask array's rows, each chunk computed on a worker and kept
+    there as a block (the matrix is never gathered here, nor whole on any worker).
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n_samples, n_features)
+    codes : ndarray of shape (n_samples,)
+        Each row's class index (``0 .. n_classes - 1``).
+    n_classes : int
+    config : TrainConfig
+    client : distributed.Client
+    hooks : FitHooks, optional
+    class_weight : "balanced" or dict, optional
+        A dict keyed by class index.
+    sample_weight : ndarray of shape (n_samples,), optional
+    """
+    hooks = hooks or FitHooks()
+    weights = objective_weights(codes, n_classes, class_weight, sample_weight)
+    runner = ClusterBlocks.from_dask_array(
+        client,
+        X,
+        codes,
+        np.arange(n_classes),
+        sample_weight=sample_weight,
+        run_id=hooks.run_id,
+    )
+    return fit_multinomial(runner, int(X.shape[1]), n_classes, weights, config, hooks)
+
+
 def fit_multinomial(
     runner: BlockRunner,
     n_features: int,

@@ -1,0 +1,107 @@
+"""Grown data: deterministic, distinct variants of each training image, made chunk by chunk."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from distrib.data.datasets import load_dataset, load_mnist
+from distrib.data.grow import MAX_GROW, SHIFTS, check_grow, grow_rows, shift_of
+from distrib.data.split import split_arrays
+from distrib.errors import ConfigError
+
+
+def _row_hashes(X: np.ndarray) -> list[str]:
+    return [hashlib.sha256(np.ascontiguousarray(row).tobytes()).hexdigest() for row in X]
+
+
+def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``image`` moved by (dy, dx), written out pixel by pixel (the slow, obvious way)."""
+    out = np.zeros_like(image)
+    h, w = image.shape
+    for r in range(h):
+        for c in range(w):
+            if 0 <= r - dy < h and 0 <= c - dx < w:
+                out[r, c] = image[r - dy, c - dx]
+    return out
+
+
+def test_grow_1_is_the_data_set_itself() -> None:
+    dataset = load_dataset("digits")
+    plain = split_arrays(dataset, "notebook", "raw")
+    grown = split_arrays(dataset, "notebook", "raw", grow=1)
+    np.testing.assert_array_equal(grown.X_train.compute(), plain.X_train.compute())
+    np.testing.assert_array_equal(grown.y_train.compute(), plain.y_train.compute())
+
+
+def test_variants_are_shifts_of_each_image_and_distinct() -> None:
+    dataset = load_dataset("digits")
+    K = 6
+    parts = split_arrays(dataset, "notebook", "raw", grow=K)
+    X = parts.X_train.compute()
+    y = parts.y_train.compute()
+    n = len(parts.split.train_index)
+    assert X.shape == (K * n, 64)
+    plain = load_digits().data[parts.split.train_index]
+    np.testing.assert_array_equal(X[:n], plain)  # variant 0: the image itself
+    np.testing.assert_array_equal(y, np.tile(y[:n], K))
+    for k in range(1, K):
+        which = shift_of(parts.split.train_index, k)
+        for i in (0, 1, n // 2, n - 1):
+            dy, dx = SHIFTS[which[i]]
+            expected = _shifted(plain[i].reshape(8, 8), dy, dx).reshape(-1)
+            np.testing.assert_array_equal(X[k * n + i], expected)
+    hashes = np.array(_row_hashes(X)).reshape(K, n)
+    for i in range(n):  # the K variants of every image are K different images
+        assert len(set(hashes[:, i])) == K, f"image {i} has repeated variants"
+    assert parts.X_test.shape == (450, 64)  # the test part is not grown
+
+
+def test_variants_do_not_depend_on_the_chunking() -> None:
+    X = load_digits().data.astype(np.uint8)
+    rows = np.arange(len(X))[::-1].copy()
+    a = grow_rows(da.from_array(X[rows], chunks=(100, -1)), rows, 4, (8, 8)).compute()
+    b = grow_rows(da.from_array(X[rows], chunks=(333, 16)), rows, 4, (8, 8)).compute()
+    np.testing.assert_array_equal(a, b)
+    assert _row_hashes(a) == _row_hashes(b)
+
+
+def test_every_shift_is_used_about_equally() -> None:
+    counts = np.bincount(shift_of(np.arange(60_000), 1), minlength=len(SHIFTS))
+    assert counts.min() > 0.9 * 60_000 / len(SHIFTS)
+    assert counts.max() < 1.1 * 60_000 / len(SHIFTS)
+
+
+@pytest.mark.parametrize(
+    ("grow", "shape", "message"),
+    [
+        (0, (8, 8), "grow must be a whole number >= 1"),
+        (2.5, (8, 8), "grow must be a whole number >= 1"),
+        (MAX_GROW + 1, (8, 8), f"at most {MAX_GROW}"),
+        (2, None, "do not form a square image"),
+    ],
+)
+def test_bad_growth_is_refused(grow: object, shape: tuple[int, int] | None, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_grow(grow, shape)  # type: ignore[arg-type]
+
+
+def test_grown_mnist_is_lazy_and_its_known_hashes_hold(mnist_home: Path) -> None:
+    """Grown MNIST is a graph of chunk tasks (nothing computed to build it); the first
+    chunk of variant 2 hashes as it always has (a change in how variants are made shows)."""
+    parts = split_arrays(load_mnist(mnist_home, fetch=False), "notebook", "unit", grow=3)
+    assert parts.X_train.shape == (180_000, 784)
+    assert max(parts.X_train.chunks[0]) <= 10_000
+    chunk = parts.X_train[120_000:121_000].compute(scheduler="threads")
+    digest = hashlib.sha256(chunk.tobytes()).hexdigest()
+    again = parts.X_train[120_000:121_000].compute(scheduler="threads")
+    assert hashlib.sha256(again.tobytes()).hexdigest() == digest
+    assert digest == GROWN_MNIST_DIGEST
+
+
+GROWN_MNIST_DIGEST = "3ca15aa8cc53ddc040f08a693b86779577febfef0d365a19beb23d3f627cb61b"
