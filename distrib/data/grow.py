@@ -46,8 +46,7 @@ def check_grow(grow: int, image_shape: tuple[int, int] | None) -> None:
         )
     if grow > 1 and image_shape is None:
         raise ConfigError(
-            "grow > 1 shifts images, and these features do not form a square image: "
-            "use grow 1"
+            "grow > 1 shifts images, and these features do not form a square image: use grow 1"
         )
 
 
@@ -94,9 +93,7 @@ def variant_block(
     return out.reshape(pixels.shape)
 
 
-def grow_rows(
-    X: da.Array, rows: np.ndarray, grow: int, image_shape: tuple[int, int]
-) -> da.Array:
+def grow_rows(X: da.Array, rows: np.ndarray, grow: int, image_shape: tuple[int, int]) -> da.Array:
     """``grow`` variants of every row of ``X`` (rows of images), variant by variant: rows
     ``k * n .. (k + 1) * n`` are variant ``k`` of ``X``'s ``n`` rows. ``rows`` are ``X``'s
     rows in the data set (they pick each image's shifts). Lazy: each chunk is made by its
