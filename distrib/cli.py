@@ -60,6 +60,17 @@ def _tls_options(func: Any) -> Any:
     return func
 
 
+def _memory_limit_option(func: Any) -> Any:
+    return click.option(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="Memory each local cluster worker may use, e.g. 2GiB [default: dask's 'auto', "
+        "the machine's memory shared out]. A strategy whose rows cannot fit is refused "
+        "before the fit.",
+    )(func)
+
+
 def _data_home_option(func: Any) -> Any:
     return click.option(
         "--data-home",
@@ -81,7 +92,9 @@ def _setting_options(func: Any) -> Any:
             shown = {None: "none", True: "yes", False: "no"}[shown]
         extra = " LABEL=WEIGHT,... weighs each class's rows." if name == "class_weight" else ""
         help_text = f"{setting.help}{extra} [default: {shown}]"
-        if name == "class_weight":
+        if name == "data":
+            option = click.option(flag, name, type=click.Path(), default=None, help=help_text)
+        elif name == "class_weight":
             option = click.option(
                 flag, name, default=None, metavar="none|balanced|LABEL=WEIGHT,...", help=help_text
             )
@@ -120,6 +133,7 @@ def _setting_options(func: Any) -> Any:
 @click.option("--wait-workers", type=int, default=1, show_default=True, help="Workers to wait for.")
 @click.option("--worker-timeout", type=float, default=60.0, show_default=True, help="Seconds.")
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds.")
+@_memory_limit_option
 @click.option(
     "--dashboard-address",
     default="127.0.0.1:8787",
@@ -155,6 +169,7 @@ def train(
     wait_workers: int,
     worker_timeout: float,
     connect_timeout: float,
+    memory_limit: str | None,
     dashboard_address: str,
     tls_ca_file: str | None,
     tls_cert: str | None,
@@ -196,6 +211,7 @@ def train(
         connect_timeout=connect_timeout,
         worker_timeout=worker_timeout,
         dashboard_address=dashboard_address,
+        memory_limit=memory_limit,
         tls_ca_file=tls_ca_file,
         tls_cert=tls_cert,
         tls_key=tls_key,

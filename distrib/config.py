@@ -27,6 +27,9 @@ STRATEGIES = ("ovr", "multinomial")
 #: How training rows reach the workers (`distrib.parallel.transfer`).
 TRANSFER_MODES = ("auto", "path", "scatter")
 PRESETS = ("notebook",)
+#: The most variants of each training image `distrib.data.grow` makes (the image and its
+#: 24 shifts of at most 2 pixels).
+MAX_GROW = 25
 
 # The notebook's settings, applied to one binary fit per class (issue 2, item 10).
 _NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
@@ -60,6 +63,16 @@ SETTINGS: dict[str, Setting] = {
         STRATEGIES,
     ),
     "dataset": Setting("mnist", "The data set.", DATASETS),
+    "data": Setting(
+        None,
+        "Your own arrays instead of --dataset: a .npz holding X and y, a folder holding "
+        "X.npy and y.npy, or a Zarr group with arrays X and y.",
+    ),
+    "grow": Setting(
+        1,
+        f"Train on K variants of each training image (the image and its shifts by up to 2 "
+        f"pixels, made on the workers; K <= {MAX_GROW}); the test part stays the data set's.",
+    ),
     "split": Setting(
         "notebook",
         "notebook: train_test_split(random_state=0); canonical: MNIST's 60k/10k.",
@@ -137,6 +150,12 @@ class TrainConfig:
         (`distrib.parallel.multinomial`); needs ``solver="lbfgs"`` and ``l1_ratio=0``.
     dataset : {"mnist", "digits"}
         MNIST (70,000 x 784, from the local cache) or scikit-learn's 8x8 digits.
+    data : str, optional
+        Your own arrays instead of ``dataset`` (`distrib.data.arrays`): a ``.npz`` holding
+        ``X`` and ``y``, a folder holding ``X.npy`` and ``y.npy``, or a Zarr group.
+    grow : int
+        Train on ``grow`` variants of each training image (`distrib.data.grow`): the image
+        and its shifts by up to 2 pixels; 1 is the data as it is. The test part is not grown.
     split : {"notebook", "canonical"}
         ``notebook``: ``train_test_split(random_state=0)`` with 1/7 (MNIST) or 1/4 (digits)
         held out. ``canonical``: MNIST's original 60,000 / 10,000 split (MNIST only).
@@ -157,6 +176,8 @@ class TrainConfig:
 
     strategy: str = SETTINGS["strategy"].default
     dataset: str = SETTINGS["dataset"].default
+    data: str | None = SETTINGS["data"].default
+    grow: int = SETTINGS["grow"].default
     split: str = SETTINGS["split"].default
     scale: str = SETTINGS["scale"].default
     C: float = SETTINGS["C"].default
@@ -180,6 +201,20 @@ class TrainConfig:
                 raise ConfigError(f"class_weight values must be positive finite numbers, got {bad}")
         if self.preset is not None:
             _choice("preset", self.preset, PRESETS)
+        if isinstance(self.grow, bool) or not isinstance(self.grow, int) or self.grow < 1:
+            raise ConfigError(
+                f"grow must be a whole number >= 1 (1: the data as it is), got {self.grow!r}"
+            )
+        if self.grow > MAX_GROW:
+            raise ConfigError(
+                f"grow {self.grow} asks for more variants than there are shifts of at most 2 "
+                f"pixels: at most {MAX_GROW} (the image and its {MAX_GROW - 1} shifts)"
+            )
+        if self.data is not None and self.split != "notebook":
+            raise ConfigError(
+                f"split {self.split!r} exists only for MNIST; --data is split the notebook's "
+                "way: use --split notebook"
+            )
         if self.split == "canonical" and self.dataset != "mnist":
             raise ConfigError(
                 f"split 'canonical' exists only for MNIST, not {self.dataset!r}: "
@@ -225,6 +260,11 @@ class TrainConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         if preset is None:
             return cls(**given)
+        if given.get("data") is not None:
+            raise ConfigError(
+                "--preset notebook holds the notebook's settings for MNIST and the digits, "
+                "not for --data: give the settings (--C, --solver, ...) instead"
+            )
         _choice("preset", preset, PRESETS)
         dataset = given.get("dataset", cls.dataset)
         _choice("dataset", dataset, DATASETS)
@@ -291,6 +331,11 @@ class ClusterConfig:
         machine only unless the address says otherwise.
     check_versions : bool
         Refuse workers whose library versions differ from the client's.
+    memory_limit : str or None
+        Memory each `LocalCluster` worker may use, as dask spells it (``"2GiB"``,
+        ``"500MB"``, ``"auto"``: the machine's memory shared out); None is dask's
+        default (``"auto"``). Workers of an existing cluster have their own
+        (``dask worker --memory-limit``).
     tls_ca_file, tls_cert, tls_key : str or None
         The client's certificates for a ``tls://`` scheduler (as ``dask worker`` names
         them): the CA that signed the cluster's certificates, this client's certificate and
@@ -305,6 +350,7 @@ class ClusterConfig:
     worker_timeout: float = 60.0
     dashboard_address: str | None = "127.0.0.1:8787"
     check_versions: bool = True
+    memory_limit: str | None = None
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -320,3 +366,22 @@ class ClusterConfig:
             value = getattr(self, name)
             if not value > 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {value}")
+        if self.memory_limit is not None:
+            memory_limit_bytes(self.memory_limit)  # raises on a spelling dask cannot read
+
+
+def memory_limit_bytes(text: str) -> int | None:
+    """A worker memory limit as dask spells it, in bytes (None for ``"auto"``)."""
+    if str(text).strip().lower() == "auto":
+        return None
+    from dask.utils import parse_bytes
+
+    try:
+        value = int(parse_bytes(text))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"memory limit {text!r} is not a size: write it as dask does, e.g. 2GiB, 500MB or auto"
+        ) from exc
+    if value <= 0:
+        raise ConfigError(f"memory limit must be > 0 bytes, got {text!r}")
+    return value

@@ -71,6 +71,12 @@ def test_variants_do_not_depend_on_the_chunking() -> None:
     assert _row_hashes(a) == _row_hashes(b)
 
 
+def test_one_variant_per_shift_and_the_image() -> None:
+    assert len(SHIFTS) + 1 == MAX_GROW
+    assert len(set(SHIFTS)) == len(SHIFTS)
+    assert all(max(abs(dy), abs(dx)) <= 2 for dy, dx in SHIFTS)
+
+
 def test_every_shift_is_used_about_equally() -> None:
     counts = np.bincount(shift_of(np.arange(60_000), 1), minlength=len(SHIFTS))
     assert counts.min() > 0.9 * 60_000 / len(SHIFTS)

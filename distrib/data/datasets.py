@@ -50,32 +50,38 @@ class Dataset:
     Attributes
     ----------
     name : str
-        ``"mnist"`` or ``"digits"``.
+        ``"mnist"``, ``"digits"``, or ``"data"`` for arrays of your own
+        (`distrib.data.arrays`).
     X : dask.array.Array
         ``(n_samples, n_pixels)`` uint8 pixels, chunked by rows.
     y : dask.array.Array
         ``(n_samples,)`` uint8 labels.
-    image_shape : tuple of int
-        Height and width of one image (28x28 or 8x8).
-    pixel_max : int
-        The largest pixel value the format allows (255 or 16).
+    image_shape : tuple of int, or None
+        Height and width of one image (28x28 or 8x8); None where the features do not
+        form a square image.
+    pixel_max : float
+        What ``scale="unit"`` divides by: the largest pixel value the format allows (255
+        or 16), or the largest absolute value in arrays of your own.
     test_fraction : float
         The share of rows the notebook held out for testing.
     source : str
         Where the arrays came from.
     X_sha256, y_sha256 : str
         sha256 of the arrays' bytes (uint8, C order).
+    files : tuple of str
+        The files the arrays' tasks open by path (none for arrays held in the graph).
     """
 
     name: str
     X: da.Array
     y: da.Array
-    image_shape: tuple[int, int]
-    pixel_max: int
+    image_shape: tuple[int, int] | None
+    pixel_max: float
     test_fraction: float
     source: str
     X_sha256: str
     y_sha256: str
+    files: tuple[str, ...] = ()
 
     @property
     def n_samples(self) -> int:
@@ -87,7 +93,7 @@ class Dataset:
             "dataset": self.name,
             "n_samples": self.n_samples,
             "n_features": int(self.X.shape[1]),
-            "image_shape": list(self.image_shape),
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
             "source": self.source,
             "X_sha256": self.X_sha256,
             "y_sha256": self.y_sha256,
@@ -267,6 +273,7 @@ def load_mnist(
         source=f"{source} (cached in {paths['folder']})",
         X_sha256=MNIST_X_SHA256,
         y_sha256=MNIST_Y_SHA256,
+        files=(str(paths["X"]), str(paths["y"])),
     )
 
 

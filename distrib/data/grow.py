@@ -21,6 +21,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
+from distrib.config import MAX_GROW  # the image itself and one variant per shift
 from distrib.errors import ConfigError
 
 MAX_SHIFT = 2
@@ -31,8 +32,6 @@ SHIFTS: tuple[tuple[int, int], ...] = tuple(
     for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)
     if (dy, dx) != (0, 0)
 )
-#: The image itself and one variant per shift.
-MAX_GROW = len(SHIFTS) + 1
 
 
 def check_grow(grow: int, image_shape: tuple[int, int] | None) -> None:
@@ -93,13 +92,15 @@ def variant_block(
     return out.reshape(pixels.shape)
 
 
-def grow_rows(X: da.Array, rows: np.ndarray, grow: int, image_shape: tuple[int, int]) -> da.Array:
+def grow_rows(
+    X: da.Array, rows: np.ndarray, grow: int, image_shape: tuple[int, int] | None
+) -> da.Array:
     """``grow`` variants of every row of ``X`` (rows of images), variant by variant: rows
     ``k * n .. (k + 1) * n`` are variant ``k`` of ``X``'s ``n`` rows. ``rows`` are ``X``'s
     rows in the data set (they pick each image's shifts). Lazy: each chunk is made by its
     own task from the matching chunk of ``X``."""
     check_grow(grow, image_shape)
-    if grow == 1:
+    if grow == 1 or image_shape is None:
         return X
     X = X.rechunk({1: -1})
     index = da.from_array(np.asarray(rows, dtype=np.int64)[:, None], chunks=(X.chunks[0], 1))

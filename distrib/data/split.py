@@ -73,7 +73,7 @@ def make_split(dataset: Dataset, kind: str = "notebook") -> Split:
     raise ConfigError(f"unknown split {kind!r}: expected 'notebook' or 'canonical'")
 
 
-def scale_pixels(X: Any, pixel_max: int, scale: str) -> Any:
+def scale_pixels(X: Any, pixel_max: float, scale: str) -> Any:
     """Pixels as float32: divided by ``pixel_max`` (``unit``) or as they are (``raw``)."""
     if scale == "unit":
         return X.astype(np.float32) / np.float32(pixel_max)

@@ -50,9 +50,13 @@ LOCAL_WORKER_CONFIG: dict[str, Any] = {
 
 
 def start_local_cluster(
-    workers: int, threads_per_worker: int = 1, dashboard_address: str | None = ":0"
+    workers: int,
+    threads_per_worker: int = 1,
+    dashboard_address: str | None = ":0",
+    memory_limit: str | None = None,
 ) -> LocalCluster:
-    """A `LocalCluster` of worker processes with `LOCAL_WORKER_CONFIG` applied."""
+    """A `LocalCluster` of worker processes with `LOCAL_WORKER_CONFIG` applied; each
+    worker may use ``memory_limit`` (dask's spelling; None: dask's default, "auto")."""
     with dask.config.set(LOCAL_WORKER_CONFIG):
         return LocalCluster(
             host="127.0.0.1",  # this machine only; its dashboard too by default
@@ -61,6 +65,7 @@ def start_local_cluster(
             processes=True,
             dashboard_address=dashboard_address,
             silence_logs=logging.ERROR,
+            memory_limit=memory_limit if memory_limit is not None else "auto",
         )
 
 
@@ -187,7 +192,10 @@ def connect(
                 )
             n_workers = config.workers or os.cpu_count() or 1
             cluster = start_local_cluster(
-                n_workers, config.threads_per_worker, config.dashboard_address
+                n_workers,
+                config.threads_per_worker,
+                config.dashboard_address,
+                config.memory_limit,
             )
             address = cluster.scheduler_address
             client = Client(cluster, set_as_default=False)
@@ -196,6 +204,12 @@ def connect(
                 f"{config.threads_per_worker} thread(s) at {address}"
             )
         else:
+            if config.memory_limit is not None:
+                raise ConfigError(
+                    f"--memory-limit sets the workers of the local cluster distrib starts; "
+                    f"the workers of {address} have their own: start them with "
+                    "`dask worker --memory-limit ...`"
+                )
             security = client_security(config, address)
             client = _connect_to(address, config.connect_timeout, security)
             say(f"connected to the Dask scheduler at {address}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -62,9 +63,19 @@ class TrainingData(Protocol):
 
 
 def _row_slice(X: Matrix, y: np.ndarray, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
-    """Rows ``start:stop`` as a fresh copy (of a memory-mapped CSR matrix, scipy reads only
-    those rows)."""
-    rows = sp.csr_matrix(X)[start:stop] if sp.issparse(X) else np.array(X[start:stop])
+    """Rows ``start:stop`` as a fresh copy (of a memory-mapped CSR matrix, only those rows
+    are read); CSR keeps its index types (a block's uint16 stays uint16)."""
+    if not sp.issparse(X):
+        return np.array(X[start:stop]), np.array(y[start:stop])
+    given: Any = X
+    csr = given if given.format == "csr" else sp.csr_matrix(X)
+    lo, hi = int(csr.indptr[start]), int(csr.indptr[stop])
+    rows = softmax.block_csr(
+        (stop - start, csr.shape[1]),
+        np.array(csr.data[lo:hi]),
+        np.array(csr.indices[lo:hi]),
+        np.array(csr.indptr[start : stop + 1]) - lo,
+    )
     return rows, np.array(y[start:stop])
 
 
@@ -85,7 +96,13 @@ def file_signatures(paths: list[str]) -> list[tuple[int, int] | None]:
 def workers_blind_to(client: Any, files: ArrayFiles) -> list[str]:
     """The workers of ``client`` that do not see ``files`` as this process does (another
     machine, another mount): they cannot open them by path."""
-    paths = files.paths()
+    return workers_blind_to_paths(client, files.paths())
+
+
+def workers_blind_to_paths(client: Any, paths: list[str]) -> list[str]:
+    """The workers of ``client`` that do not see the files ``paths`` as this process does."""
+    if not paths:
+        return []
     here = file_signatures(paths)
     seen = client.run(file_signatures, paths)
     return sorted(worker for worker, sigs in seen.items() if list(sigs) != here)
@@ -313,16 +330,40 @@ def _store_npy(path: Path, array: da.Array | np.ndarray) -> None:
         del out
 
 
-def _to_csr(X: da.Array) -> sp.csr_matrix:
-    """A row-chunked Dask array as one CSR matrix, one chunk in memory at a time."""
-    blocks = [
-        sp.csr_matrix(block.compute(scheduler="threads"))
-        for block in X.rechunk({1: -1}).to_delayed().ravel()
-    ]
-    csr = sp.vstack(blocks, format="csr")
-    csr.indices = csr.indices.astype(np.int32, copy=False)
-    csr.indptr = csr.indptr.astype(np.int64, copy=False)
-    return csr
+def _store_csr(X: da.Array, folder: Path) -> None:
+    """``X`` (row-chunked) as the CSR parts ``X_data.npy``, ``X_indices.npy`` (int32) and
+    ``X_indptr.npy`` (int64), computed and written a chunk at a time: only one chunk of
+    rows is ever in memory here, whatever the size of ``X``."""
+    X = X.rechunk({1: -1})
+    indptr = [np.zeros(1, dtype=np.int64)]
+    total = 0
+    raw = {part: folder / f".X_{part}.{uuid.uuid4().hex}.raw" for part in ("data", "indices")}
+    try:
+        with open(raw["data"], "wb") as data, open(raw["indices"], "wb") as indices:
+            for chunk in X.to_delayed().ravel():
+                block = sp.csr_matrix(np.asarray(chunk.compute(scheduler="threads")))
+                data.write(np.ascontiguousarray(block.data, dtype=X.dtype).tobytes())
+                indices.write(np.ascontiguousarray(block.indices, dtype=np.int32).tobytes())
+                indptr.append(block.indptr[1:].astype(np.int64) + total)
+                total += block.nnz
+        _npy_from_raw(raw["data"], folder / "X_data.npy", X.dtype, total)
+        _npy_from_raw(raw["indices"], folder / "X_indices.npy", np.dtype(np.int32), total)
+        _store_npy(folder / "X_indptr.npy", np.concatenate(indptr))
+    finally:
+        for path in raw.values():
+            path.unlink(missing_ok=True)
+
+
+def _npy_from_raw(raw: Path, path: Path, dtype: Any, length: int) -> None:
+    """A 1-D ``.npy`` file of ``length`` values of ``dtype`` whose bytes are in ``raw``."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": (length,),
+    }
+    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as out, open(raw, "rb") as src:
+        np.lib.format.write_array_header_2_0(out, header)
+        shutil.copyfileobj(src, out, 16 << 20)
 
 
 def open_array_files(folder: Path, shape: tuple[int, int], layout: str) -> ArrayFiles | None:
@@ -363,9 +404,7 @@ def write_array_files(
         if layout == "dense":
             _store_npy(folder / "X.npy", X)
         else:
-            csr = _to_csr(X)
-            for part in _SPARSE_PARTS:
-                _store_npy(folder / f"X_{part}.npy", getattr(csr, part))
+            _store_csr(X, folder)
         _store_npy(folder / "y.npy", y)
         write_json(folder / "key.json", {**key_parts, "layout": layout, "shape": list(shape)})
     except OSError as exc:
@@ -377,18 +416,31 @@ def write_array_files(
 
 
 def prepare_split_arrays(
-    parts: SplitArrays, root: Path, key_parts: dict[str, Any], layout: str = "auto"
-) -> tuple[ArrayFiles, ArrayFiles, float]:
+    parts: SplitArrays,
+    root: Path,
+    key_parts: dict[str, Any],
+    layout: str = "auto",
+    *,
+    write_train: bool = True,
+) -> tuple[ArrayFiles | None, ArrayFiles, float]:
     """Write (or reuse) both parts of a split under ``root/prepared`` in the chosen layout.
 
     The folder is named by a digest of ``key_parts`` (what the arrays derive from); the
     density of the training pixels is cached beside the layouts, so later runs pay for
     neither. The training part is what the workers read; the test part makes evaluation
-    and ``distrib predict`` a memory-mapped read.
+    and ``distrib predict`` a memory-mapped read. A grown training part (``parts.grow`` >
+    1) has a folder of its own beside the data set's; its density is the data set's
+    training rows' (its first variant), so choosing the layout makes no variant.
+
+    Parameters
+    ----------
+    write_train : bool
+        False: write only the test part (the training rows reach the workers another
+        way); the returned train files are then None.
 
     Returns
     -------
-    train, test : ArrayFiles
+    train, test : ArrayFiles (train None without ``write_train``)
     density : float
         The share of non-zero training pixels.
     """
@@ -397,7 +449,7 @@ def prepare_split_arrays(
     try:
         density = float(json.loads(density_path.read_text())["density"])
     except (OSError, ValueError, KeyError, TypeError):
-        density = density_of(parts.X_train)
+        density = density_of(parts.X_train[: len(parts.split.train_index)])
         try:
             folder.mkdir(parents=True, exist_ok=True)
             write_json(density_path, {"density": density})
@@ -407,9 +459,14 @@ def prepare_split_arrays(
                 "point --data-home at a writable folder"
             ) from exc
     chosen = choose_layout(layout, density)
-    train = write_array_files(
-        parts.X_train, parts.y_train, folder / chosen / "train", key_parts, chosen
-    )
+    train = None
+    if write_train:
+        name, train_key = "train", key_parts
+        if parts.grow != 1:
+            name, train_key = f"train-grow-{parts.grow}", {**key_parts, "grow": parts.grow}
+        train = write_array_files(
+            parts.X_train, parts.y_train, folder / chosen / name, train_key, chosen
+        )
     test = write_array_files(
         parts.X_test, parts.y_test, folder / chosen / "test", key_parts, chosen
     )

@@ -191,41 +191,43 @@ def render_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     model, meta, metrics, images = _load_run(run_dir)
     data = meta.get("data", {})
     shape = tuple(data.get("image_shape") or ())
-    if len(shape) != 2 or shape[0] * shape[1] != model.n_features:
-        raise OutputError(f"{run_dir / 'model.json'} has no usable data.image_shape ({shape})")
-    image_shape = (int(shape[0]), int(shape[1]))
+    # figures that show rows as pictures only where the features form a square image
+    square = len(shape) == 2 and shape[0] * shape[1] == model.n_features
+    image_shape = (int(shape[0]), int(shape[1])) if square else None
     classes = [int(c) for c in metrics["classes"]]
     counts = metrics["class_counts"]
     n_wrong = len(metrics["misclassified"]["test_position"])
-    figures = {
-        "samples": (
+    figures: dict[str, tuple[str, Any]] = {}
+    if image_shape is not None:
+        figures["samples"] = (
             "Sample training images",
             plots.plot_samples(images["samples"], images["sample_labels"], image_shape),
-        ),
-        "class_histograms": (
-            "Classes in the train and test splits",
-            plots.plot_class_histograms(classes, counts["train"], counts["test"]),
-        ),
-        "coefficients": (
+        )
+    figures["class_histograms"] = (
+        "Classes in the train and test splits",
+        plots.plot_class_histograms(classes, counts["train"], counts["test"]),
+    )
+    if image_shape is not None:
+        figures["coefficients"] = (
             "Coefficients of each class",
             plots.plot_coefficients(model.coef, classes, image_shape, model.strategy),
-        ),
-        "confusion_matrix": (
-            "Confusion matrix",
-            plots.plot_confusion(metrics["confusion_matrix"], classes, metrics["test_accuracy"]),
-        ),
-        "misclassified": (
+        )
+    figures["confusion_matrix"] = (
+        "Confusion matrix",
+        plots.plot_confusion(metrics["confusion_matrix"], classes, metrics["test_accuracy"]),
+    )
+    if image_shape is not None:
+        figures["misclassified"] = (
             "Misclassified test images",
             plots.plot_misclassified(
                 images["wrong"], images["wrong_true"], images["wrong_pred"], image_shape, n_wrong
             ),
-        ),
-        "timeline": (
-            ("Convergence and time per evaluation", plots.plot_convergence(metrics["solver"]))
-            if _is_multinomial(metrics)
-            else ("Timeline of the fits on the cluster", plots.plot_timeline(metrics["fits"]))
-        ),
-    }
+        )
+    figures["timeline"] = (
+        ("Convergence and time per evaluation", plots.plot_convergence(metrics["solver"]))
+        if _is_multinomial(metrics)
+        else ("Timeline of the fits on the cluster", plots.plot_timeline(metrics["fits"]))
+    )
     pngs = {name: plots.figure_png(fig) for name, (_, fig) in figures.items()}
     tables = _tables(metrics, meta)
 
@@ -233,7 +235,8 @@ def render_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
         f"distrib run {run_dir.name}: {data.get('dataset')}, test accuracy "
         f"{metrics['test_accuracy']:.4f}"
     )
-    order = ["samples", "class_histograms", "coefficients", "confusion_matrix", "misclassified"]
+    shown = ["samples", "class_histograms", "coefficients", "confusion_matrix", "misclassified"]
+    order = [name for name in shown if name in figures]
     html_parts = [f"<h1>{html.escape(title)}</h1>", tables["run"][0]]
     md_parts = [f"# {title}\n", tables["run"][1]]
     for name in order:

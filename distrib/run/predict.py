@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from distrib.data.arrays import load_arrays
 from distrib.data.datasets import load_dataset
 from distrib.data.split import scale_pixels, split_arrays
 from distrib.errors import DataError, OutputError
@@ -35,9 +36,14 @@ def _load_npy(path: str | os.PathLike[str], what: str) -> np.ndarray:
 
 
 def check_images(
-    X: np.ndarray, source: str, n_features: int, image_shape: tuple[int, ...], pixel_max: int
+    X: np.ndarray,
+    source: str,
+    n_features: int,
+    image_shape: tuple[int, ...],
+    pixel_max: float | None,
 ) -> np.ndarray:
-    """Raw images as ``(n, n_features)``; refuses wrong shapes, dtypes and values.
+    """Raw images as ``(n, n_features)``; refuses wrong shapes, dtypes and values
+    (outside ``[0, pixel_max]``; None: any finite value, as for arrays of your own).
 
     Parameters
     ----------
@@ -48,18 +54,19 @@ def check_images(
     """
     if X.dtype.kind not in "uif":
         raise DataError(f"{source} holds dtype {X.dtype}, expected numbers (uint8 or float)")
-    if X.ndim == 3 and tuple(X.shape[1:]) == tuple(image_shape):
+    if image_shape and X.ndim == 3 and tuple(X.shape[1:]) == tuple(image_shape):
         X = X.reshape(len(X), -1)
     if X.ndim != 2 or X.shape[1] != n_features:
         shape = "x".join(str(s) for s in image_shape)
+        images = f" or (n, {shape}) images" if image_shape else " rows"
         raise DataError(
-            f"{source} has shape {X.shape}, expected (n, {n_features}) or (n, {shape}) "
-            "images like the model's training data"
+            f"{source} has shape {X.shape}, expected (n, {n_features}){images} like the "
+            "model's training data"
         )
     if X.dtype.kind == "f" and not np.all(np.isfinite(X)):
         raise DataError(f"{source} holds NaN or infinite values")
     low, high = (float(X.min()), float(X.max())) if X.size else (0.0, 0.0)
-    if low < 0 or high > pixel_max:
+    if pixel_max is not None and (low < 0 or high > pixel_max):
         raise DataError(
             f"{source} holds values in [{low:g}, {high:g}], expected raw pixels in "
             f"[0, {pixel_max}] (distrib applies the model's own scaling)"
@@ -100,11 +107,12 @@ def predict_saved(
     data = meta.get("data")
     if not isinstance(data, dict) or not {"dataset", "split", "scale"} <= set(data):
         raise OutputError(f"{Path(model_dir) / 'model.json'} lacks its 'data' section")
-    image_shape = tuple(data.get("image_shape", ()))
-    pixel_max = int(data.get("pixel_max", 255))
+    image_shape = tuple(data.get("image_shape") or ())
+    pixel_max = float(data.get("pixel_max", 255))
+    own = data["dataset"] == "data"  # arrays of the user's own, from data["source"]
     y: np.ndarray | None
     if input_path is None:
-        dataset = load_dataset(data["dataset"], home)
+        dataset = load_arrays(data["source"]) if own else load_dataset(data["dataset"], home)
         if dataset.X_sha256 != data.get("X_sha256"):
             raise DataError(
                 f"the cached {dataset.name} differs from the data this model was trained on "
@@ -120,7 +128,7 @@ def predict_saved(
             str(input_path),
             estimator.n_features_in_,
             image_shape,
-            pixel_max,
+            None if own else pixel_max,
         )
         X_scaled = scale_pixels(X, pixel_max, data["scale"])
         pred = estimator.predict(np.asarray(X_scaled))

@@ -19,7 +19,9 @@ from distributed import Client, KilledWorker
 
 from distrib._version import __version__
 from distrib.config import TRANSFER_MODES, TrainConfig
+from distrib.data.arrays import load_arrays
 from distrib.data.datasets import Dataset, data_home, load_dataset
+from distrib.data.grow import check_grow
 from distrib.data.split import SplitArrays, check_labels, split_arrays
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
 from distrib.estimator import DaskLogisticRegression
@@ -36,9 +38,12 @@ from distrib.parallel.dispatch import ATTEMPT_TOPIC, BinaryFit
 from distrib.parallel.fitting import (
     FitHooks,
     FitOutcome,
+    by_class_index,
     check_class_weight_labels,
+    fit_dask_rows,
     fit_training_data,
 )
+from distrib.parallel.memory import check_fits, matrix_bytes, worker_memory
 from distrib.parallel.multinomial import block_loads
 from distrib.parallel.transfer import (
     ArrayFiles,
@@ -46,6 +51,7 @@ from distrib.parallel.transfer import (
     load_in_memory,
     prepare_split_arrays,
     workers_blind_to,
+    workers_blind_to_paths,
 )
 from distrib.report.render import (
     MISCLASSIFIED_IMAGES,
@@ -79,8 +85,8 @@ class _Phases:
         t0 = time.perf_counter()
         try:
             yield
-        finally:
-            self.seconds[name] = time.perf_counter() - t0
+        finally:  # a phase entered twice counts both times
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
     def report(self) -> dict[str, float]:
         return {**self.seconds, "total": time.perf_counter() - self._start}
@@ -171,14 +177,37 @@ def _warm_up() -> None:
     warm_up()
 
 
+def _generated_rows(client: Client, dataset: Dataset) -> None:
+    """Refuse to make grown rows on workers that cannot read the data set's files."""
+    blind = workers_blind_to_paths(client, list(dataset.files))
+    if blind:
+        folder = os.path.dirname(dataset.files[0])
+        raise ConfigError(
+            f"--grow makes the training rows on the workers from {folder}, which worker(s) "
+            f"{', '.join(blind[:3])} cannot see as this client does: mount that folder at the "
+            "same path on every worker (docker-compose.yml mounts its data volume at /data)"
+        )
+
+
+def _check_memory(
+    client: Client, config: TrainConfig, parts: SplitArrays, density: float, layout: str
+) -> None:
+    """Refuse a strategy whose rows cannot fit in the workers' memory limits."""
+    n_rows, n_features = (int(n) for n in parts.X_train.shape)
+    nbytes = matrix_bytes(n_rows, n_features, density, layout)
+    # a grown chunk arrives dense (float32) and is copied once as it becomes a block
+    chunk = 2 * max(parts.X_train.chunks[0]) * n_features * 4 if parts.grow > 1 else 0
+    check_fits(worker_memory(client), config.strategy, nbytes, chunk)
+
+
 def _fit(
     config: TrainConfig,
     client: Client,
-    data: TrainingData,
-    classes: np.ndarray,
-    hooks: FitHooks,
+    fit: Callable[[], FitOutcome],
     checkpoints: Checkpoints,
     folder: Path,
+    classes: np.ndarray,
+    hooks: FitHooks,
 ) -> FitOutcome:
     """Fit; name what went wrong in the terms of this run."""
     if config.strategy == "ovr":
@@ -190,7 +219,7 @@ def _fit(
         hint = f"run `distrib train --resume {folder}` to start the multinomial fit again"
     n_done = len(hooks.done)
     try:
-        return fit_training_data(data, classes, config, client=client, hooks=hooks)
+        return fit()
     except KilledWorker as exc:
         if config.strategy == "ovr":
             saved = checkpoints.load()
@@ -361,18 +390,26 @@ def _run(
 ) -> RunResult:
     phase = _Phases()
     with phase("load"):
-        dataset = load_dataset(config.dataset, home, log=say)
+        if config.data is not None:
+            dataset = load_arrays(config.data)
+        else:
+            dataset = load_dataset(config.dataset, home, log=say)
     say(f"data: {dataset.name} {tuple(dataset.X.shape)} from {dataset.source}")
     with phase("split"):
-        parts = split_arrays(dataset, config.split, config.scale)
+        check_grow(config.grow, dataset.image_shape)
+        parts = split_arrays(dataset, config.split, config.scale, config.grow)
         y_train, y_test = parts.local("y_train", "y_test")
         classes = check_labels(y_train, y_test)
     if isinstance(config.class_weight, dict):  # before anything is written
         check_class_weight_labels(config.class_weight, classes)
+    grown = f" ({config.grow} variants of each training image)" if config.grow > 1 else ""
     say(
-        f"split: {config.split}, {len(y_train)} train / {len(y_test)} test rows, "
+        f"split: {config.split}, {len(y_train)} train{grown} / {len(y_test)} test rows, "
         f"{len(classes)} classes, pixels {config.scale}"
     )
+    # grown rows for a multinomial fit are made on the workers, chunk by chunk, and stay
+    # there as blocks: neither this process nor any one worker holds the whole matrix
+    generated = config.grow > 1 and config.strategy == "multinomial"
     with phase("prepare"):
         key = {
             "dataset": dataset.name,
@@ -382,9 +419,9 @@ def _run(
             "scale": config.scale,
         }
         files, test_files, density = prepare_split_arrays(
-            parts, data_home(home), key, config.layout
+            parts, data_home(home), key, config.layout, write_train=not generated
         )
-        layout = files.layout
+        layout = test_files.layout
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
 
     with contextlib.ExitStack() as stack:
@@ -392,10 +429,16 @@ def _run(
             with phase("connect"):
                 client = stack.enter_context(connect(cluster, log=say))
         cluster_info = describe(client)
+        _check_memory(client, config, parts, density, layout)
         with phase("transfer"):
             client.run(_warm_up)
-            mode = _choose_transfer(client, files, transfer)
-            data: TrainingData = files if mode == "path" else load_in_memory(files)
+            data: TrainingData | None = None
+            if files is None:  # generated on the workers
+                _generated_rows(client, dataset)
+                mode = "generated"
+            else:
+                mode = _choose_transfer(client, files, transfer)
+                data = files if mode == "path" else load_in_memory(files)
         say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
         checkpoints = Checkpoints(folder)
         manifest = {
@@ -424,8 +467,22 @@ def _run(
             if resume:
                 say("resuming: a multinomial fit has no per-class checkpoints; fitting it again")
             say(f"fitting one multinomial model on {cluster_info['workers']} workers")
+
+        def fit() -> FitOutcome:
+            if data is not None:
+                return fit_training_data(data, classes, config, client=client, hooks=hooks)
+            return fit_dask_rows(
+                parts.X_train,
+                np.searchsorted(classes, y_train),
+                len(classes),
+                config,
+                client=client,
+                hooks=hooks,
+                class_weight=by_class_index(config.class_weight, classes),
+            )
+
         with phase("fit"):
-            outcome = _fit(config, client, data, classes, hooks, checkpoints, folder)
+            outcome = _fit(config, client, fit, checkpoints, folder, classes, hooks)
         with phase("reduce"):
             records = outcome.records
             if config.strategy == "ovr":
@@ -434,10 +491,14 @@ def _run(
                     record["retries"] = retries.get(record["label"], [])
             else:
                 _add_block_loads(client, hooks.run_id, records)
+        model = LinearModel(outcome.coef, outcome.intercept, classes, config.strategy)
+        with phase("evaluate"):
+            if files is None:  # the grown rows exist only as chunks: made again, there
+                train_pred = client.compute(model.predict(parts.X_train)).result()
+            else:
+                train_pred = model.predict(files.arrays()[0])
 
-    model = LinearModel(outcome.coef, outcome.intercept, classes, config.strategy)
     with phase("evaluate"):
-        train_pred = model.predict(files.arrays()[0])
         test_pred = model.predict(test_files.arrays()[0])
         metrics = evaluate(classes, y_train, train_pred, y_test, test_pred, parts.split.test_index)
     say(
@@ -448,6 +509,7 @@ def _run(
         **dataset.describe(),
         "split": config.split,
         "scale": config.scale,
+        "grow": config.grow,
         "pixel_max": dataset.pixel_max,
         "n_train": len(y_train),
         "n_test": len(y_test),
@@ -457,7 +519,11 @@ def _run(
         "data": data_info,
         "versions": package_versions(),
         "cluster": cluster_info,
-        "transfer": {**data.describe(), "mode": mode, "density": density},
+        "transfer": {
+            **(data.describe() if data is not None else {"layout": "per block"}),
+            "mode": mode,
+            "density": density,
+        },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with phase("write"):
