@@ -180,10 +180,9 @@ def _zarr_arrays(folder: Path) -> tuple[da.Array, da.Array]:
     for name in ("X", "y"):
         if name not in present:
             raise _missing(folder, name, present)
-        if group[name].dtype.hasobject or group[name].dtype.kind in "USV":
-            raise DataError(
-                f"{folder}: {name} holds {group[name].dtype}, not numbers: store a numeric array"
-            )
+        dtype = np.dtype(getattr(group[name], "dtype", object))
+        if dtype.hasobject or dtype.kind in "USV":
+            raise DataError(f"{folder}: {name} holds {dtype}, not numbers: store a numeric array")
         arrays.append(da.from_zarr(str(folder), component=name))
     return arrays[0], arrays[1]
 

@@ -75,8 +75,8 @@ def make_split(dataset: Dataset, kind: str = "notebook") -> Split:
 
 def scale_pixels(X: Any, pixel_max: float, scale: str) -> Any:
     """Pixels as float32: divided by ``pixel_max`` (``unit``) or as they are (``raw``)."""
-    if scale == "unit":
-        return X.astype(np.float32) / np.float32(pixel_max)
+    if scale == "unit":  # one float32 result, no float32 copy before the division
+        return np.divide(X, np.float32(pixel_max), dtype=np.float32)
     if scale == "raw":
         return X.astype(np.float32)
     raise ConfigError(f"unknown scale {scale!r}: expected 'unit' or 'raw'")

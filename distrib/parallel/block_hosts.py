@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import ssl
 import time
@@ -146,6 +147,7 @@ class BlockHost:
         ``kw`` are `distrib.parallel.multinomial.load_block`'s (classes, run_id, offset, key).
         """
         self.blocks[index] = load_block(source, start, stop, **kw)
+        release_free_memory()  # the load's temporaries: back to the system, not kept
         return self.blocks[index].n_rows
 
     def adopt(
@@ -257,6 +259,16 @@ class BlockHost:
         known = self._relayed.pop(worker, None)
         if known is not None:
             known[1].close()
+
+
+def release_free_memory() -> None:
+    """Give the memory this process has freed back to the system (glibc's ``malloc_trim``;
+    nothing elsewhere). Local workers keep glibc's adaptive mmap threshold (see
+    `distrib.parallel.cluster.LOCAL_WORKER_CONFIG`), so a block's temporaries (the chunk
+    it came from, ~30 MB each) stay in the heap once freed, and count against the worker's
+    memory limit, until trimmed."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass(frozen=True)

@@ -48,13 +48,21 @@ class WorkerMemory:
         return fraction * self.limit - self.used
 
 
+def process_memory() -> int:
+    """This process's resident memory in bytes (what dask's memory limit is held against)."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 def worker_memory(client: Any) -> list[WorkerMemory]:
-    """The memory of each worker of ``client``'s cluster."""
+    """The memory of each worker of ``client``'s cluster, its use measured now."""
+    used = client.run(process_memory)
     return [
         WorkerMemory(
             address,
             int(info.get("memory_limit") or 0),
-            int((info.get("metrics") or {}).get("memory") or 0),
+            int(used.get(address, 0)),
             int(info.get("nthreads", 1)),
         )
         for address, info in sorted(worker_infos(client).items())

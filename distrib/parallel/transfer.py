@@ -415,6 +415,26 @@ def write_array_files(
     return ArrayFiles(str(folder), shape, layout)
 
 
+def training_density(parts: SplitArrays, root: Path, key_parts: dict[str, Any]) -> float:
+    """The share of non-zero training pixels, cached beside the prepared split (a grown
+    training part: its first variant's, the data set's own rows)."""
+    folder = prepared_folder(root, key_parts)
+    density_path = folder / "density.json"
+    try:
+        return float(json.loads(density_path.read_text())["density"])
+    except (OSError, ValueError, KeyError, TypeError):
+        density = density_of(parts.X_train[: len(parts.split.train_index)])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(density_path, {"density": density})
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the prepared training arrays in {folder}: {exc}; "
+            "point --data-home at a writable folder"
+        ) from exc
+    return density
+
+
 def prepare_split_arrays(
     parts: SplitArrays,
     root: Path,
@@ -445,19 +465,7 @@ def prepare_split_arrays(
         The share of non-zero training pixels.
     """
     folder = prepared_folder(root, key_parts)
-    density_path = folder / "density.json"
-    try:
-        density = float(json.loads(density_path.read_text())["density"])
-    except (OSError, ValueError, KeyError, TypeError):
-        density = density_of(parts.X_train[: len(parts.split.train_index)])
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(density_path, {"density": density})
-        except OSError as exc:
-            raise OutputError(
-                f"cannot write the prepared training arrays in {folder}: {exc}; "
-                "point --data-home at a writable folder"
-            ) from exc
+    density = training_density(parts, root, key_parts)
     chosen = choose_layout(layout, density)
     train = None
     if write_train:

@@ -48,8 +48,10 @@ from distrib.parallel.multinomial import block_loads
 from distrib.parallel.transfer import (
     ArrayFiles,
     TrainingData,
+    choose_layout,
     load_in_memory,
     prepare_split_arrays,
+    training_density,
     workers_blind_to,
     workers_blind_to_paths,
 )
@@ -198,6 +200,19 @@ def _check_memory(
     # a grown chunk arrives dense (float32) and is copied once as it becomes a block
     chunk = 2 * max(parts.X_train.chunks[0]) * n_features * 4 if parts.grow > 1 else 0
     check_fits(worker_memory(client), config.strategy, nbytes, chunk)
+
+
+def _warm_workers(client: Client) -> None:
+    """`_warm_up` on every worker; a worker that dies of it names the memory limit."""
+    try:
+        client.run(_warm_up)
+    except OSError as exc:  # distributed's CommClosedError: the worker process is gone
+        limits = {int(w.get("memory_limit") or 0) for w in worker_infos(client).values()}
+        limit = f" (memory limit {max(limits) / 1e6:,.0f} MB)" if max(limits, default=0) else ""
+        raise ClusterError(
+            f"a worker died loading distrib's libraries (scikit-learn, numba){limit}: a worker "
+            "needs ~350 MB before any data; raise --memory-limit (or the workers' own)"
+        ) from exc
 
 
 def _fit(
@@ -418,10 +433,8 @@ def _run(
             "split": config.split,
             "scale": config.scale,
         }
-        files, test_files, density = prepare_split_arrays(
-            parts, data_home(home), key, config.layout, write_train=not generated
-        )
-        layout = test_files.layout
+        density = training_density(parts, data_home(home), key)
+        layout = choose_layout(config.layout, density)
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
 
     with contextlib.ExitStack() as stack:
@@ -429,9 +442,14 @@ def _run(
             with phase("connect"):
                 client = stack.enter_context(connect(cluster, log=say))
         cluster_info = describe(client)
-        _check_memory(client, config, parts, density, layout)
         with phase("transfer"):
-            client.run(_warm_up)
+            _warm_workers(client)
+            _check_memory(client, config, parts, density, layout)  # before any file
+        with phase("prepare"):
+            files, test_files, _ = prepare_split_arrays(
+                parts, data_home(home), key, config.layout, write_train=not generated
+            )
+        with phase("transfer"):
             data: TrainingData | None = None
             if files is None:  # generated on the workers
                 _generated_rows(client, dataset)
