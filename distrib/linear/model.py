@@ -47,6 +47,9 @@ def _digest(array: np.ndarray) -> str:
 
 def _decision_block(X: Any, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
     if sp.issparse(X):
+        if X.format == "csr" and X.indices.dtype not in (np.int32, np.int64):
+            # a multinomial block's narrow column indices: scipy's products take int32
+            X = sp.csr_matrix((X.data, X.indices.astype(np.int32), X.indptr), shape=X.shape)
         return np.asarray(X @ coef.T) + intercept
     return np.asarray(X, dtype=np.float64) @ coef.T + intercept
 
@@ -56,6 +59,12 @@ def _index_of_best(scores: np.ndarray) -> np.ndarray:
     if scores.shape[1] == 1:
         return (scores[:, 0] > 0).astype(np.intp)
     return np.argmax(scores, axis=1)
+
+
+def predict_codes(X: Any, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """Each row's predicted class index (two classes: one row of ``coef``, 1 where its
+    score is positive)."""
+    return _index_of_best(_decision_block(X, coef, intercept))
 
 
 def _predict_block(

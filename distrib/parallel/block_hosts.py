@@ -44,6 +44,7 @@ import numpy as np
 
 from distrib.errors import ClusterError
 from distrib.linear import softmax
+from distrib.linear.model import predict_codes
 from distrib.parallel.block_channel import Channel, ChannelServer, pack, receive_all
 from distrib.parallel.cluster import worker_infos
 from distrib.parallel.multinomial import Evaluation, RowBlock, block_loss_grad, load_block
@@ -187,6 +188,12 @@ class BlockHost:
         else:
             results = list(self._pool.map(lambda block: block_loss_grad(block, *args), blocks))
         return HostReply(combine(tree, dict(zip(indices, results, strict=True))))
+
+    def predict(
+        self, indices: list[int], coef: np.ndarray, intercept: np.ndarray
+    ) -> dict[int, np.ndarray]:
+        """Each row's predicted class index, for each block in ``indices``."""
+        return {i: predict_codes(self.blocks[i].X, coef, intercept) for i in indices}
 
     def _answer(
         self,
@@ -772,6 +779,29 @@ class ClusterBlocks:
             self.channels.pop(worker).close()
             self.addresses.pop(worker, None)
         self._open_channels(sorted(workers))
+
+    def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """Every row's predicted class index, computed where its block lives (blocks of a
+        worker lost meanwhile are loaded again elsewhere first)."""
+        self.wait_loaded()
+        codes: dict[int, np.ndarray] = {}
+        while len(codes) < len(self.sources):
+            by_worker: dict[str, list[int]] = {}
+            for index, worker in enumerate(self.placement):
+                if index not in codes:
+                    by_worker.setdefault(worker, []).append(index)
+            calls: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]] = {
+                w: ("predict", (ix, coef, intercept), {}) for w, ix in by_worker.items()
+            }
+            reload: list[int] = []
+            for worker, result in self.client.sync(self._call_all, calls).items():
+                if isinstance(result, _Lost):
+                    reload += self._lose(worker)
+                else:
+                    codes.update(result)
+            if reload:
+                self._load(reload)
+        return np.concatenate([codes[i] for i in range(len(self.sources))])
 
     def describe(self) -> list[dict[str, Any]]:
         return [

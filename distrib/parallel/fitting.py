@@ -68,6 +68,9 @@ class FitOutcome:
     solver : dict
         ``multinomial``: iterations, evaluations, convergence, time per evaluation;
         ``ovr``: how the rows reached the fits.
+    train_codes : ndarray, optional
+        Each training row's predicted class index, where asked for
+        (`fit_dask_rows`'s ``predict_rows``): computed where the rows are held.
     """
 
     coef: np.ndarray
@@ -75,6 +78,7 @@ class FitOutcome:
     n_iter: np.ndarray
     records: list[dict[str, Any]]
     solver: dict[str, Any]
+    train_codes: np.ndarray | None = None
 
 
 @dataclass
@@ -289,6 +293,7 @@ def fit_dask_rows(
     hooks: FitHooks | None = None,
     class_weight: str | dict[int, float] | None = None,
     sample_weight: np.ndarray | None = None,
+    predict_rows: bool = False,
 ) -> FitOutcome:
     """The multinomial fit on a Dask array's rows, each chunk computed on a worker and kept
     there as a block (the matrix is never gathered here, nor whole on any worker).
@@ -305,6 +310,9 @@ def fit_dask_rows(
     class_weight : "balanced" or dict, optional
         A dict keyed by class index.
     sample_weight : ndarray of shape (n_samples,), optional
+    predict_rows : bool
+        Also predict every row with the fitted model where its block is (the outcome's
+        ``train_codes``): rows that exist only as a graph need not be made again.
     """
     hooks = hooks or FitHooks()
     weights = objective_weights(codes, n_classes, class_weight, sample_weight)
@@ -316,7 +324,9 @@ def fit_dask_rows(
         sample_weight=sample_weight,
         run_id=hooks.run_id,
     )
-    return fit_multinomial(runner, int(X.shape[1]), n_classes, weights, config, hooks)
+    return fit_multinomial(
+        runner, int(X.shape[1]), n_classes, weights, config, hooks, predict_rows=predict_rows
+    )
 
 
 def fit_multinomial(
@@ -326,11 +336,14 @@ def fit_multinomial(
     weights: tuple[np.ndarray | None, float],
     config: TrainConfig,
     hooks: FitHooks | None = None,
+    *,
+    predict_rows: bool = False,
 ) -> FitOutcome:
     """The multinomial fit over ``runner``'s blocks (released at the end).
 
     ``weights``: each class's weight and the rows' total
-    (`distrib.parallel.multinomial.objective_weights`).
+    (`distrib.parallel.multinomial.objective_weights`); ``predict_rows``: also predict
+    every row where it is held, before the blocks are released.
     """
     hooks = hooks or FitHooks()
     every = 10  # a line per ten iterations: ~0.5 s apart on full MNIST, 2 workers
@@ -359,8 +372,9 @@ def fit_multinomial(
             on_iteration=on_iteration,
         )
         blocks = runner.describe()
+        codes = runner.predict(fit.coef, fit.intercept) if predict_rows else None
     finally:
         runner.release()
     if not fit.converged:
         hooks.say(f"L-BFGS stopped before convergence ({fit.message}): raise --max-iter")
-    return FitOutcome(fit.coef, fit.intercept, np.array([fit.n_iter]), blocks, fit.record())
+    return FitOutcome(fit.coef, fit.intercept, np.array([fit.n_iter]), blocks, fit.record(), codes)

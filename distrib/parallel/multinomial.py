@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from distrib.errors import DataError
 from distrib.linear import softmax
+from distrib.linear.model import predict_codes
 from distrib.parallel.partial_sums import PartialSum, Timing
 from distrib.parallel.transfer import Matrix, TrainingData, aligned_copy
 
@@ -147,6 +148,10 @@ class BlockRunner(Protocol):
 
     def describe(self) -> list[dict[str, Any]]: ...
 
+    def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """Every row's predicted class index, in row order, where its block lives."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -167,6 +172,9 @@ class LocalBlocks:
 
     def wait_loaded(self) -> None:
         """Loaded already, in this process."""
+
+    def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        return predict_codes(self.block.X, coef, intercept)
 
     def release(self) -> None:
         """Nothing to release: the block lives in this process."""

@@ -497,6 +497,7 @@ def _run(
                 client=client,
                 hooks=hooks,
                 class_weight=by_class_index(config.class_weight, classes),
+                predict_rows=True,  # the grown rows exist only as blocks: predict there
             )
 
         with phase("fit"):
@@ -509,14 +510,13 @@ def _run(
                     record["retries"] = retries.get(record["label"], [])
             else:
                 _add_block_loads(client, hooks.run_id, records)
-        model = LinearModel(outcome.coef, outcome.intercept, classes, config.strategy)
-        with phase("evaluate"):
-            if files is None:  # the grown rows exist only as chunks: made again, there
-                train_pred = client.compute(model.predict(parts.X_train)).result()
-            else:
-                train_pred = model.predict(files.arrays()[0])
 
+    model = LinearModel(outcome.coef, outcome.intercept, classes, config.strategy)
     with phase("evaluate"):
+        if files is not None:
+            train_pred = model.predict(files.arrays()[0])
+        else:  # generated rows: predicted by the blocks that held them
+            train_pred = classes[np.asarray(outcome.train_codes)]
         test_pred = model.predict(test_files.arrays()[0])
         metrics = evaluate(classes, y_train, train_pred, y_test, test_pred, parts.split.test_index)
     say(
