@@ -46,7 +46,7 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
         "--repeat",
         "2",
         "--warmup",
-        "1",
+        "0",
         "--out",
         str(out),
         "--data-home",

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from distrib import ClusterConfig, TrainConfig, train
 from distrib.data.datasets import load_dataset, load_mnist
 from distrib.data.split import split_arrays
-from distrib.errors import ClusterError
+from distrib.errors import ClusterError, ConfigError
 from distrib.parallel.cluster import start_local_cluster
 from distrib.parallel.memory import OVR_COPIES, matrix_bytes
 from distrib.run.predict import predict_saved
@@ -29,14 +29,14 @@ def test_grown_digits_multinomial_is_made_on_the_workers_and_is_sklearns_model(
 ) -> None:
     """K=3: the rows are generated on the workers (no training files), and the model is
     scikit-learn's multinomial fit on the same grown rows."""
-    config = TrainConfig(dataset="digits", strategy="multinomial", grow=3, C=1.0, tol=1e-10,
-                         max_iter=2000)  # fmt: skip
+    config = TrainConfig(dataset="digits", strategy="multinomial", grow=3, C=0.1, tol=1e-8,
+                         max_iter=1000)  # fmt: skip
     result = train(config, client=cluster_client, out=tmp_path / "run", home=tmp_path)
 
     parts = split_arrays(load_dataset("digits"), "notebook", "unit", grow=3)
     X_train, y_train, X_test, y_test = parts.local("X_train", "y_train", "X_test", "y_test")
     assert len(X_train) == 3 * 1347 and len(X_test) == 450
-    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=2000).fit(
+    ref = LogisticRegression(C=0.1, tol=1e-8, max_iter=1000).fit(
         X_train.astype(np.float64), y_train
     )
     # float32 rows against scikit-learn's float64 fit: the optimum agrees to ~5e-3 here
@@ -70,6 +70,7 @@ def test_grown_digits_ovr_writes_its_own_training_files(
     assert result.metrics["data"]["n_train"] == 2 * 1347
 
 
+@pytest.mark.slow
 def test_cli_own_arrays_without_square_images(tmp_path: Path) -> None:
     """--data with 60 features: the model and report without the figures that need
     images; predict scores the own test split."""
@@ -91,13 +92,11 @@ def test_cli_own_arrays_without_square_images(tmp_path: Path) -> None:
     assert summary["accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
-def test_cli_grow_refuses_features_that_are_not_images(tmp_path: Path) -> None:
+def test_grow_refuses_features_that_are_not_images(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", X=rng.random((40, 10)), y=np.repeat([0, 1], 20))
-    done = run_cli("train", "--data", str(tmp_path / "d.npz"), "--grow", "2", *LOCAL,
-                   "--out", str(tmp_path / "run"), timeout=120)  # fmt: skip
-    assert done.returncode == 1
-    assert "do not form a square image" in done.stderr.splitlines()[-1]
+    with pytest.raises(ConfigError, match="do not form a square image: use grow 1"):
+        train(TrainConfig(data=str(tmp_path / "d.npz"), grow=2), out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -114,6 +113,7 @@ def limited_client() -> Iterator[Client]:
         cluster.close(timeout=10)
 
 
+@pytest.mark.slow
 def test_memory_limited_cluster_refuses_ovr_and_fits_multinomial(
     limited_client: Client, tmp_path: Path
 ) -> None:
@@ -144,14 +144,13 @@ def test_memory_limited_cluster_refuses_ovr_and_fits_multinomial(
     )
 
 
-def test_cli_memory_limit_for_an_existing_scheduler_is_refused(tmp_path: Path) -> None:
-    done = run_cli("train", "--dataset", "digits", "--scheduler", "tcp://127.0.0.1:1",
-                   "--memory-limit", "1GiB", "--out", str(tmp_path / "r"), timeout=60)  # fmt: skip
-    assert done.returncode == 1
-    assert "dask worker --memory-limit" in done.stderr
-    bad = run_cli("train", "--dataset", "digits", "--memory-limit", "lots",
-                  "--out", str(tmp_path / "r"), timeout=60)  # fmt: skip
-    assert bad.returncode == 1 and "is not a size" in bad.stderr
+def test_memory_limit_spelling_and_an_existing_scheduler(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'lots' is not a size: write it as dask does"):
+        ClusterConfig(memory_limit="lots")
+    config = ClusterConfig(scheduler="tcp://127.0.0.1:1", memory_limit="1GiB")
+    with pytest.raises(ConfigError, match="start them with `dask worker --memory-limit"):
+        train(TrainConfig(dataset="digits"), cluster=config, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 # --- memory on grown MNIST ------------------------------------------------------------

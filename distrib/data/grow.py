@@ -3,8 +3,9 @@
 Papers on distributed linear models grow MNIST to millions of images by deforming each one
 (the "infinite MNIST" / mnist8m data). Here variant 0 of an image is the image itself and
 variant ``k >= 1`` shifts it by up to `MAX_SHIFT` pixels (the pixels shifted out are lost,
-those shifted in are 0). Which shift: the ``k``-th after a starting point drawn from the
-image's row in the data set, so
+those shifted in are 0): variants 1-8 by one pixel, 9-24 by two (`shift_of`). Which
+shift within those: the next after a starting point drawn from the image's row in the
+data set, so
 
 * K = 1 is the data set exactly;
 * the variants of one image are distinct shifts (K <= `MAX_GROW`), and every shift is used
@@ -25,13 +26,21 @@ from distrib.config import MAX_GROW  # the image itself and one variant per shif
 from distrib.errors import ConfigError
 
 MAX_SHIFT = 2
-#: Every shift of at most `MAX_SHIFT` pixels each way but (0, 0), in a fixed order.
+#: Every shift of at most `MAX_SHIFT` pixels each way but (0, 0), nearest first: the 8
+#: shifts by one pixel (ring 1), then the 16 by two (ring 2).
 SHIFTS: tuple[tuple[int, int], ...] = tuple(
-    (dy, dx)
-    for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
-    for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)
-    if (dy, dx) != (0, 0)
+    sorted(
+        (
+            (dy, dx)
+            for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
+            for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)
+            if (dy, dx) != (0, 0)
+        ),
+        key=lambda s: (max(abs(s[0]), abs(s[1])), s),
+    )
 )
+#: Where each ring starts in `SHIFTS`, and how many shifts it holds.
+RINGS = ((0, 8), (8, 16))
 
 
 def check_grow(grow: int, image_shape: tuple[int, int] | None) -> None:
@@ -49,19 +58,28 @@ def check_grow(grow: int, image_shape: tuple[int, int] | None) -> None:
         )
 
 
-def _first_shift(rows: np.ndarray) -> np.ndarray:
-    """Each row's first shift (an index into `SHIFTS`), from its data set row (splitmix64:
-    neighbouring rows start at unrelated shifts)."""
+def _row_hash(rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each data set row (splitmix64: neighbouring rows are unrelated)."""
     z = rows.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(len(SHIFTS))).astype(np.int64)
+    return z ^ (z >> np.uint64(31))
 
 
 def shift_of(rows: np.ndarray, variant: int) -> np.ndarray:
-    """The index into `SHIFTS` of variant ``variant`` (>= 1) of each data set row."""
-    return (_first_shift(np.asarray(rows)) + (variant - 1)) % len(SHIFTS)
+    """The index into `SHIFTS` of variant ``variant`` (>= 1) of each data set row.
+
+    Variants 1-8 are the one-pixel shifts, 9-24 the two-pixel ones (the small ones first,
+    so a small K stays close to the data set); within a ring each row starts at a shift
+    of its own (from its hash) and takes the next ones in turn, so each shift is used
+    about equally and a row never gets the same shift twice.
+    """
+    h = _row_hash(np.asarray(rows))
+    ring = 0 if variant <= RINGS[0][1] else 1
+    start, size = RINGS[ring]
+    step = variant - 1 - start
+    offset = (h >> np.uint64(8 * ring)) % np.uint64(size)  # other bits for each ring
+    return (start + (offset.astype(np.int64) + step) % size).astype(np.int64)
 
 
 def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
