@@ -271,6 +271,15 @@ def predict(
 @cli.command()
 @click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
 @click.option(
+    "--grow",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="Time training on K variants of each training image (see `distrib train --help`); "
+    "K > 1 times distrib and scikit-learn's multinomial fit only.",
+)
+@click.option(
     "--workers",
     "workers_text",
     default=None,
@@ -331,6 +340,7 @@ def predict(
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def bench(
     dataset: str,
+    grow: int,
     workers_text: str | None,
     strategies_text: str,
     repeat: int,
@@ -351,7 +361,7 @@ def bench(
     from distrib.run.bench import parse_workers, run_bench
 
     report = run_bench(
-        TrainConfig(dataset=dataset),
+        TrainConfig(dataset=dataset, grow=grow),
         workers=parse_workers(workers_text) if workers_text else None,
         repeat=repeat,
         warmup=warmup,

@@ -110,7 +110,10 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     wall_ax.set_yscale("log")
     wall_ax.set_xlabel("workers (1 thread each)")
     wall_ax.set_ylabel("seconds (median)")
-    wall_ax.set_title(f"Wall time, {report['settings']['dataset']}")
+    settings = report["settings"]
+    grown = settings.get("grow", 1)
+    rows = f"{report['n_train']:,} training rows" + (f", grown x{grown}" if grown > 1 else "")
+    wall_ax.set_title(f"Wall time, {settings['dataset']} ({rows})")
     wall_ax.grid(True, which="both", alpha=0.3)
     wall_ax.legend(fontsize=7, loc="best")
 

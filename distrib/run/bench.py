@@ -47,6 +47,7 @@ from distrib.errors import ConfigError, OutputError
 from distrib.files import write_json
 from distrib.parallel.cluster import connect, package_versions, worker_infos
 from distrib.parallel.dispatch import fit_binary_classifiers
+from distrib.parallel.memory import matrix_bytes
 from distrib.parallel.transfer import InMemoryArrays, choose_layout, density_of, matrix_nbytes
 from distrib.report.bench_format import BENCH_FORMAT_VERSION, STRATEGY_KEYS
 from distrib.run.coordination import relay_level
@@ -568,6 +569,32 @@ def _sklearn_multinomial(
     }
 
 
+#: Memory scikit-learn's fit in one process needs, over its training matrix (the matrix,
+#: the solver's per-row arrays and numpy's temporaries), for the baseline to be run.
+SKLEARN_MEMORY_FACTOR = 3.0
+
+
+def _matrix_here(X: Any, layout: str, nbytes: int, say: Callable[[str], None]) -> Any:
+    """The (grown) training matrix in this process for scikit-learn's fit, made a chunk at
+    a time; None where this machine's free memory cannot hold it and the fit."""
+    import psutil
+
+    free = psutil.virtual_memory().available
+    if SKLEARN_MEMORY_FACTOR * nbytes > free:
+        say(
+            f"scikit-learn's baseline skipped: it needs ~{SKLEARN_MEMORY_FACTOR * nbytes / 1e9:.1f}"
+            f" GB, {free / 1e9:.1f} GB free"
+        )
+        return None
+    say("making the grown matrix here for scikit-learn, a chunk at a time")
+    X = X.rechunk({1: -1})
+    blocks = []
+    for chunk in X.to_delayed().ravel():
+        block = np.asarray(chunk.compute(scheduler="threads"))
+        blocks.append(sp.csr_matrix(block) if layout == "sparse" else block)
+    return sp.vstack(blocks, format="csr") if layout == "sparse" else np.concatenate(blocks)
+
+
 def run_bench(
     config: TrainConfig | None = None,
     *,
@@ -637,11 +664,30 @@ def run_bench(
     except OSError as exc:
         raise OutputError(f"cannot create the bench folder {folder}: {exc}") from exc
 
-    parts = split_arrays(load_dataset(config.dataset, home, log=say), config.split, config.scale)
-    X_dense, y_train, X_test, y_test = parts.local("X_train", "y_train", "X_test", "y_test")
-    density = density_of(parts.X_train)
+    dataset = load_dataset(config.dataset, home, log=say)
+    parts = split_arrays(dataset, config.split, config.scale, config.grow)
+    grown = config.grow > 1
+    if grown:
+        # Grown rows are made on the workers by `distrib train`; here only scikit-learn's
+        # fit needs them, made a chunk at a time after distrib's runs. The baselines that
+        # take the dense matrix in memory (estimators, serial, loky, notebook, dask-ml)
+        # are not run: the point of growing is a matrix too large for them.
+        say(
+            f"grown data ({config.grow} variants, {parts.X_train.shape[0]:,} rows): timing "
+            "distrib and scikit-learn's multinomial fit in one process only"
+        )
+        estimators = baselines = notebook = dask_ml = False
+        y_train, X_test, y_test = parts.local("y_train", "X_test", "y_test")
+        X_dense = None
+        density = density_of(parts.X_train[: len(parts.split.train_index)])
+    else:
+        X_dense, y_train, X_test, y_test = parts.local("X_train", "y_train", "X_test", "y_test")
+        density = density_of(parts.X_train)
     layout = choose_layout(config.layout, density)
-    X_fit = sp.csr_matrix(X_dense) if layout == "sparse" else X_dense
+    n_rows, n_features = (int(n) for n in parts.X_train.shape)
+    X_fit: Any = None
+    if X_dense is not None:
+        X_fit = sp.csr_matrix(X_dense) if layout == "sparse" else X_dense
     params = config.estimator_params()
     classes = np.unique(y_train)
 
@@ -651,7 +697,9 @@ def run_bench(
         "settings": config.to_dict(),
         "layout": layout,
         "density": density,
-        "training_matrix_bytes": matrix_nbytes(X_fit),
+        "training_matrix_bytes": matrix_nbytes(X_fit)
+        if X_fit is not None
+        else matrix_bytes(n_rows, n_features, density, layout),
         "n_train": len(y_train),
         "n_classes": len(classes),
         "repeat": repeat,
@@ -659,12 +707,14 @@ def run_bench(
         "scheduler": scheduler,
         "machine": machine(),
     }
-    estimator_inputs = EstimatorInputs(
-        inputs={"numpy": X_dense, "csr": sp.csr_matrix(X_dense), "dask": parts.X_train},
-        y=y_train,
-        X_test=X_test,
-        y_test=y_test,
-    )
+    estimator_inputs = None
+    if estimators or dask_ml:
+        estimator_inputs = EstimatorInputs(
+            inputs={"numpy": X_dense, "csr": sp.csr_matrix(X_dense), "dask": parts.X_train},
+            y=y_train,
+            X_test=X_test,
+            y_test=y_test,
+        )
     by_strategy: dict[str, dict[int, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="distrib-bench-") as scratch:
         for strategy in STRATEGIES:
@@ -689,7 +739,7 @@ def run_bench(
                 )
                 for k in counts
             }
-    dense_bytes = int(X_dense.nbytes)
+    dense_bytes = n_rows * n_features * 4  # float32
     report["dense_matrix_bytes"] = dense_bytes
     for strategy, runs in by_strategy.items():
         keys = STRATEGY_KEYS[strategy]
@@ -737,14 +787,17 @@ def run_bench(
     if "multinomial" in by_strategy:
         multinomial = by_strategy["multinomial"]
         X_test_fit = sp.csr_matrix(X_test) if layout == "sparse" else X_test
-        reference = _sklearn_multinomial(
-            X_fit, y_train, X_test_fit, y_test, config, repeat, warmup, say
-        )
-        reference["fit_over_sklearn"] = {
-            str(k): r["median_fit"] / reference["median_wall"] for k, r in multinomial.items()
-        }
-        report["sklearn_multinomial"] = reference
-        if estimators:
+        if X_fit is None:
+            X_fit = _matrix_here(parts.X_train, layout, report["training_matrix_bytes"], say)
+        if X_fit is not None:
+            reference = _sklearn_multinomial(
+                X_fit, y_train, X_test_fit, y_test, config, repeat, warmup, say
+            )
+            reference["fit_over_sklearn"] = {
+                str(k): r["median_fit"] / reference["median_wall"] for k, r in multinomial.items()
+            }
+            report["sklearn_multinomial"] = reference
+        if estimators and X_dense is not None:
             # The estimator on each input against scikit-learn on that same matrix (a Dask
             # array is the dense matrix, chunked).
             on_dense = reference
@@ -762,7 +815,7 @@ def run_bench(
                 for k, r in multinomial.items()
             }
         report[STRATEGY_KEYS["multinomial"].projection] = project_multinomial(multinomial)
-    if notebook and distrib_runs:
+    if notebook and distrib_runs and X_dense is not None:
         raw = split_arrays(load_dataset(config.dataset, home), config.split, "raw")
         X_raw, X_raw_test = raw.local("X_train", "X_test")
         report["notebook"] = _notebook_baseline(
