@@ -108,7 +108,10 @@ def _setting_options(func: Any) -> Any:
         else:
             flags = ("-C", flag) if name == "C" else (flag,)
             kind = type(setting.default)
-            option = click.option(*flags, name, type=kind, default=None, help=help_text)
+            metavar = {"grow": "K"}.get(name)
+            option = click.option(
+                *flags, name, type=kind, default=None, metavar=metavar, help=help_text
+            )
         func = option(func)
     return func
 

@@ -71,7 +71,8 @@ SETTINGS: dict[str, Setting] = {
     "grow": Setting(
         1,
         f"Train on K variants of each training image (the image and its shifts by up to 2 "
-        f"pixels, made on the workers; K <= {MAX_GROW}); the test part stays the data set's.",
+        f"pixels; K <= {MAX_GROW}), made on the workers with --strategy multinomial; the "
+        "test part stays the data set's.",
     ),
     "split": Setting(
         "notebook",

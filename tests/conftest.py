@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,11 +19,15 @@ from distrib.data.datasets import fetch_mnist, load_mnist
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def cluster_client() -> Iterator[Client]:
-    """A LocalCluster of 2 worker processes x 1 thread, shared by the session."""
+@contextlib.contextmanager
+def two_workers(memory_limit: str = "auto") -> Iterator[Client]:
+    """A client of a LocalCluster of 2 worker processes x 1 thread, closed at the end."""
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        memory_limit=memory_limit,
     )
     client = Client(cluster, set_as_default=False)
     try:
@@ -31,6 +36,13 @@ def cluster_client() -> Iterator[Client]:
     finally:
         client.close(timeout=10)
         cluster.close(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def cluster_client() -> Iterator[Client]:
+    """2 worker processes x 1 thread, shared by the session."""
+    with two_workers() as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from distrib.parallel.cluster import start_local_cluster
 from distrib.parallel.memory import OVR_COPIES, matrix_bytes
 from distrib.run.predict import predict_saved
 
-from .conftest import run_cli
+from .conftest import run_cli, two_workers
 
 LOCAL = ["--workers", "2", "--dashboard-address", ":0"]
 
@@ -103,14 +103,8 @@ def test_grow_refuses_features_that_are_not_images(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def limited_client() -> Iterator[Client]:
     """2 workers x 1 thread, each limited to 700 MB."""
-    cluster = start_local_cluster(2, 1, ":0", "700MB")
-    client = Client(cluster, set_as_default=False)
-    try:
-        client.wait_for_workers(2, timeout=60)
+    with two_workers(memory_limit="700MB") as client:
         yield client
-    finally:
-        client.close(timeout=10)
-        cluster.close(timeout=10)
 
 
 @pytest.mark.slow
