@@ -209,9 +209,11 @@ def _warm_workers(client: Client) -> None:
     except OSError as exc:  # distributed's CommClosedError: the worker process is gone
         limits = {int(w.get("memory_limit") or 0) for w in worker_infos(client).values()}
         limit = f" (memory limit {max(limits) / 1e6:,.0f} MB)" if max(limits, default=0) else ""
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ClusterError(
-            f"a worker died loading distrib's libraries (scikit-learn, numba){limit}: a worker "
-            "needs ~350 MB before any data; raise --memory-limit (or the workers' own)"
+            f"lost a worker while it loaded distrib's libraries (scikit-learn, numba){limit}: "
+            f"{reason}. A worker needs ~350 MB before any data: if the workers have a memory "
+            "limit, raise it (--memory-limit, or the workers' own)"
         ) from exc
 
 
@@ -445,6 +447,8 @@ def _run(
         with phase("transfer"):
             _warm_workers(client)
             _check_memory(client, config, parts, density, layout)  # before any file
+            if generated:
+                _generated_rows(client, dataset)
         with phase("prepare"):
             files, test_files, _ = prepare_split_arrays(
                 parts, data_home(home), key, config.layout, write_train=not generated
@@ -452,7 +456,6 @@ def _run(
         with phase("transfer"):
             data: TrainingData | None = None
             if files is None:  # generated on the workers
-                _generated_rows(client, dataset)
                 mode = "generated"
             else:
                 mode = _choose_transfer(client, files, transfer)
