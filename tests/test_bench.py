@@ -213,6 +213,7 @@ def test_multinomial_projection_divides_compute_and_adds_the_sum_trees_cost() ->
     assert walls[8] == pytest.approx(1.5 + 100 * (0.01 + 0.01 + 2 * c + 0.01 + c))
 
 
+@pytest.mark.slow
 def test_the_dask_ml_baseline_fits_one_vs_rest_on_the_cluster(cluster_client) -> None:
     """dask-ml's binary LogisticRegression, one class after another, on a persisted Dask
     array; a few iterations on digits keep it short (it takes minutes on MNIST)."""

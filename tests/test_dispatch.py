@@ -81,7 +81,7 @@ def test_digits_coefficients_match_in_process_fits(
     assert all(r["converged"] and r["n_iter"] > 0 and r["seconds"] >= 0 for r in records)
 
 
-@pytest.mark.parametrize("layout", ["dense", "sparse"])
+@pytest.mark.parametrize("layout", [pytest.param("dense", marks=pytest.mark.slow), "sparse"])
 def test_mnist_slice_saga_l1_matches_in_process(
     cluster_client: Client, mnist_home: Path, layout: str
 ) -> None:

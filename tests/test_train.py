@@ -229,13 +229,15 @@ def test_cli_unreachable_scheduler_fails_fast_naming_it(tmp_path: Path) -> None:
         "digits",
         "--scheduler",
         "tcp://127.0.0.1:9",
+        "--connect-timeout",
+        "3",
         "--out",
         str(out),
         timeout=60,
     )
     elapsed = time.monotonic() - started
     _assert_one_line_error(proc, r"could not reach the Dask scheduler at tcp://127\.0\.0\.1:9")
-    assert elapsed < 30, f"took {elapsed:.1f} s"
+    assert elapsed < 20, f"took {elapsed:.1f} s"
     assert not out.exists()
 
 
