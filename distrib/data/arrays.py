@@ -169,7 +169,12 @@ def _is_zarr(folder: Path) -> bool:
 
 
 def _zarr_arrays(folder: Path) -> tuple[da.Array, da.Array]:
-    import zarr
+    try:
+        import zarr
+    except ImportError as exc:  # a declared dependency, but images may be built without it
+        raise DataError(
+            f"--data {folder} is a Zarr group, and the zarr package is missing: pip install zarr"
+        ) from exc
 
     try:
         group = zarr.open_group(str(folder), mode="r")
