@@ -55,6 +55,23 @@ def test_grown_digits_multinomial_is_made_on_the_workers_and_is_sklearns_model(
     assert summary["n_samples"] == 450
 
 
+def test_multinomial_rows_for_blind_workers_are_sent_block_by_block(
+    cluster_client: Client, tmp_path: Path
+) -> None:
+    """--transfer scatter (what workers that cannot open the prepared files get): each
+    block's rows are read here and sent alone, never the whole matrix; the model is the
+    one the workers fit from the files by path, bit for bit."""
+    config = TrainConfig(dataset="digits", strategy="multinomial", max_iter=50)
+    by_path = train(config, client=cluster_client, out=tmp_path / "path", home=tmp_path)
+    sent = train(config, client=cluster_client, out=tmp_path / "sent", home=tmp_path,
+                 transfer="scatter")  # fmt: skip
+    assert by_path.metrics["transfer"] == "path" and sent.metrics["transfer"] == "scatter"
+    assert sent.model_info["transfer"]["sent"] == "block by block"
+    np.testing.assert_array_equal(sent.model.coef, by_path.model.coef)
+    np.testing.assert_array_equal(sent.model.intercept, by_path.model.intercept)
+    assert len({b["worker"] for b in sent.metrics["fits"]}) == 2
+
+
 def test_grown_digits_ovr_writes_its_own_training_files(
     cluster_client: Client, tmp_path: Path
 ) -> None:

@@ -58,7 +58,7 @@ from distrib.parallel.partial_sums import (
     sum_tree,
     total,
 )
-from distrib.parallel.transfer import InMemoryArrays, TrainingData
+from distrib.parallel.transfer import InMemoryArrays, RowsFromHere, TrainingData
 
 # How often a pending call checks that its worker is still there (the call itself returns
 # as soon as its result arrives; this only bounds how long a lost worker goes unnoticed).
@@ -546,7 +546,7 @@ class ClusterBlocks:
             args = (index, chunks[index].key, source.codes, source.weights)
             return "adopt", args, dict(kw, offset=source.start)
         data, start, stop = source.data, source.start, source.stop
-        if isinstance(data, InMemoryArrays):  # only these rows travel, straight to the worker
+        if isinstance(data, (InMemoryArrays, RowsFromHere)):  # only these rows travel
             data, start, stop = data.row_block(start, stop), 0, stop - start
         return "load", (index, data, start, stop), dict(kw, offset=source.start)
 

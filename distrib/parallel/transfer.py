@@ -283,6 +283,37 @@ class InMemoryArrays:
         return {"mode": "scatter", "layout": layout, "nbytes": matrix_nbytes(self.X)}
 
 
+@dataclass(frozen=True)
+class RowsFromHere:
+    """Prepared files that the workers cannot open, for a multinomial fit: each block's rows
+    are read here when it is loaded and sent to its worker alone (`row_block`), so neither
+    this process nor any worker holds the whole matrix. Any other use reads the files here.
+    """
+
+    files: ArrayFiles
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.files.shape
+
+    def arrays(self) -> tuple[Matrix, np.ndarray]:
+        return self.files.arrays()
+
+    def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
+        return self.files.rows(start, stop)
+
+    def weights(self, start: int, stop: int) -> np.ndarray | None:
+        return self.files.weights(start, stop)
+
+    def row_block(self, start: int, stop: int) -> InMemoryArrays:
+        """Rows ``start:stop`` read from the files, to be sent by value."""
+        X, y = self.files.rows(start, stop)
+        return InMemoryArrays(X, y, self.files.weights(start, stop))
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "scatter", "layout": self.files.layout, "sent": "block by block"}
+
+
 def write_in_memory(data: InMemoryArrays, folder: Path) -> ArrayFiles:
     """Write in-memory rows as `ArrayFiles` in ``folder`` (for workers that can open them)."""
     X = data.X

@@ -47,6 +47,7 @@ from distrib.parallel.memory import check_fits, matrix_bytes, worker_memory
 from distrib.parallel.multinomial import block_loads
 from distrib.parallel.transfer import (
     ArrayFiles,
+    RowsFromHere,
     TrainingData,
     choose_layout,
     load_in_memory,
@@ -459,7 +460,12 @@ def _run(
                 mode = "generated"
             else:
                 mode = _choose_transfer(client, files, transfer)
-                data = files if mode == "path" else load_in_memory(files)
+                if mode == "path":
+                    data = files
+                elif config.strategy == "multinomial":  # each block's rows alone, from here
+                    data = RowsFromHere(files)
+                else:  # every binary fit reads all rows: the workers get them all, once
+                    data = load_in_memory(files)
         say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
         checkpoints = Checkpoints(folder)
         manifest = {
