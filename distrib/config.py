@@ -129,6 +129,17 @@ def parse_class_weight(text: str) -> str | dict[int, float] | None:
     return parse_class_weight_labels({k.strip(): v.strip() for k, v in pairs})
 
 
+def check_grow_count(grow: object) -> None:
+    """Refuse a growth factor that is not a whole number in ``1..MAX_GROW``."""
+    if isinstance(grow, bool) or not isinstance(grow, int) or grow < 1:
+        raise ConfigError(f"grow must be a whole number >= 1 (1: the data as it is), got {grow!r}")
+    if grow > MAX_GROW:
+        raise ConfigError(
+            f"grow {grow} asks for more variants than there are shifts of at most 2 "
+            f"pixels: at most {MAX_GROW} (the image and its {MAX_GROW - 1} shifts)"
+        )
+
+
 def _positive_number(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
@@ -202,15 +213,7 @@ class TrainConfig:
                 raise ConfigError(f"class_weight values must be positive finite numbers, got {bad}")
         if self.preset is not None:
             _choice("preset", self.preset, PRESETS)
-        if isinstance(self.grow, bool) or not isinstance(self.grow, int) or self.grow < 1:
-            raise ConfigError(
-                f"grow must be a whole number >= 1 (1: the data as it is), got {self.grow!r}"
-            )
-        if self.grow > MAX_GROW:
-            raise ConfigError(
-                f"grow {self.grow} asks for more variants than there are shifts of at most 2 "
-                f"pixels: at most {MAX_GROW} (the image and its {MAX_GROW - 1} shifts)"
-            )
+        check_grow_count(self.grow)
         if self.data is not None and self.split != "notebook":
             raise ConfigError(
                 f"split {self.split!r} exists only for MNIST; --data is split the notebook's "

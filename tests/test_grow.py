@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from distrib.config import MAX_GROW
 from distrib.data.datasets import load_dataset, load_mnist
-from distrib.data.grow import MAX_GROW, SHIFTS, check_grow, grow_rows, shift_of
+from distrib.data.grow import SHIFTS, check_grow, grow_rows, shift_of
 from distrib.data.split import split_arrays
 from distrib.errors import ConfigError
 

@@ -8,8 +8,8 @@ shift within those: the next after a starting point drawn from the image's row i
 data set, so
 
 * K = 1 is the data set exactly;
-* the variants of one image are distinct shifts (K <= `MAX_GROW`), and every shift is used
-  about equally across images;
+* the variants of one image are distinct shifts (K <= `distrib.config.MAX_GROW`), and
+  every shift is used about equally across images;
 * a variant depends only on the image, its data set row and ``k``: not on the chunking, the
   split's order, the machine or the worker that makes it.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
-from distrib.config import MAX_GROW  # the image itself and one variant per shift
+from distrib.config import check_grow_count
 from distrib.errors import ConfigError
 
 MAX_SHIFT = 2
@@ -45,13 +45,7 @@ RINGS = ((0, 8), (8, 16))
 
 def check_grow(grow: int, image_shape: tuple[int, int] | None) -> None:
     """Refuse a growth factor the data cannot take."""
-    if isinstance(grow, bool) or not isinstance(grow, (int, np.integer)) or grow < 1:
-        raise ConfigError(f"grow must be a whole number >= 1 (1: the data as it is), got {grow!r}")
-    if grow > MAX_GROW:
-        raise ConfigError(
-            f"grow {grow} asks for more variants than there are shifts of at most {MAX_SHIFT} "
-            f"pixels: at most {MAX_GROW} (the image and its {MAX_GROW - 1} shifts)"
-        )
+    check_grow_count(int(grow) if isinstance(grow, np.integer) else grow)
     if grow > 1 and image_shape is None:
         raise ConfigError(
             "grow > 1 shifts images, and these features do not form a square image: use grow 1"
