@@ -47,6 +47,7 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
         "2",
         "--warmup",
         "0",
+        "--no-commands",  # timed in their own test below
         "--out",
         str(out),
         "--data-home",
@@ -239,3 +240,43 @@ def test_the_dask_ml_baseline_fits_one_vs_rest_on_the_cluster(cluster_client) ->
     assert len(result["walls"]) == 1 and result["median_fit"] > 0
     assert 0.5 < result["test_accuracy"] <= 1.0, "ten binary fits that learned something"
     assert said and said[0].startswith("[dask-ml OneVsRest, 2 worker(s)] run 1/1")
+
+
+def test_whole_commands_are_timed_beside_the_plain_scripts(tmp_path: Path) -> None:
+    """`distrib bench` times `distrib train` processes and the plain scikit-learn scripts
+    as a user times them (digits: one repeat, each strategy on 2 workers)."""
+    from distrib import TrainConfig
+    from distrib.run.commands import time_commands
+
+    lines: list[str] = []
+    result = time_commands(
+        TrainConfig(dataset="digits"),
+        strategies=["ovr", "multinomial"],
+        workers=[2],
+        repeat=1,
+        scratch=tmp_path,
+        home=str(tmp_path / "home"),
+        log=lines.append,
+    )
+    runs = result["runs"]
+    assert sorted(runs) == ["distrib multinomial, 2 worker(s)", "distrib ovr, 2 worker(s)",
+                            "script multinomial", "script ovr, 2 process(es)"]  # fmt: skip
+    assert len(lines) == 4
+    for key, run in runs.items():
+        assert len(run["walls"]) == 1 and run["median_wall"] == run["walls"][0] > 0.3, key
+        assert 0.9 < run["test_accuracy"] < 1.0, key
+    # the plain scripts are scikit-learn's own fits: the strategies reach their accuracy
+    assert runs["distrib ovr, 2 worker(s)"]["test_accuracy"] == pytest.approx(
+        runs["script ovr, 2 process(es)"]["test_accuracy"], abs=0.01
+    )
+    assert runs["distrib multinomial, 2 worker(s)"]["test_accuracy"] == pytest.approx(
+        runs["script multinomial"]["test_accuracy"], abs=0.01
+    )
+    assert runs["script ovr, 2 process(es)"]["argv"][-2:] == ["--data-home",
+                                                            str(tmp_path / "home")]  # fmt: skip
+    ratio = result["over_baseline"]["multinomial"]["2"]
+    assert ratio == pytest.approx(
+        runs["distrib multinomial, 2 worker(s)"]["median_wall"]
+        / runs["script multinomial"]["median_wall"]
+    )
+    assert set(result["over_baseline"]["ovr"]) == {"2"}

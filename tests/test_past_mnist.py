@@ -192,7 +192,7 @@ def test_grown_mnist_never_exists_whole_on_the_driver_or_a_worker(
 ) -> None:
     """K=6 (360,000 rows, 434 MB as CSR): the driver's peak grows by a small part of the
     matrix, each worker's by at most its share + a quarter (issue 16)."""
-    from distrib.run.train import _warm_up
+    from distrib.parallel.cluster import load_fit_libraries
 
     dataset = load_mnist(mnist_home, fetch=False)
     parts = split_arrays(dataset, "notebook", "unit", grow=6)
@@ -205,7 +205,7 @@ def test_grown_mnist_never_exists_whole_on_the_driver_or_a_worker(
     client = Client(cluster, set_as_default=False)
     try:
         client.wait_for_workers(2, timeout=60)
-        client.run(_warm_up)
+        client.run(load_fit_libraries)
         config = TrainConfig(strategy="multinomial", grow=6, max_iter=5)
         driver_before = _reset_peak()
         workers_before = client.run(_reset_peak)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -9,6 +11,8 @@ from sklearn._loss.loss import HalfMultinomialLoss
 from sklearn.linear_model._linear_loss import LinearModelLoss
 
 from distrib.linear.softmax import LANES, PART_ROWS, loss_grad, prepare
+
+from .conftest import REPO
 
 
 def _problem(
@@ -131,3 +135,70 @@ def test_class_indices_outside_coef_are_refused() -> None:
     X, codes, coef, intercept, _ = _problem(10, 5, 3, 0.5)
     with pytest.raises(ValueError, match=r"class indices must lie in 0\.\.2"):
         loss_grad(sp.csr_matrix(X), codes + 3, coef, intercept)
+
+
+def _thread_test_blocks() -> list[tuple[str, object, np.ndarray, np.ndarray, np.ndarray]]:
+    """Dense and CSR blocks, float32 and float64, large enough that a BLAS would split them
+    between threads (digits, where a multi-threaded OpenBLAS once gave other bits, and a
+    4,000 x 300 block)."""
+    from sklearn.datasets import load_digits
+
+    X_digits, y_digits = load_digits(return_X_y=True)
+    big, big_codes, *_ = _problem(4000, 300, 10, 0.6, seed=3)
+    rng = np.random.default_rng(1)
+    blocks = []
+    for name, X, codes in (("digits", X_digits / 16, y_digits), ("big", big, big_codes)):
+        coef = rng.normal(size=(10, X.shape[1])) * 0.05
+        intercept = rng.normal(size=10)
+        for dtype in (np.float32, np.float64):
+            for layout in ("dense", "csr"):
+                rows = X.astype(dtype)
+                rows = sp.csr_matrix(rows) if layout == "csr" else rows
+                blocks.append((f"{name} {layout} {np.dtype(dtype).name}", rows, codes, coef,
+                               intercept))  # fmt: skip
+    return blocks
+
+
+def _evaluate_blocks() -> dict[str, tuple[float, bytes]]:
+    """Each block's loss and gradient bits in this process (also runs on workers)."""
+    out = {}
+    for name, X, codes, coef, intercept in _thread_test_blocks():
+        loss, grad = loss_grad(X, codes, coef, intercept)
+        out[name] = (loss, grad.tobytes())
+    return out
+
+
+def test_a_block_gives_the_same_bits_whatever_the_processes_threads(
+    cluster_client, tmp_path
+) -> None:
+    """Issue 23: the same blocks evaluated here with a multi-threaded BLAS (4 threads asked
+    for, and under threadpoolctl's limits of 1 and 2), in a fresh process started with
+    OMP_NUM_THREADS=4, and on the cluster's single-threaded workers: the same bits."""
+    import pickle
+    import subprocess
+    import sys
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(4):
+        here = _evaluate_blocks()
+    assert len(here) == 8
+    for limit in (1, 2):
+        with threadpool_limits(limit):
+            assert _evaluate_blocks() == here, f"BLAS limited to {limit} thread(s)"
+    result = tmp_path / "bits.pkl"
+    code = (
+        "import pickle, sys; from tests.test_softmax import _evaluate_blocks; "
+        f"pickle.dump(_evaluate_blocks(), open({str(result)!r}, 'wb'))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "4", "OPENBLAS_NUM_THREADS": "4",
+           "MKL_NUM_THREADS": "4"}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, timeout=300,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with result.open("rb") as fh:
+        assert pickle.load(fh) == here, "a fresh process with 4 BLAS threads"
+    on_workers = cluster_client.run(_evaluate_blocks)
+    assert len(on_workers) == 2
+    for worker, bits in on_workers.items():
+        assert bits == here, worker

@@ -95,8 +95,14 @@ def test_train_multinomial_digits_matches_sklearn_and_reads_back(
     assert "| class | precision | recall | F1 | support |\n" in md
 
 
+# every phase of `distrib train`, in the order they run; they tile the process's wall time
+RUN_PHASES = ("startup", "load", "split", "prepare", "cluster", "transfer", "fit", "reduce",
+              "evaluate", "write", "report", "shutdown")  # fmt: skip
+
+
 def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
     out = tmp_path / "run"
+    started = time.time()
     proc = run_cli(
         "train",
         "--dataset",
@@ -107,6 +113,7 @@ def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
         "--data-home",
         str(tmp_path / "home"),
     )
+    wall = time.time() - started
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout
     assert "[10/10] class" in proc.stderr and "dashboard: http" in proc.stderr
@@ -145,7 +152,14 @@ def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
     assert len(metrics["misclassified"]["test_position"]) == cm.sum() - np.trace(cm)
     assert {f["label"] for f in metrics["fits"]} == set(range(10))
     assert len({f["worker"] for f in metrics["fits"]}) == 2
-    assert metrics["timings"]["total"] >= metrics["timings"]["fit"] > 0
+    # the phases account for the whole process: they add up to its wall time, measured
+    # here around it (the process starts after `started`; 10 ms: Linux's tick)
+    timings = metrics["timings"]
+    assert tuple(k for k in timings if k != "total") == RUN_PHASES
+    assert sum(timings[k] for k in RUN_PHASES) == pytest.approx(timings["total"], abs=1e-3)
+    assert timings["total"] <= wall + 0.01 and wall - timings["total"] < 0.3, (wall, timings)
+    assert timings["fit"] > 0 and timings["startup"] > 0.2  # the interpreter and imports
+    assert metrics["background"]["cluster_start"] > 0
 
     # predict scores the run's test split from the saved files alone
     scored = run_cli("predict", "--model", str(out), "--data-home", str(tmp_path / "home"))

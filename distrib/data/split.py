@@ -11,7 +11,6 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from distrib.data.datasets import Dataset
 from distrib.data.grow import grow_rows
@@ -57,6 +56,9 @@ def make_split(dataset: Dataset, kind: str = "notebook") -> Split:
     """
     n = dataset.n_samples
     if kind == "notebook":
+        # imported here: workers unpickle this module's types and need no scikit-learn
+        from sklearn.model_selection import train_test_split
+
         train_index, test_index = train_test_split(
             np.arange(n), test_size=dataset.test_fraction, random_state=NOTEBOOK_RANDOM_STATE
         )

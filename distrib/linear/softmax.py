@@ -15,6 +15,10 @@ to read), softmax, loss and the per-row residuals in float64, and the gradient s
 float32 over at most `PART_ROWS` rows before it is added in float64 (a float32 sum over
 30,000 rows lost ~2e-3 of its relative precision).
 
+Both passes, over CSR and over dense rows, run in the calling thread and add in a fixed
+order, so a block's loss and gradient are the same bits in any process, whatever its BLAS or
+numba threading (BLAS's products would split their sums by its thread count).
+
 Numba compiles the kernels on first use in each process and caches them on disk
 (``cache=True``); the first call in a fresh environment costs a few seconds.
 """
@@ -37,7 +41,7 @@ from distrib.errors import DataError
 
 #: Classes per vector group: 16 float32 (two AVX2 registers, one AVX-512 register).
 LANES = 16
-#: Dense rows with more non-zero entries than this share stay dense (BLAS); others go CSR.
+#: Dense rows with more non-zero entries than this share stay dense; others go CSR.
 DENSE_ABOVE = 0.25
 #: Rows whose gradient is summed in the data's precision before it is added in float64.
 PART_ROWS = 2048
@@ -157,6 +161,54 @@ def _csr_pass(data, indices, indptr, codes, weights, W, intercept, G, G_total, g
 
 
 @_kernel
+def _dense_pass(X, codes, weights, W, intercept, G, G_total, g0):
+    """`_csr_pass` for the rows of a dense C-ordered matrix: the same arithmetic over every
+    column, in one thread, so a block gives the same bits in any process (BLAS's products
+    would split their sums by its thread count)."""
+    n_classes = intercept.shape[0]
+    n_features = X.shape[1]
+    width = W.shape[1]
+    lanes = numba.carray(_lane_buffer(W), LANES)  # type: ignore[call-arg]
+    odd = numba.carray(_lane_buffer(W), LANES)
+    scores = np.zeros(width)
+    loss = 0.0
+    for i in range(X.shape[0]):
+        if i % PART_ROWS == 0:
+            _flush(G, G_total)
+        for group in range(0, width, LANES):
+            for k in range(LANES):
+                lanes[k] = 0
+                odd[k] = 0
+            for j in range(0, n_features - 1, 2):
+                j, j2 = j & _NON_NEGATIVE, (j + 1) & _NON_NEGATIVE
+                v, v2 = X[i, j], X[i, j2]
+                for k in range(LANES):
+                    lanes[k] += v * W[j, group + k]
+                    odd[k] += v2 * W[j2, group + k]
+            if n_features % 2:
+                last = (n_features - 1) & _NON_NEGATIVE
+                v = X[i, last]
+                for k in range(LANES):
+                    lanes[k] += v * W[last, group + k]
+            for k in range(LANES):
+                scores[group + k] = lanes[k] + odd[k]
+        weight = weights[i] if weights.shape[0] else 1.0
+        loss += _softmax_row(scores, intercept, codes[i], weight)
+        for k in range(n_classes):
+            g0[k] += scores[k]
+        for group in range(0, width, LANES):
+            for k in range(LANES):
+                lanes[k] = scores[group + k]
+            for j in range(n_features):
+                j &= _NON_NEGATIVE
+                v = X[i, j]
+                for k in range(LANES):
+                    G[j, group + k] += v * lanes[k]
+    _flush(G, G_total)
+    return loss
+
+
+@_kernel
 def _count_nonzeros(X, counts):
     """Non-zero entries of each row of a dense matrix into ``counts``."""
     for i in range(X.shape[0]):
@@ -255,8 +307,9 @@ def _run(kernel: Any, *args: Any) -> Any:
 
 def prepare(X: Matrix) -> Matrix:
     """``X`` as `loss_grad` takes it best: float32 or float64, C-ordered, and CSR unless
-    more than `DENSE_ABOVE` of its entries are non-zero (the kernel skips zeros; BLAS does
-    not). A copy only where needed; blocks of rows convert once, when they are loaded."""
+    more than `DENSE_ABOVE` of its entries are non-zero (the CSR pass skips zeros, the dense
+    pass reads no indices). A copy only where needed; blocks of rows convert once, when
+    they are loaded."""
     if sp.issparse(X):
         given: Any = X
         if given.format == "csr" and given.indices.dtype == np.uint16 and X.dtype in _FLOATS:
@@ -275,30 +328,6 @@ def prepare(X: Matrix) -> Matrix:
     if X.ndim == 2 and np.count_nonzero(X) <= DENSE_ABOVE * X.size:
         return _dense_to_csr(X)
     return X
-
-
-def _dense_loss_grad(
-    X: np.ndarray, codes: np.ndarray, coef: np.ndarray, intercept: np.ndarray, weights: Any
-) -> tuple[float, np.ndarray]:
-    """`loss_grad` for dense rows, with BLAS: two matrix products in ``X``'s precision."""
-    rows = np.arange(len(codes))
-    scores = np.asarray(X @ coef.T.astype(X.dtype), dtype=np.float64) + intercept
-    top = scores.max(axis=1, keepdims=True)
-    np.exp(scores - top, out=(residual := np.empty_like(scores)))
-    total = residual.sum(axis=1)
-    point_loss = np.log(total) + top[:, 0] - scores[rows, codes]
-    residual /= total[:, None]
-    residual[rows, codes] -= 1.0
-    if weights.size:
-        point_loss *= weights
-        residual *= weights[:, None]
-    grad = np.empty((coef.shape[0], coef.shape[1] + 1))
-    grad[:, :-1] = 0.0
-    low = residual.astype(X.dtype)
-    for a in range(0, len(codes), PART_ROWS):  # short sums in the data's precision
-        grad[:, :-1] += np.asarray(X[a : a + PART_ROWS].T @ low[a : a + PART_ROWS]).T
-    grad[:, -1] = residual.sum(axis=0)
-    return float(point_loss.sum()), grad
 
 
 def loss_grad(
@@ -341,17 +370,18 @@ def loss_grad(
         raise DataError(f"class indices must lie in 0..{n_classes - 1} (one row of coef each)")
     weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
     intercept = np.ascontiguousarray(intercept, dtype=np.float64)
-    if not sp.issparse(X):
-        return _dense_loss_grad(X, codes, coef, intercept, weights)
     width = -(-n_classes // LANES) * LANES
     W = np.zeros((n_features, width), dtype=X.dtype)
     W[:, :n_classes] = coef.T
     G = np.zeros_like(W)
     G_total = np.zeros((n_features, n_classes))
     g0 = np.zeros(n_classes)
-    csr: Any = X
-    args = (csr.data, csr.indices, csr.indptr, codes, weights, W, intercept, G, G_total, g0)
-    loss = float(_run(_csr_pass, *args))
+    sums = (W, intercept, G, G_total, g0)
+    if sp.issparse(X):
+        csr: Any = X
+        loss = float(_run(_csr_pass, csr.data, csr.indices, csr.indptr, codes, weights, *sums))
+    else:
+        loss = float(_run(_dense_pass, X, codes, weights, *sums))
     grad = np.empty((n_classes, n_features + 1))
     grad[:, :-1] = G_total.T
     grad[:, -1] = g0
@@ -368,3 +398,5 @@ def warm_up() -> None:
             X = block_csr(X.shape, X.data, X.indices.astype(np.uint16), X.indptr.astype(index))
             loss_grad(X, np.zeros(2, dtype=np.intp), np.zeros((2, 2)), np.zeros(2))
         _dense_to_csr(np.zeros((1, 2), dtype=dtype))
+        loss_grad(np.ones((2, 2), dtype=dtype), np.zeros(2, dtype=np.intp), np.zeros((2, 2)),
+                  np.zeros(2))  # fmt: skip

@@ -8,9 +8,12 @@ names the address and what to do.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import dask
@@ -223,3 +226,135 @@ def connect(
             client.close(timeout=10)
         if cluster is not None:
             cluster.close(timeout=10)
+
+
+def load_fit_libraries(strategy: str | None = None) -> None:
+    """Import what a fit of ``strategy`` runs on a worker (``None``: both strategies'), so
+    that the first fit does not pay for it: scikit-learn for ``ovr``; for ``multinomial``
+    the block hosts and their compiled kernels (loaded from numba's cache). Runs on workers.
+    """
+    if strategy in (None, "ovr"):
+        import sklearn.linear_model  # noqa: F401
+    if strategy in (None, "multinomial"):
+        import distrib.parallel.block_hosts  # noqa: F401
+        from distrib.linear.softmax import warm_up
+
+        warm_up()
+
+
+def warm_workers(client: Client, strategy: str | None = None) -> None:
+    """`load_fit_libraries` on every worker; a worker that dies of it names the memory
+    limit."""
+    try:
+        client.run(load_fit_libraries, strategy)
+    except OSError as exc:  # distributed's CommClosedError: the worker process is gone
+        limits = {int(w.get("memory_limit") or 0) for w in worker_infos(client).values()}
+        limit = f" (memory limit {max(limits) / 1e6:,.0f} MB)" if max(limits, default=0) else ""
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ClusterError(
+            f"lost a worker while it loaded distrib's libraries (scikit-learn, numba){limit}: "
+            f"{reason}. A worker needs ~350 MB before any data: if the workers have a memory "
+            "limit, raise it (--memory-limit, or the workers' own)"
+        ) from exc
+
+
+def _silence_distributed_logs() -> None:
+    """Only distributed's critical messages from here on (runs on workers)."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+class Connection:
+    """`connect` run in a background thread, then ``prepare(client)`` (e.g. the workers
+    loading their libraries): a local cluster starts while this process imports, loads and
+    splits the data, on the cores those steps leave idle.
+
+    `client` waits for it and raises what connecting raised; `close` (or leaving a ``with``
+    block) waits for the start to end, then closes the client and any cluster it started;
+    `close_in_background` does that in the background thread, for a caller with other work.
+
+    Parameters
+    ----------
+    config : ClusterConfig, optional
+        Where to connect and how long to wait (every wait is bounded, as in `connect`).
+    log : callable, optional
+        Receives one-line messages, from the background thread.
+    prepare : callable, optional
+        Called with the connected client, in the background thread.
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig | None = None,
+        log: Callable[[str], None] | None = None,
+        prepare: Callable[[Client], None] | None = None,
+    ) -> None:
+        self._stack = contextlib.ExitStack()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="distrib-connect")
+        self._started = time.perf_counter()
+        #: Seconds from the start to a prepared client (None until then).
+        self.seconds: float | None = None
+        self._client = self._pool.submit(self._open, config, log, prepare)
+        self._closed: Future[None] | None = None
+
+    def _open(
+        self,
+        config: ClusterConfig | None,
+        log: Callable[[str], None] | None,
+        prepare: Callable[[Client], None] | None,
+    ) -> Client:
+        client = self._stack.enter_context(connect(config, log))
+        if prepare is not None:
+            prepare(client)
+        self.seconds = time.perf_counter() - self._started
+        return client
+
+    def client(self) -> Client:
+        """The connected, prepared client (waits for it)."""
+        return self._client.result()
+
+    def _close(self, quiet: bool) -> None:
+        try:
+            client = self._client.result()
+        except BaseException:  # raised by `client` already, or nobody asked: nothing opened
+            client = None
+        if client is None or not quiet:
+            self._stack.close()
+            return
+        # a worker that was still starting (or sending a heartbeat) as its cluster closes
+        # logs a traceback: after a failed run the error already said what went wrong
+        logger = logging.getLogger("distributed")  # the scheduler's, in this process
+        level = logger.level
+        with contextlib.suppress(Exception):
+            client.run(_silence_distributed_logs)
+        try:
+            logger.setLevel(logging.CRITICAL)
+            self._stack.close()
+        finally:
+            logger.setLevel(level)
+
+    def close_in_background(self, quiet: bool = False) -> Future[None]:
+        """Start closing; the returned future ends when the client and cluster are closed.
+        ``quiet``: without the logs of workers closed while busy (after a failed run)."""
+        if self._closed is None:
+            self._closed = self._pool.submit(self._close, quiet)
+            self._pool.shutdown(wait=False)
+        return self._closed
+
+    def close(self, quiet: bool = False) -> None:
+        """Close the client and any cluster started for it; wait until they are closed."""
+        self.close_in_background(quiet).result()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_cluster(
+    config: ClusterConfig | None, strategy: str, log: Callable[[str], None] | None = None
+) -> Connection:
+    """Start connecting (a local cluster, or the scheduler ``config`` names) in the
+    background, the workers loading what a fit of ``strategy`` needs once connected: pass it
+    to `train` as ``cluster``, which closes it."""
+    return Connection(config, log, prepare=functools.partial(warm_workers, strategy=strategy))

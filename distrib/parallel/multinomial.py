@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import scipy.optimize
-from sklearn.utils.class_weight import compute_class_weight
 from threadpoolctl import threadpool_limits
 
 from distrib.errors import DataError
@@ -280,6 +279,10 @@ def objective_weights(
     """
     per_class = None
     if class_weight is not None:
+        # imported here: the workers that hold blocks unpickle this module's types and
+        # need no scikit-learn (~0.9 s of imports per worker)
+        from sklearn.utils.class_weight import compute_class_weight
+
         per_class = compute_class_weight(
             class_weight, classes=np.arange(n_classes), y=codes, sample_weight=sample_weight
         )

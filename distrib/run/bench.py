@@ -45,11 +45,12 @@ from distrib.data.datasets import load_dataset
 from distrib.data.split import split_arrays
 from distrib.errors import ConfigError, OutputError
 from distrib.files import write_json
-from distrib.parallel.cluster import connect, package_versions, worker_infos
+from distrib.parallel.cluster import connect, load_fit_libraries, package_versions, worker_infos
 from distrib.parallel.dispatch import fit_binary_classifiers
 from distrib.parallel.memory import matrix_bytes
 from distrib.parallel.transfer import InMemoryArrays, choose_layout, density_of, matrix_nbytes
 from distrib.report.bench_format import BENCH_FORMAT_VERSION, STRATEGY_KEYS
+from distrib.run.commands import time_commands
 from distrib.run.coordination import relay_level
 from distrib.run.train import train
 
@@ -88,9 +89,7 @@ def _proc_status_bytes(field: str) -> int:
 def _idle_rss_bytes() -> int:
     """Resident memory with the fit modules imported and the multinomial kernels loaded
     (`distrib train` warms its workers up the same way), before any job (runs on workers)."""
-    from distrib.run.train import _warm_up
-
-    _warm_up()
+    load_fit_libraries()
     return _rss_bytes()
 
 
@@ -610,6 +609,7 @@ def run_bench(
     strategies: Sequence[str] = ("ovr",),
     estimators: bool = True,
     dask_ml: bool = False,
+    commands: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmark `distrib train` against worker count; write ``bench.json`` and ``bench.png``.
@@ -645,6 +645,10 @@ def run_bench(
         With ``multinomial``: also time `DaskLogisticRegression` given the training matrix in
         memory (numpy, CSR) and as a Dask array, on each cluster, against scikit-learn on
         the same matrix.
+    commands : bool
+        Also time whole ``distrib train`` processes for each strategy and worker count, as a
+        user times the command, beside the plain scikit-learn scripts (`distrib.run.commands`;
+        not for grown data or an existing scheduler).
     log : callable, optional
         Receives a progress line per run.
     """
@@ -739,6 +743,16 @@ def run_bench(
                 )
                 for k in counts
             }
+        if commands and not grown and not scheduler:
+            report["commands"] = time_commands(
+                config,
+                strategies=[s for s in STRATEGIES if s in strategies],
+                workers=counts,
+                repeat=repeat,
+                scratch=Path(scratch),
+                home=None if home is None else str(home),
+                log=say,
+            )
     dense_bytes = n_rows * n_features * 4  # float32
     report["dense_matrix_bytes"] = dense_bytes
     for strategy, runs in by_strategy.items():

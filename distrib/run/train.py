@@ -29,9 +29,11 @@ from distrib.files import write_json
 from distrib.linear.model import LinearModel
 from distrib.parallel.cluster import (
     ClusterConfig,
-    connect,
+    Connection,
     describe,
     package_versions,
+    start_cluster,
+    warm_workers,
     worker_infos,
 )
 from distrib.parallel.dispatch import ATTEMPT_TOPIC, BinaryFit
@@ -77,22 +79,38 @@ class RunResult:
 
 
 class _Phases:
-    """Wall time per phase, in the order the phases ran."""
+    """The run as named phases, one after another in the calling thread, timed in one place.
 
-    def __init__(self) -> None:
+    The phases tile the run: each starts where the one before ended (the little work
+    between two of them counts in the later one), so they add up to ``total``, the run's
+    wall time. It starts at ``started`` (``time.time()`` of the process's start for the
+    CLI, whose ``startup`` phase is then the interpreter, the imports and the parsing).
+    Work another thread does meanwhile (starting the cluster, closing it) is no phase: the
+    time this thread waits for it is.
+    """
+
+    def __init__(self, started: float | None = None) -> None:
         self.seconds: dict[str, float] = {}
-        self._start = time.perf_counter()
+        self._origin = self._mark = time.perf_counter()
+        if started is not None:
+            self._origin -= max(0.0, time.time() - started)
+            self.seconds["startup"] = self._mark - self._origin
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
         try:
             yield
         finally:  # a phase entered twice counts both times
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            now = time.perf_counter()
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - self._mark
+            self._mark = now
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._origin
 
     def report(self) -> dict[str, float]:
-        return {**self.seconds, "total": time.perf_counter() - self._start}
+        """Seconds per phase so far, and ``total``: the run's wall time up to now."""
+        return {**self.seconds, "total": self.elapsed()}
 
 
 def default_out_dir() -> Path:
@@ -170,16 +188,6 @@ def _save_images(
     )
 
 
-def _warm_up() -> None:
-    """Import what the fits need on a worker, and load the multinomial kernels, so the
-    first fit does not pay for them."""
-    import sklearn.linear_model  # noqa: F401
-
-    from distrib.linear.softmax import warm_up
-
-    warm_up()
-
-
 def _generated_rows(client: Client, dataset: Dataset) -> None:
     """Refuse to make grown rows on workers that cannot read the data set's files."""
     blind = workers_blind_to_paths(client, list(dataset.files))
@@ -201,21 +209,6 @@ def _check_memory(
     # a grown chunk arrives dense (float32) and is copied once as it becomes a block
     chunk = 2 * max(parts.X_train.chunks[0]) * n_features * 4 if parts.grow > 1 else 0
     check_fits(worker_memory(client), config.strategy, nbytes, chunk)
-
-
-def _warm_workers(client: Client) -> None:
-    """`_warm_up` on every worker; a worker that dies of it names the memory limit."""
-    try:
-        client.run(_warm_up)
-    except OSError as exc:  # distributed's CommClosedError: the worker process is gone
-        limits = {int(w.get("memory_limit") or 0) for w in worker_infos(client).values()}
-        limit = f" (memory limit {max(limits) / 1e6:,.0f} MB)" if max(limits, default=0) else ""
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ClusterError(
-            f"lost a worker while it loaded distrib's libraries (scikit-learn, numba){limit}: "
-            f"{reason}. A worker needs ~350 MB before any data: if the workers have a memory "
-            "limit, raise it (--memory-limit, or the workers' own)"
-        ) from exc
 
 
 def _fit(
@@ -344,24 +337,26 @@ def _progress(
 def train(
     config: TrainConfig | None = None,
     *,
-    cluster: ClusterConfig | None = None,
+    cluster: ClusterConfig | Connection | None = None,
     client: Client | None = None,
     out: str | os.PathLike[str] | None = None,
     home: str | os.PathLike[str] | None = None,
     transfer: str = "auto",
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    started: float | None = None,
 ) -> RunResult:
-    """Train one binary logistic regression per class on a Dask cluster and save the run.
+    """Fit logistic regression (one-vs-rest or multinomial) on a Dask cluster; save the run.
 
     Parameters
     ----------
     config : TrainConfig, optional
-        Data set, split, scaling and the binary fits' settings (defaults: MNIST, notebook
-        split, unit scale, ``C=0.1``, lbfgs).
-    cluster : ClusterConfig, optional
+        Data set, split, scaling and the fit's settings (defaults: MNIST, notebook split,
+        unit scale, ``C=0.1``, lbfgs, one-vs-rest).
+    cluster : ClusterConfig or Connection, optional
         Where to run when no ``client`` is given: an address, ``DASK_SCHEDULER_ADDRESS``, or a
-        new `LocalCluster` (closed at the end).
+        new `LocalCluster`, connected in the background while the data is loaded and split;
+        or a connection already started (`start_cluster`). Closed at the end.
     client : distributed.Client, optional
         An existing client to use (left open).
     out : path, optional
@@ -376,6 +371,9 @@ def train(
         ``config`` must equal the run's settings (see `distrib.run.checkpoint.resume_config`).
     log : callable, optional
         Receives one-line progress messages.
+    started : float, optional
+        ``time.time()`` when the work began (the CLI passes its process's start): the
+        timings then hold a ``startup`` phase and their ``total`` is the process's wall time.
 
     Returns
     -------
@@ -383,30 +381,56 @@ def train(
         The model and metrics; ``model.npz``, ``model.json`` and ``metrics.json`` are in
         ``out``.
     """
+    phase = _Phases(started)
     config = config or TrainConfig()
-    if transfer not in TRANSFER_MODES:
-        raise ConfigError(f"unknown transfer mode {transfer!r}: expected one of {TRANSFER_MODES}")
     say = log or (lambda _msg: None)
-    folder, created = prepare_out_dir(out, resume)
+    connection: Connection | None = None
+    if isinstance(cluster, Connection):
+        connection = cluster
+    elif client is None:
+        connection = start_cluster(cluster, config.strategy, say)
+    failed = True
     try:
-        return _run(config, cluster, client, folder, home, transfer, resume, say)
-    except BaseException:
-        if created and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
+        if transfer not in TRANSFER_MODES:
+            raise ConfigError(
+                f"unknown transfer mode {transfer!r}: expected one of {TRANSFER_MODES}"
+            )
+        if client is not None and connection is not None:
+            raise ConfigError("pass a client or a started connection as cluster, not both")
+        folder, created = prepare_out_dir(out, resume)
+        try:
+            result = _run(config, connection, client, folder, home, transfer, resume, say, phase)
+        except BaseException:
+            if created and not any(folder.iterdir()):
+                folder.rmdir()
+            raise
+        failed = False
+        return result
+    finally:
+        if connection is not None:
+            connection.close(quiet=failed)  # done already, unless the run failed
 
 
-def _run(
+@dataclass
+class _Prepared:
+    """The data of a run once loaded and split, and how its training rows are laid out."""
+
+    dataset: Dataset
+    parts: SplitArrays
+    y_train: np.ndarray
+    y_test: np.ndarray
+    classes: np.ndarray
+    key: dict[str, Any]
+    density: float
+    layout: str
+
+
+def _load_and_split(
     config: TrainConfig,
-    cluster: ClusterConfig | None,
-    client: Client | None,
-    folder: Path,
     home: str | os.PathLike[str] | None,
-    transfer: str,
-    resume: bool,
     say: Callable[[str], None],
-) -> RunResult:
-    phase = _Phases()
+    phase: _Phases,
+) -> _Prepared:
     with phase("load"):
         if config.data is not None:
             dataset = load_arrays(config.data)
@@ -425,9 +449,6 @@ def _run(
         f"split: {config.split}, {len(y_train)} train{grown} / {len(y_test)} test rows, "
         f"{len(classes)} classes, pixels {config.scale}"
     )
-    # grown rows for a multinomial fit are made on the workers, chunk by chunk, and stay
-    # there as blocks: neither this process nor any one worker holds the whole matrix
-    generated = config.grow > 1 and config.strategy == "multinomial"
     with phase("prepare"):
         key = {
             "dataset": dataset.name,
@@ -439,86 +460,115 @@ def _run(
         density = training_density(parts, data_home(home), key)
         layout = choose_layout(config.layout, density)
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
+    return _Prepared(dataset, parts, y_train, y_test, classes, key, density, layout)
 
-    with contextlib.ExitStack() as stack:
-        if client is None:
-            with phase("connect"):
-                client = stack.enter_context(connect(cluster, log=say))
-        cluster_info = describe(client)
-        with phase("transfer"):
-            _warm_workers(client)
-            _check_memory(client, config, parts, density, layout)  # before any file
-            if generated:
-                _generated_rows(client, dataset)
-        with phase("prepare"):
-            files, test_files, _ = prepare_split_arrays(
-                parts, data_home(home), key, config.layout, write_train=not generated
-            )
-        with phase("transfer"):
-            data: TrainingData | None = None
-            if files is None:  # generated on the workers
-                mode = "generated"
-            else:
-                mode = _choose_transfer(client, files, transfer)
-                if mode == "path":
-                    data = files
-                elif config.strategy == "multinomial":  # each block's rows alone, from here
-                    data = RowsFromHere(files)
-                else:  # every binary fit reads all rows: the workers get them all, once
-                    data = load_in_memory(files)
-        say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
-        checkpoints = Checkpoints(folder)
-        manifest = {
-            "settings": {k: v for k, v in config.to_dict().items() if k != "preset"},
-            "data": key,
-            "layout": layout,
-            "classes": classes.tolist(),
-            "distrib_version": __version__,
-        }
-        checkpoints.begin(manifest, resume)
-        hooks = FitHooks(log=say)
-        if config.strategy == "ovr":
-            hooks.done = checkpoints.load() if resume else {}
-            todo = [c for c in classes.tolist() if c not in hooks.done]
-            if hooks.done:
-                say(f"resuming: {len(hooks.done)} class(es) from checkpoints, {len(todo)} to fit")
-            progress = _progress(say, len(classes), len(hooks.done))
 
-            def on_fit(fit: BinaryFit) -> None:
-                checkpoints.save(fit)
-                progress(fit)
-
-            hooks.on_binary_fit = on_fit
-            say(f"fitting {len(todo)} one-vs-rest classifiers on {cluster_info['workers']} workers")
+def _run(
+    config: TrainConfig,
+    connection: Connection | None,
+    client: Client | None,
+    folder: Path,
+    home: str | os.PathLike[str] | None,
+    transfer: str,
+    resume: bool,
+    say: Callable[[str], None],
+    phase: _Phases,
+) -> RunResult:
+    prepared = _load_and_split(config, home, say, phase)
+    dataset, parts, classes, key = prepared.dataset, prepared.parts, prepared.classes, prepared.key
+    y_train, y_test, density, layout = (
+        prepared.y_train,
+        prepared.y_test,
+        prepared.density,
+        prepared.layout,
+    )
+    # grown rows for a multinomial fit are made on the workers, chunk by chunk, and stay
+    # there as blocks: neither this process nor any one worker holds the whole matrix
+    generated = config.grow > 1 and config.strategy == "multinomial"
+    with phase("cluster"):  # what is left of starting it, once this process is ready
+        if connection is not None:
+            if connection.seconds is None:
+                say("waiting for the cluster to start and its workers to load their libraries")
+            client = connection.client()
         else:
-            if resume:
-                say("resuming: a multinomial fit has no per-class checkpoints; fitting it again")
-            say(f"fitting one multinomial model on {cluster_info['workers']} workers")
+            assert client is not None
+            warm_workers(client, config.strategy)
+        cluster_info = describe(client)
+    with phase("transfer"):
+        _check_memory(client, config, parts, density, layout)  # before any file
+        if generated:
+            _generated_rows(client, dataset)
+    with phase("prepare"):
+        files, test_files, _ = prepare_split_arrays(
+            parts, data_home(home), key, config.layout, write_train=not generated
+        )
+    with phase("transfer"):
+        data: TrainingData | None = None
+        if files is None:  # generated on the workers
+            mode = "generated"
+        else:
+            mode = _choose_transfer(client, files, transfer)
+            if mode == "path":
+                data = files
+            elif config.strategy == "multinomial":  # each block's rows alone, from here
+                data = RowsFromHere(files)
+            else:  # every binary fit reads all rows: the workers get them all, once
+                data = load_in_memory(files)
+    say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
+    checkpoints = Checkpoints(folder)
+    manifest = {
+        "settings": {k: v for k, v in config.to_dict().items() if k != "preset"},
+        "data": key,
+        "layout": layout,
+        "classes": classes.tolist(),
+        "distrib_version": __version__,
+    }
+    checkpoints.begin(manifest, resume)
+    hooks = FitHooks(log=say)
+    if config.strategy == "ovr":
+        hooks.done = checkpoints.load() if resume else {}
+        todo = [c for c in classes.tolist() if c not in hooks.done]
+        if hooks.done:
+            say(f"resuming: {len(hooks.done)} class(es) from checkpoints, {len(todo)} to fit")
+        progress = _progress(say, len(classes), len(hooks.done))
 
-        def fit() -> FitOutcome:
-            if data is not None:
-                return fit_training_data(data, classes, config, client=client, hooks=hooks)
-            return fit_dask_rows(
-                parts.X_train,
-                np.searchsorted(classes, y_train),
-                len(classes),
-                config,
-                client=client,
-                hooks=hooks,
-                class_weight=by_class_index(config.class_weight, classes),
-                predict_rows=True,  # the grown rows exist only as blocks: predict there
-            )
+        def on_fit(fit: BinaryFit) -> None:
+            checkpoints.save(fit)
+            progress(fit)
 
-        with phase("fit"):
-            outcome = _fit(config, client, fit, checkpoints, folder, classes, hooks)
-        with phase("reduce"):
-            records = outcome.records
-            if config.strategy == "ovr":
-                retries = _retries(client, hooks.run_id, records)
-                for record in records:
-                    record["retries"] = retries.get(record["label"], [])
-            else:
-                _add_block_loads(client, hooks.run_id, records)
+        hooks.on_binary_fit = on_fit
+        say(f"fitting {len(todo)} one-vs-rest classifiers on {cluster_info['workers']} workers")
+    else:
+        if resume:
+            say("resuming: a multinomial fit has no per-class checkpoints; fitting it again")
+        say(f"fitting one multinomial model on {cluster_info['workers']} workers")
+
+    def fit() -> FitOutcome:
+        if data is not None:
+            return fit_training_data(data, classes, config, client=client, hooks=hooks)
+        return fit_dask_rows(
+            parts.X_train,
+            np.searchsorted(classes, y_train),
+            len(classes),
+            config,
+            client=client,
+            hooks=hooks,
+            class_weight=by_class_index(config.class_weight, classes),
+            predict_rows=True,  # the grown rows exist only as blocks: predict there
+        )
+
+    with phase("fit"):
+        outcome = _fit(config, client, fit, checkpoints, folder, classes, hooks)
+    with phase("reduce"):
+        records = outcome.records
+        if config.strategy == "ovr":
+            retries = _retries(client, hooks.run_id, records)
+            for record in records:
+                record["retries"] = retries.get(record["label"], [])
+        else:
+            _add_block_loads(client, hooks.run_id, records)
+    # the cluster's part is done: it closes while this process evaluates and writes
+    closed = connection.close_in_background() if connection is not None else None
 
     model = LinearModel(outcome.coef, outcome.intercept, classes, config.strategy)
     with phase("evaluate"):
@@ -561,23 +611,32 @@ def _run(
         }
         model.save(folder, {**estimator, **model_info})
         _save_images(folder, dataset, parts, metrics)
-    metrics = {
-        **metrics,
-        "fits": records,
-        "solver": outcome.solver,
-        "settings": config.to_dict(),
-        "data": data_info,
-        "cluster": cluster_info,
-        "transfer": mode,
-        "layout": layout,
-        "timings": phase.report(),
+    with phase("report"):  # metrics.json first: the report reads it (its timings end here)
+        metrics = {
+            **metrics,
+            "fits": records,
+            "solver": outcome.solver,
+            "settings": config.to_dict(),
+            "data": data_info,
+            "cluster": cluster_info,
+            "transfer": mode,
+            "layout": layout,
+            "timings": phase.report(),
+        }
+        write_json(folder / "metrics.json", metrics)  # the run is complete from here on
+        checkpoints.remove()
+        say(f"wrote {folder}/model.npz, model.json, metrics.json; rendering the report")
+        try:
+            report, _ = render_report(folder)
+            say(f"report: {report}")
+        except Exception as exc:  # the run itself is complete; the report can be redone
+            say(f"report not written ({exc}); run `distrib report {folder}`")
+    if closed is not None:
+        with phase("shutdown"):  # what is left of closing the cluster
+            closed.result()
+    metrics["timings"] = phase.report()
+    metrics["background"] = {
+        "cluster_start": connection.seconds if connection is not None else None,
     }
-    write_json(folder / "metrics.json", metrics)
-    checkpoints.remove()
-    say(f"wrote {folder}/model.npz, model.json, metrics.json ({metrics['timings']['total']:.1f} s)")
-    try:
-        report, _ = render_report(folder)
-        say(f"report: {report}")
-    except Exception as exc:  # the run itself is complete; the report can be redone
-        say(f"report not written ({exc}); run `distrib report {folder}`")
+    write_json(folder / "metrics.json", metrics)  # again, with the report and shutdown
     return RunResult(out=folder, model=model, metrics=metrics, model_info=model_info)
