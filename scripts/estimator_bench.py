@@ -4,9 +4,10 @@ Full MNIST, notebook split, the training matrix in memory as float32 CSR (what a
 after ``sp.csr_matrix(X / 255)``), default settings (C=0.1, lbfgs, tol 1e-4, max_iter 100).
 Each round, in turn:
 
-* ``distrib ovr``: a fresh ``LocalCluster`` of 2 workers x 1 thread and a ``Client``;
-  ``DaskLogisticRegression().fit(X, y)`` twice: the first fit (the rows reach the workers)
-  and a warm one;
+* ``distrib ovr``: a fresh ``LocalCluster(n_workers=2, threads_per_worker=1)`` and a
+  ``Client``, made as a user makes them (``plain``), and one of distrib's own tuned local
+  clusters (``tuned``: `start_local_cluster`); on each, ``DaskLogisticRegression().fit(X,
+  y)`` twice: the first fit (the rows reach the workers) and a warm one;
 * ``loky ovr``: ``OneVsRestClassifier(LogisticRegression(), n_jobs=2)``, twice (the first
   starts loky's worker processes);
 * ``distrib multinomial`` on the same cluster, and scikit-learn's multinomial
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from distributed import Client
+from distributed import Client, LocalCluster
 from joblib import parallel_config
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -62,19 +63,26 @@ def main() -> None:
         times.setdefault(name, []).append(seconds)
         print(f"[{name}] {seconds:.2f} s", flush=True)
 
+    clusters = {
+        "plain": lambda: LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0"),
+        "tuned": lambda: start_local_cluster(2),
+    }
     for _ in range(args.rounds):
-        cluster = start_local_cluster(2)
-        client = Client(cluster, set_as_default=False)
-        try:
-            client.wait_for_workers(2, timeout=120)
-            with client.as_current():
-                record("distrib ovr, first fit", _timed(DaskLogisticRegression().fit, X, y))
-                record("distrib ovr, warm fit", _timed(DaskLogisticRegression().fit, X, y))
-                multinomial = DaskLogisticRegression(strategy="multinomial")
-                record("distrib multinomial", _timed(multinomial.fit, X, y))
-        finally:
-            client.close(timeout=10)
-            cluster.close(timeout=10)
+        for kind, make in clusters.items():
+            cluster = make()
+            client = Client(cluster, set_as_default=False)
+            try:
+                client.wait_for_workers(2, timeout=120)
+                with client.as_current():
+                    first = _timed(DaskLogisticRegression().fit, X, y)
+                    record(f"distrib ovr, first fit ({kind})", first)
+                    warm = _timed(DaskLogisticRegression().fit, X, y)
+                    record(f"distrib ovr, warm fit ({kind})", warm)
+                    multinomial = DaskLogisticRegression(strategy="multinomial")
+                    record(f"distrib multinomial ({kind})", _timed(multinomial.fit, X, y))
+            finally:
+                client.close(timeout=10)
+                cluster.close(timeout=10)
         with parallel_config(backend="loky"):
             loky = OneVsRestClassifier(LogisticRegression(C=0.1), n_jobs=2)
             record("loky ovr, first fit", _timed(loky.fit, X, y))
@@ -86,17 +94,22 @@ def main() -> None:
         record("scikit-learn multinomial, one process", _timed(reference.fit, X, y))
 
     medians = {name: float(np.median(values)) for name, values in times.items()}
-    report = {
-        "rounds": args.rounds,
-        "times": times,
-        "medians": medians,
-        "warm_ovr_over_loky": medians["distrib ovr, warm fit"] / medians["loky ovr, warm fit"],
-        "first_ovr_over_loky": medians["distrib ovr, first fit"] / medians["loky ovr, first fit"],
-        "multinomial_over_sklearn": medians["distrib multinomial"]
-        / medians["scikit-learn multinomial, one process"],
+    loky_warm = medians["loky ovr, warm fit"]
+    ratios = {
+        kind: {
+            "warm_ovr_over_loky_warm": medians[f"distrib ovr, warm fit ({kind})"] / loky_warm,
+            "first_ovr_over_loky_warm": medians[f"distrib ovr, first fit ({kind})"] / loky_warm,
+            "first_ovr_over_loky_first": medians[f"distrib ovr, first fit ({kind})"]
+            / medians["loky ovr, first fit"],
+            "multinomial_over_sklearn": medians[f"distrib multinomial ({kind})"]
+            / medians["scikit-learn multinomial, one process"],
+        }
+        for kind in clusters
     }
-    for key in ("warm_ovr_over_loky", "first_ovr_over_loky", "multinomial_over_sklearn"):
-        print(f"{key}: {report[key]:.2f}x")
+    report = {"rounds": args.rounds, "times": times, "medians": medians, "ratios": ratios}
+    for kind, values in ratios.items():
+        for key, ratio in values.items():
+            print(f"{kind} cluster, {key}: {ratio:.2f}x")
     write_json(Path(args.out), report)
     print(f"wrote {args.out}")
 

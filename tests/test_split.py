@@ -63,3 +63,17 @@ def test_labels_the_model_cannot_learn_are_refused() -> None:
     with pytest.raises(DataError, match=r"test split has no sample of class\(es\) \[2\]"):
         check_labels(np.array([2, 0, 2]), np.array([0]))
     np.testing.assert_array_equal(check_labels(np.array([2, 0, 2]), np.array([0, 2])), [0, 2])
+
+
+@pytest.mark.parametrize("n", [2, 7, 100, 1797, 4999, 70_000])
+@pytest.mark.parametrize("test_size", [0.25, 1 / 7, 0.3, 0.5])
+def test_shuffle_split_is_train_test_split(n: int, test_size: float) -> None:
+    """The numpy split the driver uses gives scikit-learn's indices, for any size."""
+    from distrib.data.split import shuffle_split
+
+    expected_train, expected_test = train_test_split(
+        np.arange(n), test_size=test_size, random_state=0
+    )
+    train, test = shuffle_split(n, test_size, 0)
+    np.testing.assert_array_equal(train, expected_train)
+    np.testing.assert_array_equal(test, expected_test)

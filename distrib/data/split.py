@@ -6,6 +6,7 @@ lazily to Dask arrays and reported (misclassified images keep their data set row
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,18 @@ class SplitArrays:
         return tuple(da.compute(*(getattr(self, name) for name in names), scheduler="threads"))
 
 
+def shuffle_split(
+    n_samples: int, test_size: float, random_state: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row indices ``train_test_split(np.arange(n_samples), test_size=test_size,
+    random_state=random_state)`` returns, computed as it does (`ShuffleSplit`: a
+    ``RandomState`` permutation, the first ``ceil(test_size * n)`` rows for the test), with
+    numpy alone: a run's driver need not import scikit-learn for it."""
+    n_test = math.ceil(test_size * n_samples)
+    permutation = np.random.RandomState(random_state).permutation(n_samples)
+    return permutation[n_test:], permutation[:n_test]
+
+
 def make_split(dataset: Dataset, kind: str = "notebook") -> Split:
     """The row indices of a split.
 
@@ -56,13 +69,8 @@ def make_split(dataset: Dataset, kind: str = "notebook") -> Split:
     """
     n = dataset.n_samples
     if kind == "notebook":
-        # imported here: workers unpickle this module's types and need no scikit-learn
-        from sklearn.model_selection import train_test_split
-
-        train_index, test_index = train_test_split(
-            np.arange(n), test_size=dataset.test_fraction, random_state=NOTEBOOK_RANDOM_STATE
-        )
-        return Split("notebook", np.asarray(train_index), np.asarray(test_index))
+        train_index, test_index = shuffle_split(n, dataset.test_fraction, NOTEBOOK_RANDOM_STATE)
+        return Split("notebook", train_index, test_index)
     if kind == "canonical":
         if dataset.name != "mnist":
             raise ConfigError(

@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 from joblib._dask import DaskDistributedBackend
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
 from distrib.parallel.transfer import TrainingData
 
@@ -123,6 +121,10 @@ def _fit_binary(
     data: TrainingData, label: int, params: dict[str, Any], run_id: str | None = None
 ) -> BinaryFit:
     """Fit class ``label`` against the rest (a module-level function, so tasks pickle)."""
+    # imported here: a driver that fits no binary model (multinomial) loads no scikit-learn
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     _announce_attempt(label, run_id)
     t0 = time.perf_counter()
     X, y = data.arrays()

@@ -5,7 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+
+def confusion(labels: np.ndarray, true: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Counts of (true, predicted) pairs, rows and columns in the order of ``labels``, as
+    `sklearn.metrics.confusion_matrix` (pairs with a label outside ``labels`` are left out).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+
+    def index(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values)
+        at = np.clip(np.searchsorted(sorted_labels, values), 0, max(n - 1, 0))
+        found = sorted_labels[at] == values if n else np.zeros(len(values), bool)
+        return np.where(found, order[at], -1)
+
+    rows, cols = index(true), index(predicted)
+    keep = (rows >= 0) & (cols >= 0)
+    return np.bincount(rows[keep] * n + cols[keep], minlength=n * n).reshape(n, n)
+
+
+def per_class_scores(matrix: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Precision, recall, F1 and support per class from a confusion matrix, 0 where a ratio
+    has no denominator: `sklearn.metrics.precision_recall_fscore_support` with
+    ``zero_division=0`` (the same divisions, so the same floats)."""
+    true_positive = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+
+    def ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(top))
+        np.divide(top, bottom, out=out, where=bottom != 0)
+        return out
+
+    f1 = ratio(2 * true_positive, (support + predicted).astype(np.float64))
+    return ratio(true_positive, predicted), ratio(true_positive, support), f1, support
 
 
 def evaluate(
@@ -35,10 +71,8 @@ def evaluate(
         ``misclassified`` (test position, data set row, true and predicted label).
     """
     labels = np.asarray(classes)
-    matrix = confusion_matrix(y_test, test_pred, labels=labels)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_test, test_pred, labels=labels, zero_division=0
-    )
+    matrix = confusion(labels, y_test, test_pred)
+    precision, recall, f1, support = per_class_scores(matrix)
     wrong = np.flatnonzero(test_pred != y_test)
     return {
         "train_accuracy": float(np.mean(train_pred == y_train)),

@@ -24,7 +24,6 @@ from distrib.data.datasets import Dataset, data_home, load_dataset
 from distrib.data.grow import check_grow
 from distrib.data.split import SplitArrays, check_labels, split_arrays
 from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
-from distrib.estimator import DaskLogisticRegression
 from distrib.files import write_json
 from distrib.linear.model import LinearModel
 from distrib.parallel.cluster import (
@@ -66,6 +65,10 @@ from distrib.report.render import (
 )
 from distrib.run.checkpoint import RUN_FILES, Checkpoints, refuse_finished
 from distrib.run.evaluate import evaluate
+
+#: The estimator whose `load` reads a run folder back (`distrib.estimator`; not imported
+#: here: it loads scikit-learn, which a multinomial run's driver does without).
+ESTIMATOR_NAME = "DaskLogisticRegression"
 
 
 @dataclass
@@ -605,7 +608,7 @@ def _run(
     }
     with phase("write"):
         estimator = {  # what `DaskLogisticRegression.load` reads back
-            "estimator": DaskLogisticRegression.__name__,
+            "estimator": ESTIMATOR_NAME,
             "estimator_params": config.model_settings(),
             "n_iter": outcome.n_iter.tolist(),
         }
