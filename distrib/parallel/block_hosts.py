@@ -41,6 +41,7 @@ from typing import Any
 
 import dask
 import numpy as np
+from dask.utils import parse_timedelta
 
 from distrib.errors import ClusterError
 from distrib.linear import softmax
@@ -63,6 +64,21 @@ from distrib.parallel.transfer import InMemoryArrays, RowsFromHere, TrainingData
 # How often a pending call checks that its worker is still there (the call itself returns
 # as soon as its result arrives; this only bounds how long a lost worker goes unnoticed).
 _WATCH_SECONDS = 0.05
+#: Evaluations to time before a silent host can be given up (the first ones set the pace).
+SILENCE_AFTER_EVALUATIONS = 3
+
+
+def silence_deadline(evaluation_seconds: list[float]) -> float | None:
+    """Seconds an evaluation may wait on a host that does not answer before the fit gives
+    that host up: ``factor`` times the median of the fit's evaluations so far, at least
+    ``minimum`` (dask config ``distrib.silent-host.factor``, default 10, and
+    ``distrib.silent-host.minimum``, default 2 s); None until `SILENCE_AFTER_EVALUATIONS`
+    evaluations have been timed."""
+    if len(evaluation_seconds) < SILENCE_AFTER_EVALUATIONS:
+        return None
+    factor = float(dask.config.get("distrib.silent-host.factor", 10))
+    minimum = parse_timedelta(dask.config.get("distrib.silent-host.minimum", "2s"))
+    return max(factor * float(np.median(evaluation_seconds)), float(minimum or 0.0))
 
 
 def _tls_contexts(security: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -381,6 +397,12 @@ class ClusterBlocks:
         self._unrelayed: set[str] = set()  # hosts a relaying host could not reach
         self._no_channel: set[str] = set()  # hosts (keys) that could not open one
         self.losses: Counter[int] = Counter()  # block -> times its worker died under it
+        #: Workers given up for this fit because they stopped answering (worker -> when,
+        #: why, at which evaluation): they get no block of it again.
+        self.given_up: dict[str, dict[str, Any]] = {}
+        self.evaluation_seconds: list[float] = []
+        #: Receives a line when an evaluation waits on a host for longer than expected.
+        self.log: Callable[[str], None] | None = None
         self._loaded = False
 
     @classmethod
@@ -556,7 +578,7 @@ class ClusterBlocks:
         block where its chunk is."""
         if not indices:
             return {}
-        workers = sorted(worker_infos(self.client))
+        workers = sorted(w for w in worker_infos(self.client) if w not in self.given_up)
         rows = Counter({w: 0 for w in workers})
         for i, w in enumerate(self.placement):
             if i not in indices and w in rows and self.sources[i].data is None:
@@ -653,7 +675,7 @@ class ClusterBlocks:
             if self.losses[index] > allowed:
                 last: Any = types.SimpleNamespace(address=worker)  # what its message reads
                 raise KilledWorker(self._key(index), last, allowed)
-        live = [w for w in worker_slots(self.client) if w != worker]
+        live = [w for w in worker_slots(self.client) if w != worker and w not in self.given_up]
         if not live:
             raise ClusterError(
                 f"the worker {worker} holding rows of the fit left, and no worker is left"
@@ -675,6 +697,7 @@ class ClusterBlocks:
         self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
     ) -> Evaluation:
         self.wait_loaded()
+        started = time.perf_counter()
         if self.tree is None:
             self.tree = sum_tree(self.placement, self.groups)
         args = (coef, intercept, class_weight, self.tree)
@@ -693,6 +716,7 @@ class ClusterBlocks:
                 reload += self._lose(worker)
             if reload:
                 self._load(reload)
+        self.evaluation_seconds.append(time.perf_counter() - started)
         return Evaluation(
             total(self.tree, parts),
             messages=int(stats["messages"]),
@@ -758,7 +782,31 @@ class ClusterBlocks:
                         stop[relaying] = f"{worker} left"
             return stop
 
-        results, unanswered, read_cpu = receive_all(sent, check, _WATCH_SECONDS, deadline)
+        silence = silence_deadline(self.evaluation_seconds)
+        asked = time.monotonic()
+        said = False
+
+        def watch(pending: set[str]) -> dict[str, str]:
+            nonlocal said
+            stop = check(pending)
+            waited = time.monotonic() - asked
+            if silence is not None and not said and waited > silence / 4 and self.log:
+                said = True
+                typical = float(np.median(self.evaluation_seconds))
+                hosts = ", ".join(
+                    w + (f" (relaying for {', '.join(routes[w])})" if routes.get(w) else "")
+                    for w in sorted(pending)
+                )
+                self.log(
+                    f"evaluation {len(self.evaluation_seconds) + 1}: waiting {waited:.1f} s on "
+                    f"{hosts} (evaluations take {typical:.2f} s; giving up on a silent host "
+                    f"at {silence:.1f} s)"
+                )
+            if silence is not None and waited > silence and pending - set(stop):
+                stop |= self._silent(pending - set(stop), routes, waited, silence, lost, abandoned)
+            return stop
+
+        results, unanswered, read_cpu = receive_all(sent, watch, _WATCH_SECONDS, deadline)
         stats["message_cpu"] += read_cpu
         stats["messages"] += len(results)
         for reply in results.values():
@@ -772,6 +820,60 @@ class ClusterBlocks:
                 lost[worker] = why
         self._reopen(abandoned - set(lost))
         return replies, lost
+
+    def _silent(
+        self,
+        pending: set[str],
+        routes: dict[str, list[str]],
+        waited: float,
+        deadline: float,
+        lost: dict[str, str],
+        abandoned: set[str],
+    ) -> dict[str, str]:
+        """The hosts an evaluation has waited on past its silence deadline: give up those
+        whose worker has also stopped its heartbeats (paused, cut off), and any that answer
+        nothing while their worker still beats (slow). A relaying host that waits on a
+        given-up host is not waited on either; one whose group is merely slow is asked
+        again with its group called directly, so the slow host shows itself."""
+        stale = self._stale_heartbeats(pending | {w for r in pending for w in routes[r]}, waited)
+        stop: dict[str, str] = {}
+        for relaying in pending:
+            behind = [w for w in routes[relaying] if w in stale]
+            if relaying in stale or (not routes[relaying] and not stale):
+                how = "nor its heartbeats" if relaying in stale else "though its heartbeats came"
+                why = f"no answer in {waited:.1f} s, {how} (deadline {deadline:.1f} s)"
+                stop[relaying] = self._give_up(relaying, why, lost)
+            elif behind or not stale:  # waits on a silent host, or on its slow group
+                for worker in behind:
+                    why = f"no heartbeat in {waited:.1f} s (deadline {deadline:.1f} s)"
+                    self._give_up(worker, why, lost)
+                if not behind:
+                    self._unrelayed.update(routes[relaying])
+                abandoned.add(relaying)
+                stop[relaying] = "it waits on a silent host"
+        return stop
+
+    def _stale_heartbeats(self, workers: set[str], waited: float) -> set[str]:
+        """Which of ``workers`` the scheduler has not heard from for half of ``waited``."""
+        infos = worker_infos(self.client)
+        now = time.time()
+        return {
+            w for w in workers if now - float(infos.get(w, {}).get("last_seen", 0.0)) > waited / 2
+        }
+
+    def _give_up(self, worker: str, why: str, lost: dict[str, str]) -> str:
+        """Give ``worker`` up for this fit: its blocks go elsewhere, and it gets none again."""
+        reason = f"given up: {why}"
+        if self.log is not None:
+            self.log(f"{worker} {reason}; its blocks load on the live workers")
+        self.given_up[worker] = {
+            "worker": worker,
+            "time": time.time(),
+            "evaluation": len(self.evaluation_seconds) + 1,
+            "why": reason,
+        }
+        lost[worker] = reason
+        return reason
 
     def _reopen(self, workers: set[str]) -> None:
         """A new channel to each of these hosts (the old one was closed mid-request)."""

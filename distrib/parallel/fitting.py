@@ -352,6 +352,8 @@ def fit_multinomial(
         if iteration % every == 0 or iteration in (1, config.max_iter):
             hooks.say(f"[{iteration}/{config.max_iter}] L-BFGS iteration, loss {loss:.6f}")
 
+    if isinstance(runner, ClusterBlocks):
+        runner.log = hooks.say  # waits on a silent host, and giving it up
     try:
         runner.wait_loaded()
         blocks = runner.describe()
@@ -377,4 +379,6 @@ def fit_multinomial(
         runner.release()
     if not fit.converged:
         hooks.say(f"L-BFGS stopped before convergence ({fit.message}): raise --max-iter")
-    return FitOutcome(fit.coef, fit.intercept, np.array([fit.n_iter]), blocks, fit.record(), codes)
+    solver = fit.record()
+    solver["given_up"] = list(getattr(runner, "given_up", {}).values())  # silent workers
+    return FitOutcome(fit.coef, fit.intercept, np.array([fit.n_iter]), blocks, solver, codes)
