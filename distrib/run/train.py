@@ -387,11 +387,7 @@ def train(
     phase = _Phases(started)
     config = config or TrainConfig()
     say = log or (lambda _msg: None)
-    connection: Connection | None = None
-    if isinstance(cluster, Connection):
-        connection = cluster
-    elif client is None:
-        connection = start_cluster(cluster, config.strategy, say)
+    connection = cluster if isinstance(cluster, Connection) else None
     failed = True
     try:
         if transfer not in TRANSFER_MODES:
@@ -401,6 +397,9 @@ def train(
         if client is not None and connection is not None:
             raise ConfigError("pass a client or a started connection as cluster, not both")
         folder, created = prepare_out_dir(out, resume)
+        if client is None and connection is None:  # after the cheap checks
+            connection = start_cluster(cluster if isinstance(cluster, ClusterConfig) else None,
+                                       config.strategy, say)  # fmt: skip
         try:
             result = _run(config, connection, client, folder, home, transfer, resume, say, phase)
         except BaseException:
@@ -477,14 +476,9 @@ def _run(
     say: Callable[[str], None],
     phase: _Phases,
 ) -> RunResult:
-    prepared = _load_and_split(config, home, say, phase)
-    dataset, parts, classes, key = prepared.dataset, prepared.parts, prepared.classes, prepared.key
-    y_train, y_test, density, layout = (
-        prepared.y_train,
-        prepared.y_test,
-        prepared.density,
-        prepared.layout,
-    )
+    ready = _load_and_split(config, home, say, phase)
+    dataset, parts, classes, key = ready.dataset, ready.parts, ready.classes, ready.key
+    y_train, y_test, density, layout = ready.y_train, ready.y_test, ready.density, ready.layout
     # grown rows for a multinomial fit are made on the workers, chunk by chunk, and stay
     # there as blocks: neither this process nor any one worker holds the whole matrix
     generated = config.grow > 1 and config.strategy == "multinomial"
