@@ -180,7 +180,8 @@ def _setting_options(func: Any) -> Any:
     type=click.Path(file_okay=False),
     default=None,
     metavar="RUN_DIR",
-    help="Finish an interrupted run: fit only the classes it has no checkpoint for.",
+    help="Finish an interrupted run: one-vs-rest fits only the classes it has no checkpoint "
+    "for; multinomial replays its logged evaluations and goes on from the last.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def train(

@@ -698,9 +698,8 @@ class ClusterBlocks:
     ) -> Evaluation:
         self.wait_loaded()
         started = time.perf_counter()
-        if self.tree is None:
-            self.tree = sum_tree(self.placement, self.groups)
-        args = (coef, intercept, class_weight, self.tree)
+        tree = self.fix_tree()
+        args = (coef, intercept, class_weight, tree)
         parts: dict[Node, PartialSum] = {}
         stats = dict.fromkeys(("messages", "message_cpu", "relayed", "relay_cpu"), 0.0)
         while len(done := covered(parts)) < len(self.sources):
@@ -718,12 +717,19 @@ class ClusterBlocks:
                 self._load(reload)
         self.evaluation_seconds.append(time.perf_counter() - started)
         return Evaluation(
-            total(self.tree, parts),
+            total(tree, parts),
             messages=int(stats["messages"]),
             message_cpu=stats["message_cpu"],
             relayed=int(stats["relayed"]),
             relay_cpu=stats["relay_cpu"],
         )
+
+    def fix_tree(self) -> SumTree:
+        """The order of the blocks' sums for the whole fit: fixed from where the blocks are
+        at the first evaluation, unless given (a resumed fit keeps its first run's)."""
+        if self.tree is None:
+            self.tree = sum_tree(self.placement, self.groups)
+        return self.tree
 
     def _routes(self, by_worker: dict[str, list[int]]) -> dict[str, list[str]]:
         """Hosts called over their channel -> the hosts each relays the evaluation to."""

@@ -36,6 +36,7 @@ from distrib.parallel.block_hosts import ClusterBlocks
 from distrib.parallel.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
 from distrib.parallel.multinomial import (
     BlockRunner,
+    Journal,
     LocalBlocks,
     SoftmaxFit,
     fit_softmax,
@@ -95,12 +96,15 @@ class FitHooks:
         ``ovr``: classes already fitted (from checkpoints), not dispatched again.
     run_id : str
         Names the fit in the workers' events (retry and block-load records).
+    journal : Journal, optional
+        ``multinomial``: logs every evaluation, and replays those it holds (resume).
     """
 
     log: Callable[[str], None] | None = None
     on_binary_fit: Callable[[BinaryFit], None] | None = None
     done: dict[int, BinaryFit] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    journal: Journal | None = None
 
     def say(self, message: str) -> None:
         if self.log is not None:
@@ -251,7 +255,16 @@ def fit_training_data(
         # other tasks hold (a deadlock with every thread taken).
         runner = LocalBlocks(data, labels)
     else:
-        runner = ClusterBlocks.from_training_data(client, data, labels, run_id=hooks.run_id)
+        layout = hooks.journal.layout() if hooks.journal is not None else None
+        runner = ClusterBlocks.from_training_data(
+            client,
+            data,
+            labels,
+            run_id=hooks.run_id,
+            n_blocks=None if layout is None else int(layout["blocks"]),
+        )
+        if layout is not None:  # a resumed fit: its sums in the first run's order
+            runner.tree = tuple(tuple(int(i) for i in group) for group in layout["tree"])
     return fit_multinomial(runner, int(data.shape[1]), len(labels), weights, config, hooks)
 
 
@@ -356,6 +369,8 @@ def fit_multinomial(
         runner.log = hooks.say  # waits on a silent host, and giving it up
     try:
         runner.wait_loaded()
+        if isinstance(runner, ClusterBlocks) and hooks.journal is not None:
+            hooks.journal.save_layout(len(runner.sources), runner.fix_tree())
         blocks = runner.describe()
         hooks.say(
             f"{len(blocks)} row block(s) on {len({b['worker'] for b in blocks})} worker(s); "
@@ -372,6 +387,7 @@ def fit_multinomial(
             fit_intercept=config.fit_intercept,
             class_weights=weights[0],
             on_iteration=on_iteration,
+            journal=hooks.journal,
         )
         blocks = runner.describe()
         codes = runner.predict(fit.coef, fit.intercept) if predict_rows else None

@@ -179,6 +179,29 @@ class LocalBlocks:
         """Nothing to release: the block lives in this process."""
 
 
+class Journal(Protocol):
+    """A log of a fit's evaluations that lets a resumed fit replay them (`fit_softmax`)."""
+
+    def replay(self, index: int, w: np.ndarray) -> tuple[float, np.ndarray] | None:
+        """The logged objective and gradient of evaluation ``index`` (refusing a ``w`` other
+        than the logged one), or None past the log's end."""
+        ...
+
+    def append(self, w: np.ndarray, loss: float, grad: np.ndarray) -> None:
+        """Log one evaluation."""
+        ...
+
+    def layout(self) -> dict[str, Any] | None:
+        """The row blocks of the fit being resumed (``blocks``: how many; ``tree``: the
+        order of their sums), or None: a fit resumed on another number of workers keeps
+        them, so its sums are the same bits."""
+        ...
+
+    def save_layout(self, blocks: int, tree: Sequence[Sequence[int]]) -> None:
+        """Record the fit's blocks and the order of their sums (once, at its start)."""
+        ...
+
+
 @dataclass
 class SoftmaxFit:
     """A finished multinomial fit, and how its time was spent."""
@@ -193,12 +216,14 @@ class SoftmaxFit:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
-        """JSON-ready summary: iterations, evaluations, where the time went."""
-        walls = np.array([e["wall"] for e in self.evaluations] or [0.0])
-        compute = np.array([e["compute_max"] for e in self.evaluations] or [0.0])
-        total = np.array([e["compute_sum"] for e in self.evaluations] or [0.0])
-        per_message = [e["cpu_per_message"] for e in self.evaluations if e["cpu_per_message"]]
-        per_relayed = [e["cpu_per_relayed"] for e in self.evaluations if e["cpu_per_relayed"]]
+        """JSON-ready summary: iterations, evaluations, where the time went (evaluations
+        replayed from a journal count, but have no times)."""
+        live = [e for e in self.evaluations if not e.get("replayed")]
+        walls = np.array([e["wall"] for e in live] or [0.0])
+        compute = np.array([e["compute_max"] for e in live] or [0.0])
+        total = np.array([e["compute_sum"] for e in live] or [0.0])
+        per_message = [e["cpu_per_message"] for e in live if e["cpu_per_message"]]
+        per_relayed = [e["cpu_per_relayed"] for e in live if e["cpu_per_relayed"]]
         return {
             "strategy": "multinomial",
             "n_iter": self.n_iter,
@@ -212,10 +237,11 @@ class SoftmaxFit:
             "median_coordination_seconds": float(np.median(walls - compute)),
             "median_driver_cpu_seconds_per_message": _median_or_none(per_message),
             "median_relay_cpu_seconds_per_message": _median_or_none(per_relayed),
+            "replayed_evaluations": len(self.evaluations) - len(live),
             "per_evaluation": {
                 "loss": [e["loss"] for e in self.evaluations],
-                "seconds": walls.tolist() if self.evaluations else [],
-                "slowest_block_seconds": compute.tolist() if self.evaluations else [],
+                "seconds": walls.tolist() if live else [],
+                "slowest_block_seconds": compute.tolist() if live else [],
             },
         }
 
@@ -304,6 +330,7 @@ def fit_softmax(
     fit_intercept: bool = True,
     class_weights: np.ndarray | None = None,
     on_iteration: Callable[[int, float], None] | None = None,
+    journal: Journal | None = None,
 ) -> SoftmaxFit:
     """Minimise the multinomial objective over the runner's blocks with L-BFGS.
 
@@ -321,6 +348,10 @@ def fit_softmax(
         weights live with the blocks' rows.
     on_iteration : callable, optional
         Called after each L-BFGS iteration with its number and the objective value.
+    journal : Journal, optional
+        Logs every evaluation; where it holds evaluations already (a resumed fit), they are
+        replayed from it, with no work on the blocks, until it runs out. L-BFGS is
+        deterministic given the answers it gets, so the fit then goes on where it stopped.
 
     Returns
     -------
@@ -341,6 +372,17 @@ def fit_softmax(
         return np.ascontiguousarray(W[:, :-1]), np.ascontiguousarray(intercept)
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        if journal is not None:
+            logged = journal.replay(len(evaluations), w)
+            if logged is not None:
+                evaluations.append({"replayed": True, "loss": logged[0]})
+                return logged
+        loss, grad = evaluate(w)
+        if journal is not None:
+            journal.append(w, loss, grad)
+        return loss, grad
+
+    def evaluate(w: np.ndarray) -> tuple[float, np.ndarray]:
         coef, intercept = unpack(w)
         t0 = time.perf_counter()
         evaluation = runner.evaluate(coef, intercept, weights)

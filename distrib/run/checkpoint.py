@@ -9,9 +9,13 @@ without one, after checking that nothing the model depends on has changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import struct
+import time
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,12 @@ from distrib.parallel.dispatch import BinaryFit
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
+#: A multinomial fit's evaluations, one record each (`EvaluationLog`).
+EVALUATION_LOG = "multinomial-evaluations.log"
+# A record: magic, payload length, CRC-32 of the payload; then the payload: the sha256 of
+# the coefficients asked for, the objective (float64) and its gradient (float64s).
+_RECORD = struct.Struct("<4sII")
+_MAGIC = b"DEV1"
 RUN_FILES = ("model.npz", "model.json", "metrics.json")
 
 
@@ -119,6 +129,120 @@ class Checkpoints:
     def remove(self) -> None:
         """Delete the checkpoints once the run's final files are written."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class EvaluationLog:
+    """Every evaluation of a multinomial fit, appended as it is made, so that a resumed fit
+    replays them (`distrib.parallel.multinomial.Journal`).
+
+    Append-only, one record per evaluation with its own checksum, flushed as written: a
+    driver killed mid-write leaves at most a torn last record, which is dropped (and cut
+    off) on resume. A whole record whose checksum fails, or a resumed fit that asks for
+    other coefficients than the log's, means the log is not this run's: refused, naming
+    the evaluation.
+
+    Parameters
+    ----------
+    path : path
+        The log file, in the run's checkpoints folder.
+    resume : bool
+        Keep and replay what ``path`` holds; else start it anew.
+    """
+
+    def __init__(self, path: str | Path, resume: bool) -> None:
+        self.path = Path(path)
+        self.logged: list[tuple[bytes, float, np.ndarray]] = []
+        self.replayed = 0
+        self.replay_seconds = 0.0
+        self._replay_started: float | None = None
+        end = 0
+        if resume and self.path.exists():
+            self.logged, end = self._read()
+        try:
+            self._file = self.path.open("r+b" if end else "wb")
+            self._file.truncate(end)  # a torn last record goes
+            self._file.seek(end)
+        except OSError as exc:
+            raise OutputError(f"cannot write the evaluation log {self.path}: {exc}") from exc
+
+    def _read(self) -> tuple[list[tuple[bytes, float, np.ndarray]], int]:
+        data = self.path.read_bytes()
+        records: list[tuple[bytes, float, np.ndarray]] = []
+        at = 0
+        while at + _RECORD.size <= len(data):
+            magic, size, checksum = _RECORD.unpack_from(data, at)
+            payload = data[at + _RECORD.size : at + _RECORD.size + size]
+            if magic != _MAGIC:
+                raise self._refusal(len(records), "is not a record of an evaluation log")
+            if len(payload) < size:
+                break  # torn: the driver stopped while writing it
+            if zlib.crc32(payload) != checksum or size < 40 or (size - 40) % 8:
+                raise self._refusal(len(records), "fails its checksum")
+            loss = struct.unpack_from("<d", payload, 32)[0]
+            records.append((payload[:32], loss, np.frombuffer(payload[40:], dtype="<f8")))
+            at += _RECORD.size + size
+        return records, at
+
+    def _refusal(self, index: int, what: str) -> ConfigError:
+        return ConfigError(
+            f"cannot resume {self.path.parent.parent}: evaluation {index + 1} in {self.path} "
+            f"{what}: it is not this run's log. Train into a new --out"
+        )
+
+    def replay(self, index: int, w: np.ndarray) -> tuple[float, np.ndarray] | None:
+        """The logged objective and gradient of evaluation ``index``; None past the log."""
+        if index >= len(self.logged):
+            return None
+        digest, loss, grad = self.logged[index]
+        if hashlib.sha256(np.ascontiguousarray(w, dtype="<f8").tobytes()).digest() != digest:
+            raise self._refusal(
+                index,
+                "was made at other coefficients than this run asks for (other data, "
+                "settings or library versions)",
+            )
+        now = time.perf_counter()
+        self._replay_started = now if self._replay_started is None else self._replay_started
+        self.replayed += 1
+        self.replay_seconds = now - self._replay_started
+        return loss, grad.copy()
+
+    def append(self, w: np.ndarray, loss: float, grad: np.ndarray) -> None:
+        """Log one evaluation (written and flushed before the fit goes on)."""
+        payload = b"".join(
+            (
+                hashlib.sha256(np.ascontiguousarray(w, dtype="<f8").tobytes()).digest(),
+                struct.pack("<d", loss),
+                np.ascontiguousarray(grad, dtype="<f8").tobytes(),
+            )
+        )
+        self._file.write(_RECORD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload)
+        self._file.flush()
+
+    @property
+    def _layout_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".layout.json")
+
+    def layout(self) -> dict[str, Any] | None:
+        """The resumed fit's row blocks and the order of their sums, if it recorded them."""
+        if not self.logged:
+            return None
+        try:
+            layout = read_json(self._layout_path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"{self._layout_path} is unreadable ({exc})") from exc
+        if not isinstance(layout, dict) or not {"blocks", "tree"} <= set(layout):
+            raise OutputError(f"{self._layout_path} is not a block layout")
+        return layout
+
+    def save_layout(self, blocks: int, tree: Any) -> None:
+        """Record the fit's blocks and the order of their sums (kept when resuming)."""
+        if self.layout() is None:
+            write_json(self._layout_path, {"blocks": blocks, "tree": [list(g) for g in tree]})
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:

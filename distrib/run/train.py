@@ -63,7 +63,13 @@ from distrib.report.render import (
     render_report,
     save_report_images,
 )
-from distrib.run.checkpoint import RUN_FILES, Checkpoints, refuse_finished
+from distrib.run.checkpoint import (
+    EVALUATION_LOG,
+    RUN_FILES,
+    Checkpoints,
+    EvaluationLog,
+    refuse_finished,
+)
 from distrib.run.evaluate import evaluate
 
 #: The estimator whose `load` reads a run folder back (`distrib.estimator`; not imported
@@ -230,7 +236,10 @@ def _fit(
             f"`distrib train --resume {folder}` to fit only the rest"
         )
     else:
-        hint = f"run `distrib train --resume {folder}` to start the multinomial fit again"
+        hint = (
+            f"its evaluations are logged in {checkpoints.folder}; run `distrib train --resume "
+            f"{folder}` to go on from the last one"
+        )
     n_done = len(hooks.done)
     try:
         return fit()
@@ -522,6 +531,7 @@ def _run(
     }
     checkpoints.begin(manifest, resume)
     hooks = FitHooks(log=say)
+    journal: EvaluationLog | None = None
     if config.strategy == "ovr":
         hooks.done = checkpoints.load() if resume else {}
         todo = [c for c in classes.tolist() if c not in hooks.done]
@@ -536,8 +546,12 @@ def _run(
         hooks.on_binary_fit = on_fit
         say(f"fitting {len(todo)} one-vs-rest classifiers on {cluster_info['workers']} workers")
     else:
+        journal = hooks.journal = EvaluationLog(checkpoints.folder / EVALUATION_LOG, resume)
         if resume:
-            say("resuming: a multinomial fit has no per-class checkpoints; fitting it again")
+            say(
+                f"resuming: {len(journal.logged)} evaluation(s) logged; replaying them, then "
+                "going on with the cluster"
+            )
         say(f"fitting one multinomial model on {cluster_info['workers']} workers")
 
     def fit() -> FitOutcome:
@@ -555,7 +569,21 @@ def _run(
         )
 
     with phase("fit"):
-        outcome = _fit(config, client, fit, checkpoints, folder, classes, hooks)
+        try:
+            outcome = _fit(config, client, fit, checkpoints, folder, classes, hooks)
+        finally:
+            if journal is not None:
+                journal.close()
+    if journal is not None and resume:
+        outcome.solver["resumed"] = {
+            "logged_evaluations": len(journal.logged),
+            "replayed_evaluations": journal.replayed,
+            "replay_seconds": journal.replay_seconds,
+        }
+        say(
+            f"resumed at evaluation {journal.replayed + 1}: {journal.replayed} replayed in "
+            f"{journal.replay_seconds:.2f} s"
+        )
     with phase("reduce"):
         records = outcome.records
         if config.strategy == "ovr":

@@ -1,0 +1,168 @@
+"""Multinomial fits resume where they stopped, bit for bit (issue 25): the evaluation log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client
+
+from distrib import TrainConfig, train
+from distrib.errors import ConfigError
+from distrib.run.checkpoint import EVALUATION_LOG, Checkpoints, EvaluationLog
+
+from .conftest import run_cli
+from .test_faults import _read_lines_until, _start_train
+
+
+def _points(n: int, size: int = 30) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [(rng.normal(size=size), float(rng.normal()), rng.normal(size=size)) for _ in range(n)]
+
+
+def test_the_log_replays_what_it_holds_then_logs_on(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    points = _points(4)
+    log = EvaluationLog(path, resume=False)
+    for w, loss, grad in points[:3]:
+        log.append(w, loss, grad)
+    log.close()
+    again = EvaluationLog(path, resume=True)
+    for i, (w, loss, grad) in enumerate(points[:3]):
+        got = again.replay(i, w.copy())
+        assert got is not None and got[0] == loss
+        np.testing.assert_array_equal(got[1], grad)
+    assert again.replay(3, points[3][0]) is None and again.replayed == 3
+    again.append(*points[3])
+    again.close()
+    assert len(EvaluationLog(path, resume=True).logged) == 4
+    assert EvaluationLog(path, resume=False).logged == []  # a new run starts it anew
+
+
+def test_a_torn_last_record_is_dropped_and_cut_off(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    log = EvaluationLog(path, resume=False)
+    for point in _points(3):
+        log.append(*point)
+    log.close()
+    whole = path.stat().st_size
+    with path.open("r+b") as fh:  # the driver was killed while it wrote the third record
+        fh.truncate(whole - 17)
+    again = EvaluationLog(path, resume=True)
+    assert len(again.logged) == 2
+    again.append(*_points(3)[2])
+    again.close()
+    assert path.stat().st_size == whole
+    assert len(EvaluationLog(path, resume=True).logged) == 3
+
+
+def test_a_flipped_byte_or_other_coefficients_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints" / "log"
+    path.parent.mkdir()
+    log = EvaluationLog(path, resume=False)
+    points = _points(3)
+    for point in points:
+        log.append(*point)
+    log.close()
+    good = path.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0x10
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ConfigError, match=r"evaluation 2 in .* fails its checksum"):
+        EvaluationLog(path, resume=True)
+    path.write_bytes(good)
+    again = EvaluationLog(path, resume=True)
+    with pytest.raises(ConfigError, match=r"evaluation 1 .* other coefficients"):
+        again.replay(0, points[0][0] + 1e-12)
+    again.close()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_digits_fit_resumes_to_the_same_model(
+    cluster_client: Client, tmp_path: Path
+) -> None:
+    """Stop a multinomial digits fit after 30 iterations (an exception from its progress
+    callback, as a crash would); `resume` replays the logged evaluations without the
+    cluster and goes on: the undisturbed model, bit for bit, after as many evaluations."""
+    config = TrainConfig(dataset="digits", strategy="multinomial", max_iter=80, tol=1e-9)
+    reference = train(config, client=cluster_client, out=tmp_path / "reference", home=tmp_path)
+
+    def stop(message: str) -> None:
+        if message.startswith("[30/80] L-BFGS"):
+            raise _Interrupted
+
+    run = tmp_path / "run"
+    with pytest.raises(_Interrupted):
+        train(config, client=cluster_client, out=run, home=tmp_path, log=stop)
+    logged = len(EvaluationLog(Checkpoints(run).folder / EVALUATION_LOG, resume=True).logged)
+    assert logged >= 30 and not (run / "model.npz").exists()
+
+    messages: list[str] = []
+    result = train(config, client=cluster_client, out=run, home=tmp_path, resume=True,
+                   log=messages.append)  # fmt: skip
+    np.testing.assert_array_equal(result.model.coef, reference.model.coef)
+    np.testing.assert_array_equal(result.model.intercept, reference.model.intercept)
+    solver, expected = result.metrics["solver"], reference.metrics["solver"]
+    assert solver["n_evaluations"] == expected["n_evaluations"]
+    assert solver["resumed"]["replayed_evaluations"] == logged == solver["replayed_evaluations"]
+    assert any(m.startswith(f"resuming: {logged} evaluation(s) logged") for m in messages)
+    assert any(m.startswith(f"resumed at evaluation {logged + 1}") for m in messages)
+    assert not Checkpoints(run).folder.exists()  # removed with the run's files written
+
+    # other settings are refused before any work, naming the setting
+    with pytest.raises(_Interrupted):
+        train(config, client=cluster_client, out=tmp_path / "other", home=tmp_path, log=stop)
+    with pytest.raises(ConfigError, match=r"settings\.C: checkpoint has 0\.1, this run 0\.5"):
+        train(TrainConfig(dataset="digits", strategy="multinomial", max_iter=80, tol=1e-9,
+                          C=0.5), client=cluster_client, out=tmp_path / "other", home=tmp_path,
+              resume=True)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_multinomial_fit_then_resumed_gives_the_same_model(
+    mnist_home: Path, tmp_path: Path
+) -> None:
+    """SIGKILL the driver (and its local cluster of 2 workers) halfway through a
+    250-iteration MNIST fit; `distrib train --resume` on 3 workers replays the log and ends
+    with the undisturbed model."""
+    common = ["--strategy", "multinomial", "--max-iter", "250", "--tol", "1e-9", "--workers",
+              "2", "--dashboard-address", ":0", "--data-home", str(mnist_home)]  # fmt: skip
+    reference = run_cli("train", *common, "--out", str(tmp_path / "reference"), timeout=600)
+    assert reference.returncode == 0, reference.stderr
+    run = tmp_path / "run"
+    proc = _start_train(*common, "--out", str(run), new_session=True)
+    try:
+        lines = _read_lines_until(proc, "[120/250]", timeout=300)
+        assert any("[120/250]" in ln for ln in lines), "".join(lines)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not (run / "model.npz").exists()
+    # on another number of workers: the blocks and the order of their sums are the first run's
+    resumed = run_cli("train", "--resume", str(run), "--workers", "3", "--dashboard-address",
+                      ":0", "--data-home", str(mnist_home), timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming: " in resumed.stderr and "evaluation(s) logged" in resumed.stderr
+    with np.load(run / "model.npz") as got, np.load(tmp_path / "reference" / "model.npz") as ref:
+        np.testing.assert_array_equal(got["coef"], ref["coef"])
+        np.testing.assert_array_equal(got["intercept"], ref["intercept"])
+    solver = json.loads((run / "metrics.json").read_text())["solver"]
+    expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())["solver"]
+    assert solver["n_evaluations"] == expected["n_evaluations"]
+    replayed = solver["resumed"]["replayed_evaluations"]
+    assert 100 <= replayed < expected["n_evaluations"]
+    # the resumed fit's solver time is about the remaining share of the undisturbed one's
+    share = 1 - replayed / expected["n_evaluations"]
+    print(f"\nreplayed {replayed} of {expected['n_evaluations']} evaluations in "
+          f"{solver['resumed']['replay_seconds']:.2f} s; solver {solver['seconds']:.2f} s "
+          f"against {expected['seconds']:.2f} s undisturbed ({share:.0%} left)")  # fmt: skip
+    assert solver["seconds"] < expected["seconds"] * share + 5
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["cluster"]["workers"] == 3 and len(metrics["fits"]) == 2  # the first run's
