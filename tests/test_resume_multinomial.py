@@ -15,7 +15,7 @@ from distrib import TrainConfig, train
 from distrib.errors import ConfigError
 from distrib.run.checkpoint import EVALUATION_LOG, Checkpoints, EvaluationLog
 
-from .conftest import run_cli
+from .conftest import DaskProcesses, run_cli
 from .test_faults import _read_lines_until, _start_train
 
 
@@ -166,3 +166,57 @@ def test_driver_killed_mid_multinomial_fit_then_resumed_gives_the_same_model(
     assert solver["seconds"] < expected["seconds"] * share + 5
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["cluster"]["workers"] == 3 and len(metrics["fits"]) == 2  # the first run's
+
+
+@pytest.mark.slow
+def test_a_lost_cluster_then_a_resume_on_a_new_one_gives_the_same_model(
+    mnist_home: Path, tmp_path: Path
+) -> None:
+    """A real `dask scheduler` and its 2 workers SIGKILLed mid-fit: the driver stops naming
+    `--resume`; resumed against a new scheduler with 3 workers, the fit replays its log and
+    ends with the model of an undisturbed run, bit for bit."""
+    common = ["--strategy", "multinomial", "--max-iter", "250", "--tol", "1e-9",
+              "--data-home", str(mnist_home)]  # fmt: skip
+    reference = run_cli("train", *common, "--workers", "2", "--dashboard-address", ":0",
+                        "--out", str(tmp_path / "reference"), timeout=600)  # fmt: skip
+    assert reference.returncode == 0, reference.stderr
+    first = DaskProcesses(tmp_path / "first-cluster")
+    second = DaskProcesses(tmp_path / "second-cluster")
+    (tmp_path / "first-cluster").mkdir()
+    (tmp_path / "second-cluster").mkdir()
+    run = tmp_path / "run"
+    try:
+        first.start_scheduler()
+        for _ in range(2):
+            first.start_worker()
+        proc = _start_train(*common, "--scheduler", first.address, "--wait-workers", "2",
+                            "--out", str(run))  # fmt: skip
+        try:
+            lines = _read_lines_until(proc, "[120/250]", timeout=300)
+            assert any("[120/250]" in ln for ln in lines), "".join(lines)
+            for cluster_process in first.procs:  # the whole cluster, at once
+                cluster_process.kill()
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        assert proc.returncode == 1
+        assert any("--resume" in ln for ln in lines[-3:]), "".join(lines[-5:])
+        second.start_scheduler()
+        for _ in range(3):
+            second.start_worker()
+        resumed = run_cli("train", "--resume", str(run), "--scheduler", second.address,
+                          "--wait-workers", "3", "--data-home", str(mnist_home),
+                          timeout=600)  # fmt: skip
+    finally:
+        first.stop()
+        second.stop()
+    assert resumed.returncode == 0, resumed.stderr
+    with np.load(run / "model.npz") as got, np.load(tmp_path / "reference" / "model.npz") as ref:
+        np.testing.assert_array_equal(got["coef"], ref["coef"])
+        np.testing.assert_array_equal(got["intercept"], ref["intercept"])
+    solver = json.loads((run / "metrics.json").read_text())["solver"]
+    expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())["solver"]
+    assert solver["n_evaluations"] == expected["n_evaluations"]
+    assert solver["resumed"]["replayed_evaluations"] >= 100

@@ -256,15 +256,13 @@ def fit_training_data(
         runner = LocalBlocks(data, labels)
     else:
         layout = hooks.journal.layout() if hooks.journal is not None else None
-        runner = ClusterBlocks.from_training_data(
+        runner = ClusterBlocks.from_training_data(  # a resumed fit: the first run's blocks
             client,
             data,
             labels,
             run_id=hooks.run_id,
             n_blocks=None if layout is None else int(layout["blocks"]),
         )
-        if layout is not None:  # a resumed fit: its sums in the first run's order
-            runner.tree = tuple(tuple(int(i) for i in group) for group in layout["tree"])
     return fit_multinomial(runner, int(data.shape[1]), len(labels), weights, config, hooks)
 
 
@@ -342,6 +340,22 @@ def fit_dask_rows(
     )
 
 
+def _keep_layout(runner: ClusterBlocks, journal: Journal) -> None:
+    """A resumed fit sums its blocks in the order its first run did (whatever the workers
+    now); a new one records its order for a later resume."""
+    layout = journal.layout()
+    if layout is not None:
+        if int(layout["blocks"]) != len(runner.sources):
+            raise DataError(
+                f"the fit being resumed cut its rows into {layout['blocks']} blocks, this one "
+                f"into {len(runner.sources)}: the rows differ; train into a new --out"
+            )
+        runner.tree = tuple(tuple(int(i) for i in group) for group in layout["tree"])
+    else:
+        runner.wait_loaded()  # the order follows where the blocks are
+        journal.save_layout(len(runner.sources), runner.fix_tree())
+
+
 def fit_multinomial(
     runner: BlockRunner,
     n_features: int,
@@ -368,9 +382,9 @@ def fit_multinomial(
     if isinstance(runner, ClusterBlocks):
         runner.log = hooks.say  # waits on a silent host, and giving it up
     try:
-        runner.wait_loaded()
         if isinstance(runner, ClusterBlocks) and hooks.journal is not None:
-            hooks.journal.save_layout(len(runner.sources), runner.fix_tree())
+            _keep_layout(runner, hooks.journal)
+        runner.wait_loaded()
         blocks = runner.describe()
         hooks.say(
             f"{len(blocks)} row block(s) on {len({b['worker'] for b in blocks})} worker(s); "

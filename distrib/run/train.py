@@ -263,7 +263,12 @@ def _fit(
             f"{what} (dask gave up after distributed.scheduler.allowed-failures retries): "
             f"check the workers' memory limit and logs. {hint.format(n_done)}"
         ) from exc
-    except DistribError:  # already says what happened (OutputError and ClusterError are OSErrors)
+    except ClusterError as exc:  # says what happened; and what is kept, unless it does
+        if "--resume" in str(exc):
+            raise
+        n_done = len(checkpoints.load()) if config.strategy == "ovr" else 0
+        raise ClusterError(f"{exc}; {hint.format(n_done)}") from exc
+    except DistribError:  # already says what happened (OutputError is an OSError)
         raise
     except (CancelledError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
