@@ -6,6 +6,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,17 +82,33 @@ def test_a_flipped_byte_or_other_coefficients_are_refused(tmp_path: Path) -> Non
     again.close()
 
 
+def _same_model_and_evaluations(
+    run: Path, reference: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both runs' models equal bit for bit, after as many evaluations; their solver records."""
+    with np.load(run / "model.npz") as got, np.load(reference / "model.npz") as ref:
+        np.testing.assert_array_equal(got["coef"], ref["coef"])
+        np.testing.assert_array_equal(got["intercept"], ref["intercept"])
+    solver = json.loads((run / "metrics.json").read_text())["solver"]
+    expected = json.loads((reference / "metrics.json").read_text())["solver"]
+    assert solver["n_evaluations"] == expected["n_evaluations"]
+    return solver, expected
+
+
 class _Interrupted(Exception):
     pass
 
 
+@pytest.mark.parametrize("grow", [1, 2])
 def test_an_interrupted_digits_fit_resumes_to_the_same_model(
-    cluster_client: Client, tmp_path: Path
+    cluster_client: Client, tmp_path: Path, grow: int
 ) -> None:
     """Stop a multinomial digits fit after 30 iterations (an exception from its progress
     callback, as a crash would); `resume` replays the logged evaluations without the
-    cluster and goes on: the undisturbed model, bit for bit, after as many evaluations."""
-    config = TrainConfig(dataset="digits", strategy="multinomial", max_iter=80, tol=1e-9)
+    cluster and goes on: the undisturbed model, bit for bit, after as many evaluations.
+    Grown rows (made on the workers as chunks of a Dask array) too."""
+    config = TrainConfig(dataset="digits", strategy="multinomial", max_iter=80, tol=1e-9,
+                         grow=grow)  # fmt: skip
     reference = train(config, client=cluster_client, out=tmp_path / "reference", home=tmp_path)
 
     def stop(message: str) -> None:
@@ -116,6 +133,8 @@ def test_an_interrupted_digits_fit_resumes_to_the_same_model(
     assert any(m.startswith(f"resumed at evaluation {logged + 1}") for m in messages)
     assert not Checkpoints(run).folder.exists()  # removed with the run's files written
 
+    if grow > 1:
+        return
     # other settings are refused before any work, naming the setting
     with pytest.raises(_Interrupted):
         train(config, client=cluster_client, out=tmp_path / "other", home=tmp_path, log=stop)
@@ -150,12 +169,7 @@ def test_driver_killed_mid_multinomial_fit_then_resumed_gives_the_same_model(
                       ":0", "--data-home", str(mnist_home), timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: " in resumed.stderr and "evaluation(s) logged" in resumed.stderr
-    with np.load(run / "model.npz") as got, np.load(tmp_path / "reference" / "model.npz") as ref:
-        np.testing.assert_array_equal(got["coef"], ref["coef"])
-        np.testing.assert_array_equal(got["intercept"], ref["intercept"])
-    solver = json.loads((run / "metrics.json").read_text())["solver"]
-    expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())["solver"]
-    assert solver["n_evaluations"] == expected["n_evaluations"]
+    solver, expected = _same_model_and_evaluations(run, tmp_path / "reference")
     replayed = solver["resumed"]["replayed_evaluations"]
     assert 100 <= replayed < expected["n_evaluations"]
     # the resumed fit's solver time is about the remaining share of the undisturbed one's
@@ -213,10 +227,5 @@ def test_a_lost_cluster_then_a_resume_on_a_new_one_gives_the_same_model(
         first.stop()
         second.stop()
     assert resumed.returncode == 0, resumed.stderr
-    with np.load(run / "model.npz") as got, np.load(tmp_path / "reference" / "model.npz") as ref:
-        np.testing.assert_array_equal(got["coef"], ref["coef"])
-        np.testing.assert_array_equal(got["intercept"], ref["intercept"])
-    solver = json.loads((run / "metrics.json").read_text())["solver"]
-    expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())["solver"]
-    assert solver["n_evaluations"] == expected["n_evaluations"]
+    solver, _ = _same_model_and_evaluations(run, tmp_path / "reference")
     assert solver["resumed"]["replayed_evaluations"] >= 100
