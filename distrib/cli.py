@@ -242,7 +242,7 @@ def train(
     )
     # the cluster starts, and its workers load their libraries, while this process imports
     # the training job and loads and splits the data
-    connection = start_cluster(cluster, config.strategy, None if quiet else _log)
+    connection = start_cluster(cluster, config.strategy, None if quiet else _log, config.solver)
     try:
         from distrib.run.train import train as run_training
     except BaseException:

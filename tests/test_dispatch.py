@@ -67,13 +67,20 @@ def test_digits_coefficients_match_in_process_fits(
 
     model, records = _fit_on_cluster(cluster_client, data, classes, params)
 
+    # L-BFGS: the classes fitted in lockstep, two groups on two workers, give the bits of
+    # all ten fitted together in this process (whose BLAS may run several threads)
+    here = fit_binary_classifiers(InMemoryArrays(stored, y_train), classes, params)
+    assert len({fit.worker for fit in here}) == 1
+    mine, my_intercept, _ = reduce_fits(here, classes)
+    np.testing.assert_array_equal(model.coef, mine)
+    np.testing.assert_array_equal(model.intercept, my_intercept)
+    # and scikit-learn's model, to the solvers' tolerance
     coef, intercept = _reference(stored, y_train, params)
-    np.testing.assert_allclose(model.coef, coef, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(model.intercept, intercept, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(model.coef, coef, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(model.intercept, intercept, rtol=0, atol=2e-3)
     X_test = parts.X_test.compute()
     expected = classes[np.argmax(X_test @ coef.T + intercept, axis=1)]
     np.testing.assert_array_equal(model.predict(X_test), expected)
-    # every class ran as its own task on a real worker process
     workers = set(worker_infos(cluster_client))
     assert [r["label"] for r in records] == classes.tolist()
     assert {r["worker"] for r in records} <= workers

@@ -228,25 +228,27 @@ def connect(
             cluster.close(timeout=10)
 
 
-def load_fit_libraries(strategy: str | None = None) -> None:
-    """Import what a fit of ``strategy`` runs on a worker (``None``: both strategies'), so
-    that the first fit does not pay for it: scikit-learn for ``ovr``; for ``multinomial``
-    the block hosts and their compiled kernels (loaded from numba's cache). Runs on workers.
-    """
-    if strategy in (None, "ovr"):
+def load_fit_libraries(strategy: str | None = None, solver: str | None = None) -> None:
+    """Import what a fit of ``strategy`` with ``solver`` runs on a worker (``None``: any),
+    so that the first fit does not pay for it: the compiled kernels (loaded from numba's
+    cache) for ``multinomial`` and for ``ovr`` with L-BFGS, the block hosts for
+    ``multinomial``, scikit-learn for ``ovr`` with another solver. Runs on workers."""
+    if strategy in (None, "ovr") and solver != "lbfgs":
         import sklearn.linear_model  # noqa: F401
     if strategy in (None, "multinomial"):
         import distrib.parallel.block_hosts  # noqa: F401
+    if strategy in (None, "multinomial") or solver in (None, "lbfgs"):
+        import distrib.linear.binary  # noqa: F401
         from distrib.linear.softmax import warm_up
 
         warm_up()
 
 
-def warm_workers(client: Client, strategy: str | None = None) -> None:
+def warm_workers(client: Client, strategy: str | None = None, solver: str | None = None) -> None:
     """`load_fit_libraries` on every worker; a worker that dies of it names the memory
     limit."""
     try:
-        client.run(load_fit_libraries, strategy)
+        client.run(load_fit_libraries, strategy, solver)
     except OSError as exc:  # distributed's CommClosedError: the worker process is gone
         limits = {int(w.get("memory_limit") or 0) for w in worker_infos(client).values()}
         limit = f" (memory limit {max(limits) / 1e6:,.0f} MB)" if max(limits, default=0) else ""
@@ -352,9 +354,13 @@ class Connection:
 
 
 def start_cluster(
-    config: ClusterConfig | None, strategy: str, log: Callable[[str], None] | None = None
+    config: ClusterConfig | None,
+    strategy: str,
+    log: Callable[[str], None] | None = None,
+    solver: str | None = None,
 ) -> Connection:
     """Start connecting (a local cluster, or the scheduler ``config`` names) in the
-    background, the workers loading what a fit of ``strategy`` needs once connected: pass it
-    to `train` as ``cluster``, which closes it."""
-    return Connection(config, log, prepare=functools.partial(warm_workers, strategy=strategy))
+    background, the workers loading what a fit of ``strategy`` with ``solver`` needs once
+    connected: pass it to `train` as ``cluster``, which closes it."""
+    warm = functools.partial(warm_workers, strategy=strategy, solver=solver)
+    return Connection(config, log, prepare=warm)

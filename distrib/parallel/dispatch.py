@@ -1,4 +1,9 @@
-"""One binary `LogisticRegression` per class, each a joblib task.
+"""One binary logistic regression per class, in joblib tasks.
+
+With L-BFGS and an L2 penalty (the default), each task fits a group of classes in lockstep
+(`distrib.linear.binary`: one pass over the rows per evaluation for the whole group), one
+group per parallel job; with other solvers each class is a task of its own, a scikit-learn
+`LogisticRegression`.
 
 `fit_binary_classifiers` runs under whatever joblib backend is active: the caller picks it
 with ``joblib.parallel_config`` (``backend="dask"`` sends every class to the cluster's
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 from joblib._dask import DaskDistributedBackend
+from joblib.parallel import get_active_backend
 
 from distrib.parallel.transfer import TrainingData
 
@@ -152,6 +158,78 @@ def _fit_binary(
     )
 
 
+def fits_in_lockstep(params: dict[str, Any]) -> bool:
+    """Whether the binary fits of ``params`` can share passes over the rows
+    (`distrib.linear.binary`): L-BFGS with an L2 penalty, and rows weighted alike in every
+    binary problem (``class_weight="balanced"`` weighs them per problem)."""
+    return (
+        params.get("solver", "lbfgs") == "lbfgs"
+        and float(params.get("l1_ratio") or 0.0) == 0.0
+        and params.get("class_weight") != "balanced"
+    )
+
+
+def _fit_lockstep(
+    data: TrainingData, labels: list[int], params: dict[str, Any], run_id: str | None = None
+) -> list[BinaryFit]:
+    """Fit classes ``labels`` against the rest together, one pass over the rows per
+    evaluation for all of them (a module-level function, so tasks pickle)."""
+    from distrib.linear.binary import fit_binary_lbfgs
+
+    for label in labels:
+        _announce_attempt(label, run_id)
+    t0 = time.perf_counter()
+    X, y = data.arrays()
+    params, sample_weight = binary_weights(y, params, data.weights(0, len(y)))
+    load_seconds = time.perf_counter() - t0
+    started = time.time()
+    solutions = fit_binary_lbfgs(
+        X,
+        y,
+        labels,
+        C=float(params["C"]),
+        tol=float(params["tol"]),
+        max_iter=int(params["max_iter"]),
+        fit_intercept=bool(params.get("fit_intercept", True)),
+        sample_weight=sample_weight,
+    )
+    worker = _worker_name()
+    return [
+        BinaryFit(
+            label=solution.positive,
+            coef=solution.coef,
+            intercept=solution.intercept,
+            n_iter=solution.n_iter,
+            converged=solution.converged,
+            seconds=solution.seconds,
+            load_seconds=load_seconds,
+            worker=worker,
+            started=started,
+            finished=started + solution.seconds,
+        )
+        for solution in solutions
+    ]
+
+
+def _fit_one(
+    data: TrainingData, labels: list[int], params: dict[str, Any], run_id: str | None = None
+) -> list[BinaryFit]:
+    """`_fit_binary` as a task of one class, shaped as `_fit_lockstep`'s."""
+    (label,) = labels
+    return [_fit_binary(data, label, params, run_id)]
+
+
+def _task_groups(labels: list[int], params: dict[str, Any]) -> list[list[int]]:
+    """The classes of each task: one task per class, or, where the fits share their passes
+    (`fits_in_lockstep`), one group per parallel job of the active joblib backend (classes
+    dealt out in turn), so that each job fits its classes together."""
+    if not fits_in_lockstep(params):
+        return [[label] for label in labels]
+    backend, n_jobs = get_active_backend()
+    n_groups = max(1, min(len(labels), int(backend.effective_n_jobs(n_jobs))))
+    return [labels[g::n_groups] for g in range(n_groups)]
+
+
 class ClusterBackend(DaskDistributedBackend):
     """joblib's ``dask`` backend, with two fixes that distrib depends on.
 
@@ -215,11 +293,13 @@ def fit_binary_classifiers(
     data : TrainingData
         Gives ``(X, y)`` inside each task.
     labels : iterable of int
-        The classes; one task each (``batch_size=1``, so each class is its own Dask task).
+        The classes: a task each, or a group of them a task (`_task_groups`); each task is
+        its own Dask task (``batch_size=1``).
     params : dict
         Keyword arguments of `LogisticRegression`.
     on_fit : callable, optional
-        Called with each `BinaryFit` as it arrives (in completion order).
+        Called with each `BinaryFit` as it arrives (in completion order; a group's fits
+        arrive together, in the order of their labels).
     timeout : float, optional
         Seconds any single task may take before the whole call fails.
     run_id : str, optional
@@ -231,13 +311,16 @@ def fit_binary_classifiers(
         In completion order.
     """
     labels = [int(label) for label in labels]
-    tasks = (delayed(_fit_binary)(data, label, params, run_id) for label in labels)
+    task = _fit_lockstep if fits_in_lockstep(params) else _fit_one
+    groups = _task_groups(labels, params)
+    tasks = (delayed(task)(data, group, params, run_id) for group in groups)
     parallel = Parallel(
         batch_size=1, pre_dispatch="all", return_as="generator_unordered", timeout=timeout
     )
     fits = []
-    for fit in parallel(tasks):
-        fits.append(fit)
-        if on_fit is not None:
-            on_fit(fit)
+    for group_fits in parallel(tasks):
+        for fit in group_fits:
+            fits.append(fit)
+            if on_fit is not None:
+                on_fit(fit)
     return fits

@@ -413,7 +413,7 @@ def train(
         folder, created = prepare_out_dir(out, resume)
         if client is None and connection is None:  # after the cheap checks
             connection = start_cluster(cluster if isinstance(cluster, ClusterConfig) else None,
-                                       config.strategy, say)  # fmt: skip
+                                       config.strategy, say, config.solver)  # fmt: skip
         try:
             result = _run(config, connection, client, folder, home, transfer, resume, say, phase)
         except BaseException:
@@ -503,7 +503,7 @@ def _run(
             client = connection.client()
         else:
             assert client is not None
-            warm_workers(client, config.strategy)
+            warm_workers(client, config.strategy, config.solver)
         cluster_info = describe(client)
     with phase("transfer"):
         _check_memory(client, config, parts, density, layout)  # before any file

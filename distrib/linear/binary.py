@@ -1,0 +1,205 @@
+"""Several class-versus-rest L-BFGS fits in lockstep: one pass over the rows for all of them.
+
+A one-vs-rest fit with ``solver="lbfgs"`` is one independent binary problem per class. Fitted
+one after another (as scikit-learn does), each evaluation of each problem reads every row:
+~17 ms for MNIST's 60,000 training rows as float32 CSR here. `binary_loss_grad` evaluates
+up to `LANES` problems in one pass over the rows for about the price of two (five problems
+in ~31 ms), so the problems of one task are fitted together: each runs scipy's L-BFGS-B (as
+scikit-learn's ``LogisticRegression`` calls it, same objective and options) in a thread of
+its own, and the threads meet at every evaluation (`_Lockstep`) to share one pass.
+
+Each problem's loss and gradient are the same bits whichever problems share its pass, so a
+class's model does not depend on which classes were fitted beside it, nor where.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from distrib.linear.softmax import Matrix, binary_loss_grad, prepare
+
+
+@dataclass(frozen=True)
+class BinarySolution:
+    """One class-versus-rest problem, solved.
+
+    Attributes
+    ----------
+    positive : int
+        The class that was positive.
+    coef : ndarray of shape (n_features,)
+    intercept : float
+    n_iter : int
+        L-BFGS iterations (at most ``max_iter``).
+    converged : bool
+        False when L-BFGS stopped before its tolerance (scikit-learn's ConvergenceWarning).
+    seconds : float
+        From the start of the lockstep fit until this problem was solved.
+    """
+
+    positive: int
+    coef: np.ndarray
+    intercept: float
+    n_iter: int
+    converged: bool
+    seconds: float
+
+
+Evaluate = Callable[[list[int], np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class _Lockstep:
+    """The meeting point of several optimizers' evaluations.
+
+    Each optimizer thread asks for its objective at a point (`ask`); once every optimizer
+    still running is waiting, the last to arrive evaluates them all in one call of
+    ``evaluate(slots, points)`` and wakes the others. An optimizer that finishes `leave` s,
+    so the others do not wait for it.
+    """
+
+    def __init__(self, evaluate: Evaluate, n_slots: int) -> None:
+        self._evaluate = evaluate
+        self._running = n_slots
+        self._asked: dict[int, np.ndarray] = {}
+        self._answers: dict[int, tuple[float, np.ndarray]] = {}
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+
+    def ask(self, slot: int, point: np.ndarray) -> tuple[float, np.ndarray]:
+        with self._changed:
+            self._asked[slot] = point
+            self._evaluate_if_all_asked()
+            while slot not in self._answers and self._error is None:
+                self._changed.wait()
+            if self._error is not None:
+                raise self._error
+            return self._answers.pop(slot)
+
+    def leave(self) -> None:
+        with self._changed:
+            self._running -= 1
+            self._evaluate_if_all_asked()
+
+    def _evaluate_if_all_asked(self) -> None:
+        if not self._asked or len(self._asked) < self._running:
+            return
+        slots = sorted(self._asked)
+        try:
+            losses, grads = self._evaluate(slots, np.stack([self._asked[s] for s in slots]))
+        except BaseException as exc:  # every optimizer stops with it
+            self._error = exc
+        else:
+            for i, slot in enumerate(slots):
+                self._answers[slot] = (float(losses[i]), grads[i])
+        self._asked.clear()
+        self._changed.notify_all()
+
+
+def fit_binary_lbfgs(
+    X: Matrix,
+    codes: np.ndarray,
+    positives: list[int],
+    *,
+    C: float,
+    tol: float,
+    max_iter: int,
+    fit_intercept: bool = True,
+    sample_weight: np.ndarray | None = None,
+) -> list[BinarySolution]:
+    """Fit one L2-penalised binary logistic regression per positive class, in lockstep.
+
+    The objective and the solver's options are scikit-learn's for ``solver="lbfgs"``: the
+    mean (sample-weighted) half binomial loss plus ``||coef||^2 / (2 C sum(weights))``,
+    minimised from zero by ``scipy.optimize.minimize(method="L-BFGS-B")`` with
+    ``maxiter=max_iter``, ``gtol=tol``, ``maxls=50``, ``ftol=64 * eps``.
+
+    Parameters
+    ----------
+    X : ndarray or csr_matrix of shape (n_rows, n_features)
+    codes : ndarray of shape (n_rows,)
+        Each row's class.
+    positives : list of int
+        The problems: row ``i`` is positive in problem ``k`` when ``codes[i] ==
+        positives[k]``.
+    C, tol, max_iter, fit_intercept
+        As in `sklearn.linear_model.LogisticRegression`.
+    sample_weight : ndarray of shape (n_rows,), optional
+        Each row's weight in every problem.
+
+    Returns
+    -------
+    list of BinarySolution
+        In the order of ``positives``.
+    """
+    X = prepare(X)
+    n_features = X.shape[1]
+    weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    total = float(X.shape[0] if weights is None else weights.sum())
+    l2 = 1.0 / (C * total)
+    n_coef = n_features + int(fit_intercept)
+    wanted = np.asarray(positives, dtype=np.intp)
+
+    def evaluate(slots: list[int], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        coef = points[:, :n_features]
+        intercept = points[:, n_features] if fit_intercept else np.zeros(len(slots))
+        losses, grads = binary_loss_grad(X, codes, wanted[slots], coef, intercept, weights)
+        grads = grads[:, :n_coef] / total
+        grads[:, :n_features] += l2 * coef
+        # numpy's pairwise sum, not a BLAS dot: the same bits in any process
+        return losses / total + 0.5 * l2 * np.sum(coef * coef, axis=1), grads
+
+    lockstep = _Lockstep(evaluate, len(positives))
+    results: list[optimize.OptimizeResult | BaseException | None] = [None] * len(positives)
+    seconds = [0.0] * len(positives)
+    started = time.perf_counter()
+
+    def solve(slot: int) -> None:
+        try:
+            results[slot] = optimize.minimize(
+                lambda point: lockstep.ask(slot, point),
+                np.zeros(n_coef),
+                method="L-BFGS-B",
+                jac=True,
+                options={
+                    "maxiter": max_iter,
+                    "maxls": 50,
+                    "gtol": tol,
+                    "ftol": 64 * np.finfo(float).eps,
+                },
+            )
+        except BaseException as exc:
+            results[slot] = exc
+        finally:
+            seconds[slot] = time.perf_counter() - started
+            lockstep.leave()
+
+    threads = [
+        threading.Thread(target=solve, args=(slot,), name=f"distrib-lbfgs-{positive}")
+        for slot, positive in enumerate(positives)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    solutions = []
+    for slot, result in enumerate(results):
+        if isinstance(result, BaseException):
+            raise result
+        assert result is not None
+        solutions.append(
+            BinarySolution(
+                positive=int(positives[slot]),
+                coef=np.asarray(result.x[:n_features], dtype=np.float64),
+                intercept=float(result.x[n_features]) if fit_intercept else 0.0,
+                n_iter=min(int(result.nit), max_iter),
+                converged=int(result.status) == 0,
+                seconds=seconds[slot],
+            )
+        )
+    return solutions
