@@ -328,26 +328,50 @@ import time
 
 import distrib.parallel.dispatch as dispatch
 
-# A preload may run more than once in a process: wrap the original only.
+# A preload may run more than once in a process: wrap the originals only.
 _fit = getattr(dispatch, "_unpatched_fit_binary", dispatch._fit_binary)
 dispatch._unpatched_fit_binary = _fit
+_fit_together = getattr(dispatch, "_unpatched_fit_lockstep", dispatch._fit_lockstep)
+dispatch._unpatched_fit_lockstep = _fit_together
+
+
+def _die(label, run_id, group=None):  # as an out-of-memory kill would
+    dispatch._announce_attempt(label, run_id, group)
+    time.sleep(0.5)
+    os._exit(1)
 
 
 def _fit_binary(data, label, params, run_id=None):
-    if label == 3:  # this class exhausts its worker, as an out-of-memory kill would
-        dispatch._announce_attempt(label, run_id)
-        time.sleep(0.5)
-        os._exit(1)
+    if label == 3:  # this class exhausts its worker
+        _die(label, run_id)
     return _fit(data, label, params, run_id)
 
 
+def _fit_lockstep(data, labels, params, run_id=None):
+    if 3 in labels:  # the task holding this class exhausts its worker
+        _die(3, run_id, labels)
+    return _fit_together(data, labels, params, run_id)
+
+
 dispatch._fit_binary = _fit_binary
+dispatch._fit_lockstep = _fit_lockstep
 """
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("solver", "named"),
+    [
+        ("saga", "class 3 was started 2 times"),  # a task per class
+        ("lbfgs", "the task fitting classes 1, 3, 5, 7, 9 together was started 2 times"),
+    ],
+)
 def test_a_class_that_kills_workers_is_named(
-    dask_processes: DaskProcesses, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dask_processes: DaskProcesses,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    solver: str,
+    named: str,
 ) -> None:
     (tmp_path / "killer.py").write_text(KILLER)
     monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "1")
@@ -360,6 +384,8 @@ def test_a_class_that_kills_workers_is_named(
         "train",
         "--dataset",
         "digits",
+        "--solver",
+        solver,
         "--scheduler",
         address,
         "--wait-workers",
@@ -372,7 +398,7 @@ def test_a_class_that_kills_workers_is_named(
     )
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert "class 3 was started 2 times and each time its worker died" in last, last
+    assert f"{named} and each time its worker died" in last, last
     assert f"distrib train --resume {run}" in last
     assert time.monotonic() - started < 150
     assert not (run / "model.npz").exists()

@@ -153,7 +153,9 @@ def _make_passes(n_lanes: int) -> _Passes:
     """The passes over CSR and dense rows, compiled for groups of ``n_lanes`` classes."""
 
     @_kernel
-    def _csr_pass(data, indices, indptr, codes, weights, positives, W, intercept, G, G_total, g0, losses):
+    def _csr_pass(
+        data, indices, indptr, codes, weights, positives, W, intercept, G, G_total, g0, losses
+    ):
         """Rows of a CSR matrix: add their loss to ``losses``, their gradient to ``G_total``
         (features x classes, float64) and their intercept gradient to ``g0`` (`_row_residuals`
         says which loss: softmax, or one binary problem per class of ``positives``).
@@ -201,7 +203,6 @@ def _make_passes(n_lanes: int) -> _Passes:
                     for k in range(n_lanes):
                         G[j, group + k] += v * lanes[k]
         _flush(G, G_total)
-
 
     @_kernel
     def _dense_pass(X, codes, weights, positives, W, intercept, G, G_total, g0, losses):
@@ -501,8 +502,8 @@ def binary_loss_grad(
 
 def warm_up() -> None:
     """Compile, or load from numba's cache, the kernels for float32 and float64 CSR rows
-    (what blocks hold), softmax and class-versus-rest: a worker that runs this before a fit neither waits for them nor
-    counts their code (~25 MB) in the fit's memory."""
+    (what blocks hold), softmax and class-versus-rest: a worker that runs this before a fit
+    neither waits for them nor counts their code (~25 MB) in the fit's memory."""
     for dtype in (np.float32, np.float64):
         for index in (np.int32, np.int64):
             X = sp.csr_matrix(np.eye(2, dtype=dtype))

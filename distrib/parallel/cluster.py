@@ -236,7 +236,7 @@ def load_fit_libraries(strategy: str | None = None, solver: str | None = None) -
     if strategy in (None, "ovr") and solver != "lbfgs":
         import sklearn.linear_model  # noqa: F401
     if strategy in (None, "multinomial"):
-        import distrib.parallel.block_hosts  # noqa: F401
+        import distrib.parallel.block_hosts
     if strategy in (None, "multinomial") or solver in (None, "lbfgs"):
         import distrib.linear.binary  # noqa: F401
         from distrib.linear.softmax import warm_up

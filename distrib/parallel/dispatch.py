@@ -90,17 +90,18 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _announce_attempt(label: int, run_id: str | None) -> None:
-    """Tell the scheduler (event topic `ATTEMPT_TOPIC`) that this worker starts ``label``.
+def _announce_attempt(label: int, run_id: str | None, group: list[int] | None = None) -> None:
+    """Tell the scheduler (event topic `ATTEMPT_TOPIC`) that this worker starts ``label``
+    (in a task with the classes ``group``).
 
     A class whose worker dies is re-run elsewhere by Dask; these events let the driver say
     which classes ran more than once, where, and what became of the first worker.
     """
     worker = _current_worker()
     if worker is not None and run_id is not None:
+        event = {"run_id": run_id, "label": int(label), "worker": worker.address}
         worker.log_event(
-            ATTEMPT_TOPIC,
-            {"run_id": run_id, "label": int(label), "worker": worker.address, "time": time.time()},
+            ATTEMPT_TOPIC, {**event, "group": group or [int(label)], "time": time.time()}
         )
 
 
@@ -177,7 +178,7 @@ def _fit_lockstep(
     from distrib.linear.binary import fit_binary_lbfgs
 
     for label in labels:
-        _announce_attempt(label, run_id)
+        _announce_attempt(label, run_id, group=labels)
     t0 = time.perf_counter()
     X, y = data.arrays()
     params, sample_weight = binary_weights(y, params, data.weights(0, len(y)))

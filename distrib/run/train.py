@@ -252,9 +252,13 @@ def _fit(
             tries = {label: len(attempts.get(label, [])) for label in lost}
             worst = max(lost, key=tries.__getitem__, default=None)
             if worst is not None and tries[worst] >= 2:
-                what = (
-                    f"class {worst} was started {tries[worst]} times and each time its worker died"
-                )
+                together = attempts[worst][-1].get("group", [worst])
+                started = f"was started {tries[worst]} times and each time its worker died"
+                if len(together) > 1:  # a lockstep task: its classes live and die together
+                    named = ", ".join(str(int(c)) for c in together)
+                    what = f"the task fitting classes {named} together {started}"
+                else:
+                    what = f"class {worst} {started}"
             else:
                 what = f"a worker died again and again running one of the classes {lost}"
         else:
