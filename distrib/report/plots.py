@@ -113,7 +113,7 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
             report["serial"]["median_wall"],
             color="C4",
             ls="-.",
-            label="binary fits one after another, one process",
+            label="scikit-learn OneVsRestClassifier, one process",
         )
     if "sklearn_multinomial" in report:
         ref = report["sklearn_multinomial"]

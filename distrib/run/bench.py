@@ -46,9 +46,8 @@ from distrib.data.split import split_arrays
 from distrib.errors import ConfigError, OutputError
 from distrib.files import write_json
 from distrib.parallel.cluster import connect, load_fit_libraries, package_versions, worker_infos
-from distrib.parallel.dispatch import fit_binary_classifiers
 from distrib.parallel.memory import matrix_bytes
-from distrib.parallel.transfer import InMemoryArrays, choose_layout, density_of, matrix_nbytes
+from distrib.parallel.transfer import choose_layout, density_of, matrix_nbytes
 from distrib.report.bench_format import BENCH_FORMAT_VERSION, STRATEGY_KEYS
 from distrib.run.commands import time_commands
 from distrib.run.coordination import relay_level
@@ -633,7 +632,8 @@ def run_bench(
     out : path
         Folder for ``bench.json`` and ``bench.png``.
     baselines : bool
-        Also time the serial fits and loky's `OneVsRestClassifier` for each worker count.
+        Also time scikit-learn's `OneVsRestClassifier` in one process and with loky for each
+        worker count.
     notebook : bool
         Also time the notebook's own settings in one process (minutes on MNIST).
     dask_ml : bool
@@ -763,13 +763,14 @@ def run_bench(
     distrib_runs = by_strategy.get("ovr", {})
 
     if baselines and distrib_runs:
-        serial_data = InMemoryArrays(X_fit, y_train)
 
-        def serial_fit() -> None:
+        def serial_fit() -> None:  # scikit-learn's one-vs-rest, one class after another
             with parallel_config(backend="sequential"):
-                fit_binary_classifiers(serial_data, classes, params)
+                OneVsRestClassifier(LogisticRegression(**params)).fit(X_fit, y_train)
 
-        report["serial"] = _timed("serial, one process", serial_fit, repeat, warmup, say)
+        report["serial"] = _timed(
+            "scikit-learn OneVsRestClassifier, one process", serial_fit, repeat, warmup, say
+        )
         variants: dict[str, Any] = {layout: X_fit, "dense": X_dense}
         loky: dict[str, dict[str, Any]] = {name: {} for name in variants}
         for k in counts:
