@@ -500,16 +500,23 @@ def binary_loss_grad(
     return _evaluate(X, codes, coef, intercept, weights, positives)
 
 
-def warm_up() -> None:
-    """Compile, or load from numba's cache, the kernels for float32 and float64 CSR rows
-    (what blocks hold), softmax and class-versus-rest: a worker that runs this before a fit
-    neither waits for them nor counts their code (~25 MB) in the fit's memory."""
+def warm_up(losses: tuple[str, ...] = ("softmax", "binary")) -> None:
+    """Compile, or load from numba's cache, the kernels of ``losses`` (``softmax``,
+    ``binary``: class-versus-rest) for float32 and float64 rows, CSR and dense: a worker that
+    runs this before a fit neither waits for them nor counts their code (~25 MB) in the
+    fit's memory."""
+    codes, zeros = np.zeros(2, dtype=np.intp), np.zeros((2, 2))
+
+    def evaluate(X: Matrix) -> None:
+        if "softmax" in losses:
+            loss_grad(X, codes, zeros, zeros[0])
+        if "binary" in losses:
+            binary_loss_grad(X, codes, codes[:1], zeros[:1], zeros[0, :1])
+
     for dtype in (np.float32, np.float64):
         for index in (np.int32, np.int64):
-            X = sp.csr_matrix(np.eye(2, dtype=dtype))
-            X = block_csr(X.shape, X.data, X.indices.astype(np.uint16), X.indptr.astype(index))
-            loss_grad(X, np.zeros(2, dtype=np.intp), np.zeros((2, 2)), np.zeros(2))
-            binary_loss_grad(X, np.zeros(2), np.zeros(1), np.zeros((1, 2)), np.zeros(1))
+            eye = sp.csr_matrix(np.eye(2, dtype=dtype))
+            indices, indptr = eye.indices.astype(np.uint16), eye.indptr.astype(index)
+            evaluate(block_csr(eye.shape, eye.data, indices, indptr))
         _dense_to_csr(np.zeros((1, 2), dtype=dtype))
-        loss_grad(np.ones((2, 2), dtype=dtype), np.zeros(2, dtype=np.intp), np.zeros((2, 2)),
-                  np.zeros(2))  # fmt: skip
+        evaluate(np.ones((2, 2), dtype=dtype))

@@ -233,15 +233,20 @@ def load_fit_libraries(strategy: str | None = None, solver: str | None = None) -
     so that the first fit does not pay for it: the compiled kernels (loaded from numba's
     cache) for ``multinomial`` and for ``ovr`` with L-BFGS, the block hosts for
     ``multinomial``, scikit-learn for ``ovr`` with another solver. Runs on workers."""
+    from distrib.linear.softmax import warm_up
+
+    losses: tuple[str, ...] = ()
     if strategy in (None, "ovr") and solver != "lbfgs":
         import sklearn.linear_model  # noqa: F401
-    if strategy in (None, "multinomial"):
-        import distrib.parallel.block_hosts
-    if strategy in (None, "multinomial") or solver in (None, "lbfgs"):
-        import distrib.linear.binary  # noqa: F401
-        from distrib.linear.softmax import warm_up
+    if strategy in (None, "ovr") and solver in (None, "lbfgs"):
+        import distrib.linear.binary
 
-        warm_up()
+        losses += ("binary",)
+    if strategy in (None, "multinomial"):
+        import distrib.parallel.block_hosts  # noqa: F401
+
+        losses += ("softmax",)
+    warm_up(losses)
 
 
 def warm_workers(client: Client, strategy: str | None = None, solver: str | None = None) -> None:
