@@ -104,6 +104,9 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
             assert all(b["copies"] == 1 for b in run["blocks"])
             assert all(b["calls"] == "direct channel" for b in run["blocks"])
             assert run["solver"]["n_evaluations"] >= run["solver"]["n_iter"] > 0
+            # the evaluation log (--resume's checkpoint) is timed, and costs little
+            assert 0 < run["checkpoint_share_of_fit"] < 0.2
+        assert 0 < entry["median_checkpoint_share_of_fit"] < 0.2
     reference = report["sklearn_multinomial"]
     assert set(reference["fit_over_sklearn"]) == {"1", "2"}
     assert abs(report["multinomial"]["2"]["test_accuracy"] - reference["test_accuracy"]) < 0.01

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,58 @@ def test_a_lost_cluster_then_a_resume_on_a_new_one_gives_the_same_model(
     assert resumed.returncode == 0, resumed.stderr
     solver, _ = _same_model_and_evaluations(run, tmp_path / "reference")
     assert solver["resumed"]["replayed_evaluations"] >= 100
+
+
+@pytest.mark.slow
+def test_a_grown_fit_killed_then_resumed_and_damaged_logs(tmp_path: Path) -> None:
+    """Digits grown 16x (rows made on the workers), the driver SIGKILLed mid-fit. From
+    copies of the interrupted run: resumed as it is and with its last record torn (the
+    undisturbed model, bit for bit), refused with a flipped byte or other settings (one
+    line, nothing written, the log untouched)."""
+    common = ["--dataset", "digits", "--grow", "16", "--strategy", "multinomial", "--max-iter",
+              "200", "--tol", "1e-12", "--dashboard-address", ":0", "--data-home",
+              str(tmp_path)]  # fmt: skip
+    reference = run_cli("train", *common, "--workers", "2", "--out", str(tmp_path / "reference"),
+                        timeout=300)  # fmt: skip
+    assert reference.returncode == 0, reference.stderr
+    run = tmp_path / "run"
+    proc = _start_train(*common, "--workers", "2", "--out", str(run), new_session=True)
+    try:
+        lines = _read_lines_until(proc, "[40/200]", timeout=200)
+        assert any("[40/200]" in ln for ln in lines), "".join(lines)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not (run / "model.npz").exists()
+    copies = {name: tmp_path / name for name in ("torn", "flipped", "other")}
+    for copy in copies.values():
+        shutil.copytree(run, copy)
+    torn_log = Checkpoints(copies["torn"]).folder / EVALUATION_LOG
+    with torn_log.open("r+b") as fh:  # killed while it wrote its last record
+        fh.truncate(torn_log.stat().st_size - 17)
+    flipped_log = Checkpoints(copies["flipped"]).folder / EVALUATION_LOG
+    damaged = bytearray(flipped_log.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x10
+    flipped_log.write_bytes(bytes(damaged))
+
+    resume = ["--workers", "3", "--dashboard-address", ":0", "--data-home", str(tmp_path)]
+    for name in ("run", "torn"):
+        resumed = run_cli("train", "--resume", str(tmp_path / name), *resume, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        solver, expected = _same_model_and_evaluations(tmp_path / name, tmp_path / "reference")
+        assert 40 <= solver["resumed"]["replayed_evaluations"] < expected["n_evaluations"]
+        assert not Checkpoints(tmp_path / name).folder.exists()  # removed once it is done
+
+    for name, flags, refusal in [
+        ("flipped", [], "fails its checksum: it is not this run's log"),
+        ("other", ["--C", "0.5"], "settings.C: checkpoint has 0.1, this run 0.5"),
+    ]:
+        folder = copies[name]
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        refused = run_cli("train", "--resume", str(folder), *flags, *resume, timeout=300)
+        assert refused.returncode == 1
+        errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("Error:")]
+        assert len(errors) == 1 and refusal in errors[0], refused.stderr
+        assert "Traceback" not in refused.stderr
+        after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        assert after == before, "a refused resume must write nothing"

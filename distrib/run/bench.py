@@ -282,6 +282,8 @@ def _distrib_runs(
             else:
                 solver = result.metrics["solver"]
                 run["solver"] = {k: v for k, v in solver.items() if k != "per_evaluation"}
+                # what the evaluation log (--resume's checkpoint) costs the fit
+                run["checkpoint_share_of_fit"] = solver.get("checkpoint_seconds", 0.0) / t["fit"]
                 run["blocks"] = [
                     {k: b[k] for k in ("start", "rows", "worker", "copies", "calls")}
                     for b in result.metrics["fits"]
@@ -298,6 +300,7 @@ def _distrib_runs(
             estimator = _estimator_runs(client, config, estimator_inputs, repeat, warmup, say)
         if dask_ml_inputs is not None:
             dask_ml = _dask_ml_runs(client, config, dask_ml_inputs, DASK_ML_REPEAT, say)
+    shares = [r["checkpoint_share_of_fit"] for r in runs if "checkpoint_share_of_fit" in r]
     return {
         "workers": present,
         "cluster_start_seconds": startup,
@@ -313,6 +316,7 @@ def _distrib_runs(
             for w, peak in sorted(peak_rss.items())
         },
         **({"relay_level": relay} if relay else {}),
+        **({"median_checkpoint_share_of_fit": _median(shares)} if shares else {}),
         **({"estimator": estimator} if estimator else {}),
         **({"dask_ml": dask_ml} if dask_ml else {}),
     }

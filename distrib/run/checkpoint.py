@@ -154,6 +154,8 @@ class EvaluationLog:
         self.logged: list[tuple[bytes, float, np.ndarray]] = []
         self.replayed = 0
         self.replay_seconds = 0.0
+        #: Seconds spent logging evaluations (digest, checksum, write and flush).
+        self.append_seconds = 0.0
         self._replay_started: float | None = None
         end = 0
         if resume and self.path.exists():
@@ -208,6 +210,7 @@ class EvaluationLog:
 
     def append(self, w: np.ndarray, loss: float, grad: np.ndarray) -> None:
         """Log one evaluation (written and flushed before the fit goes on)."""
+        started = time.perf_counter()
         payload = b"".join(
             (
                 hashlib.sha256(np.ascontiguousarray(w, dtype="<f8").tobytes()).digest(),
@@ -217,6 +220,7 @@ class EvaluationLog:
         )
         self._file.write(_RECORD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload)
         self._file.flush()
+        self.append_seconds += time.perf_counter() - started
 
     @property
     def _layout_path(self) -> Path:

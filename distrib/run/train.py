@@ -583,6 +583,8 @@ def _run(
         finally:
             if journal is not None:
                 journal.close()
+    if journal is not None:
+        outcome.solver["checkpoint_seconds"] = journal.append_seconds
     if journal is not None and resume:
         outcome.solver["resumed"] = {
             "logged_evaluations": len(journal.logged),
