@@ -35,7 +35,7 @@ def test_ovr_reports_each_fit_and_skips_the_classes_already_done(digits) -> None
     assert [r["label"] for r in resumed.records if r["from_checkpoint"]] == [0, 4, 7]
     np.testing.assert_array_equal(resumed.coef, first.coef)
     np.testing.assert_array_equal(resumed.intercept, first.intercept)
-    assert resumed.solver == {"strategy": "ovr", "transfer": "here"}
+    assert resumed.solver == {"strategy": "ovr", "transfer": "here", "backups": []}
 
 
 def test_multinomial_logs_its_progress_and_returns_its_blocks_and_solver(digits) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -82,3 +83,81 @@ def test_a_paused_worker_is_given_up_and_the_model_is_the_same(
     assert any(m.startswith(f"{victim} given up") for m in messages), messages
     print(f"\n{role}: solver {solver['seconds']:.2f} s against {expected['seconds']:.2f} s "
           f"undisturbed; {solver['given_up'][0]['why']}")  # fmt: skip
+
+
+def test_late_tasks_are_those_of_a_worker_whose_running_task_is_late() -> None:
+    from distrib.parallel.backup import BackupPolicy, late_tasks
+
+    policy = BackupPolicy(factor=2.0, minimum=1.0, min_finished=2)
+    processing = {"a": ["t1", "t2"], "b": ["t3"], "c": []}
+    started = {"t1": 0.0, "t3": 9.0}  # t2 waits behind t1 on worker a
+    # too few finished: nobody is late yet
+    assert late_tasks(10.0, started, [2.0], processing, ["t1", "t2", "t3"], policy) == {}
+    # median 2 s: past 4 s a task is late; t1 has run 10 s, t3 only 1 s
+    late = late_tasks(10.0, started, [2.0, 1.5, 3.0], processing, ["t1", "t2", "t3"], policy)
+    assert late == {"t1": ("a", 10.0), "t2": ("a", 10.0)}
+    # the minimum holds for quick tasks; a task already done is not backed up
+    assert late_tasks(0.9, {"t1": 0.0}, [0.1, 0.1], processing, ["t1"], policy) == {}
+    assert late_tasks(10.0, started, [2.0, 2.0], processing, ["t2"], policy) == {}
+    assert BackupPolicy(enabled=False).deadline([1.0, 1.0, 1.0]) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", ["lbfgs", "saga"])
+def test_a_paused_worker_s_classes_get_backup_attempts_and_the_model_is_the_same(
+    mnist_home: Path, tmp_path: Path, solver: str
+) -> None:
+    """3 workers; one worker process SIGSTOPped 0.5 s into a one-vs-rest fit (lbfgs: its
+    group of classes fitted in lockstep; saga: its class and the one queued behind it).
+    Once its task has run past the finished tasks' pace, the task runs again on the live
+    workers; the first attempt to finish wins, and the model is the undisturbed one."""
+    import dask
+
+    settings = {"lbfgs": {}, "saga": {"solver": "saga", "tol": 1e-2, "max_iter": 15}}[solver]
+    config = TrainConfig(**settings)  # type: ignore[arg-type]
+    cluster = start_local_cluster(3)
+    client = Client(cluster, set_as_default=False)
+    pids: dict[str, int] = {}
+    paused: list[str] = []
+    try:
+        client.wait_for_workers(3, timeout=60)
+        reference = train(config, client=client, out=tmp_path / "reference", home=mnist_home)
+        pids = client.run(os.getpid)
+        victim = sorted(pids)[0]
+        messages: list[str] = []
+
+        def log(message: str) -> None:
+            messages.append(message)
+            if message.startswith("fitting 10 one-vs-rest") and not paused:
+
+                def pause() -> None:
+                    time.sleep(0.5)
+                    os.kill(pids[victim], signal.SIGSTOP)
+                    paused.append(victim)
+
+                threading.Thread(target=pause, daemon=True).start()
+
+        with dask.config.set({"distrib.backup.factor": 1.5, "distrib.backup.minimum": "1s"}):
+            result = train(config, client=client, out=tmp_path / "run", home=mnist_home, log=log)
+    finally:
+        for worker in paused:
+            os.kill(pids[worker], signal.SIGCONT)
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+
+    assert paused == [victim]
+    np.testing.assert_array_equal(result.model.coef, reference.model.coef)
+    np.testing.assert_array_equal(result.model.intercept, reference.model.intercept)
+    backups = result.metrics["solver"]["backups"]
+    assert backups and {b["late_worker"] for b in backups} == {victim}
+    assert all(b["winner"] == "backup" for b in backups)
+    assert reference.metrics["solver"]["backups"] == []
+    assert all(f["worker"] != victim for f in result.metrics["fits"] if f["retries"])
+    retried = [f for f in result.metrics["fits"] if f["retries"]]
+    assert retried and all("a backup attempt started elsewhere" in f["retries"][0]["why"]
+                           for f in retried)  # fmt: skip
+    assert any(f"{victim} has run a task for" in m for m in messages)
+    # the pause costs about the deadline and the task again, not the scheduler's worker-ttl
+    fit, undisturbed = result.metrics["timings"]["fit"], reference.metrics["timings"]["fit"]
+    print(f"\nfit {fit:.2f} s paused, {undisturbed:.2f} s undisturbed")
+    assert fit < 3 * undisturbed + 5

@@ -151,9 +151,11 @@ def _shared_rows(client: Any, data: TrainingData) -> Iterator[ArrayFiles | None]
 
 
 @contextlib.contextmanager
-def _ovr_backend(client: Any, data: TrainingData) -> Iterator[tuple[TrainingData, str]]:
+def _ovr_backend(
+    client: Any, data: TrainingData, log: Callable[[str], None] | None = None
+) -> Iterator[tuple[TrainingData, str]]:
     """Where the binary fits run, and the rows as they reach them (with how: ``path``,
-    ``scatter`` or ``here``).
+    ``scatter`` or ``here``). ``log`` hears of backup attempts (`ClusterBackend`).
 
     Inside a Dask task: in this thread. Else on the client of the caller's dask backend if
     set, else on ``client``, else on joblib's backend as is. In-memory rows go by path to
@@ -173,12 +175,12 @@ def _ovr_backend(client: Any, data: TrainingData) -> Iterator[tuple[TrainingData
         return
     with _shared_rows(client, data) as files:
         if files is not None:
-            with parallel_config(backend=cluster_backend(client)):
+            with parallel_config(backend=cluster_backend(client, log=log)):
                 yield files, "path"
             return
     scatter = [data] if isinstance(data, InMemoryArrays) else None
     try:
-        with parallel_config(backend=cluster_backend(client, scatter=scatter)):
+        with parallel_config(backend=cluster_backend(client, scatter=scatter, log=log)):
             yield data, "scatter" if scatter else "path"
     finally:
         if scatter is not None:
@@ -278,8 +280,9 @@ def _fit_ovr(
     todo = [c for c in positives if c not in hooks.done]
     fits: list[BinaryFit] = []
     transfer = "none"
+    backups: list[dict[str, Any]] = []
     if todo:
-        with _ovr_backend(client, data) as (data, transfer):
+        with _ovr_backend(client, data, hooks.log) as (data, transfer):
             fits = fit_binary_classifiers(
                 data,
                 todo,
@@ -287,11 +290,14 @@ def _fit_ovr(
                 on_fit=hooks.on_binary_fit,
                 run_id=hooks.run_id,
             )
+            backend, _ = get_active_backend()
+            backups = list(getattr(backend, "backups", []))
     coef, intercept, records = reduce_fits([*hooks.done.values(), *fits], np.asarray(positives))
     for record in records:
         record["from_checkpoint"] = record["label"] in hooks.done
     n_iter = np.array([r["n_iter"] for r in records])
-    return FitOutcome(coef, intercept, n_iter, records, {"strategy": "ovr", "transfer": transfer})
+    info = {"strategy": "ovr", "transfer": transfer, "backups": backups}
+    return FitOutcome(coef, intercept, n_iter, records, info)
 
 
 def fit_dask_rows(

@@ -300,12 +300,13 @@ def _attempts(client: Client, run_id: str) -> dict[int, list[dict[str, Any]]]:
 
 
 def _retries(
-    client: Client, run_id: str, fits: list[dict[str, Any]]
+    client: Client, run_id: str, fits: list[dict[str, Any]], backups: list[dict[str, Any]]
 ) -> dict[int, list[dict[str, Any]]]:
     """For each class that ran more than once: where the earlier attempts ran and why they
-    did not finish."""
+    did not finish (a worker that left, or a late one whose task got a backup attempt)."""
     alive = set(worker_infos(client))
     attempts = _attempts(client, run_id)
+    late = {b["first"]: b for b in backups}
     retries: dict[int, list[dict[str, Any]]] = {}
     for fit in fits:
         if fit["from_checkpoint"]:
@@ -316,13 +317,25 @@ def _retries(
                 {
                     "worker": a["worker"],
                     "started": a["time"],
-                    "why": "its worker left the cluster (died or was restarted) during the fit"
-                    if a["worker"] not in alive
-                    else "the attempt did not finish on that worker",
+                    "why": _why_unfinished(a, alive, late),
                 }
                 for a in earlier
             ]
     return retries
+
+
+def _why_unfinished(
+    attempt: dict[str, Any], alive: set[str], late: dict[str, dict[str, Any]]
+) -> str:
+    backup = late.get(str(attempt.get("key")))
+    if backup is not None:
+        return (
+            f"it ran {backup['ran_seconds']:.1f} s there, past the finished tasks' pace: a "
+            f"backup attempt started elsewhere, and the {backup.get('winner', '?')} attempt won"
+        )
+    if attempt["worker"] not in alive:
+        return "its worker left the cluster (died or was restarted) during the fit"
+    return "the attempt did not finish on that worker"
 
 
 def _add_block_loads(client: Client, run_id: str, blocks: list[dict[str, Any]]) -> None:
@@ -598,7 +611,7 @@ def _run(
     with phase("reduce"):
         records = outcome.records
         if config.strategy == "ovr":
-            retries = _retries(client, hooks.run_id, records)
+            retries = _retries(client, hooks.run_id, records, outcome.solver["backups"])
             for record in records:
                 record["retries"] = retries.get(record["label"], [])
         else:

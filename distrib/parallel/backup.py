@@ -1,0 +1,104 @@
+"""Which running tasks are late enough to get a backup attempt (one-vs-rest fits).
+
+A worker that stops answering without dying (paused, a frozen VM, a swap storm, a link that
+drops packets) keeps its tasks: the scheduler lists it until ``worker-ttl`` (5 minutes by
+default) and dask moves nothing away from it. `late_tasks` picks, from what the driver can
+see (when each task started, from the tasks' own announcements; where each pending task
+is; how long the finished ones took), the tasks to run again elsewhere: those on a worker
+whose running task has run longer than ``factor`` times the median of the finished tasks
+(at least ``minimum`` seconds), once ``min_finished`` tasks have finished. A task queued on
+such a worker behind the late one is late too: it would wait as long.
+
+Both attempts of a task compute the same thing (the same rows, classes and settings; the
+lockstep fits give a class the same bits whichever worker fits it), so the model does not
+depend on which attempt wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+from dask.utils import parse_timedelta
+
+
+@dataclass(frozen=True)
+class BackupPolicy:
+    """When a task counts as late (dask config ``distrib.backup.*``).
+
+    Attributes
+    ----------
+    factor : float
+        A running task is late past this multiple of the finished tasks' median time
+        (``distrib.backup.factor``, default 2).
+    minimum : float
+        ... and past this many seconds (``distrib.backup.minimum``, default 2 s).
+    min_finished : int
+        No backup before this many tasks have finished (``distrib.backup.min-finished``,
+        default 2).
+    enabled : bool
+        ``distrib.backup.enabled`` (default True).
+    """
+
+    factor: float = 2.0
+    minimum: float = 2.0
+    min_finished: int = 2
+    enabled: bool = True
+
+    @classmethod
+    def from_config(cls) -> BackupPolicy:
+        """The policy the dask config sets (``distrib.backup.*``)."""
+        minimum = parse_timedelta(dask.config.get("distrib.backup.minimum", "2s"))
+        return cls(
+            factor=float(dask.config.get("distrib.backup.factor", 2.0)),
+            minimum=float(minimum or 0.0),
+            min_finished=int(dask.config.get("distrib.backup.min-finished", 2)),
+            enabled=bool(dask.config.get("distrib.backup.enabled", True)),
+        )
+
+    def deadline(self, finished_seconds: Iterable[float]) -> float | None:
+        """Seconds a task may run before it is late; None while too few have finished."""
+        done = list(finished_seconds)
+        if not self.enabled or len(done) < max(1, self.min_finished):
+            return None
+        return max(self.factor * float(np.median(done)), self.minimum)
+
+
+def late_tasks(
+    now: float,
+    started: Mapping[str, float],
+    finished_seconds: Iterable[float],
+    processing: Mapping[str, Iterable[str]],
+    pending: Iterable[str],
+    policy: BackupPolicy,
+) -> dict[str, tuple[str, float]]:
+    """The pending tasks to back up, each with its late worker and how long that worker's
+    late task has run.
+
+    Parameters
+    ----------
+    now : float
+        The time, on the clock of ``started``.
+    started : mapping
+        When each task that announced its start did (task key -> time).
+    finished_seconds : iterable of float
+        How long each finished task ran.
+    processing : mapping
+        The keys each worker holds, running or queued (the scheduler's ``processing``).
+    pending : iterable
+        The keys still without a result (those that matter here).
+    policy : BackupPolicy
+    """
+    deadline = policy.deadline(finished_seconds)
+    if deadline is None:
+        return {}
+    waiting = set(pending)
+    late: dict[str, tuple[str, float]] = {}
+    for worker, keys in processing.items():
+        mine = [k for k in keys if k in waiting]
+        ran = max((now - started[k] for k in mine if k in started), default=0.0)
+        if ran > deadline:
+            late.update({k: (worker, ran) for k in mine})
+    return late
