@@ -100,6 +100,12 @@ def test_late_tasks_are_those_of_a_worker_whose_running_task_is_late() -> None:
     assert late_tasks(0.9, {"t1": 0.0}, [0.1, 0.1], processing, ["t1"], policy) == {}
     assert late_tasks(10.0, started, [2.0, 2.0], processing, ["t2"], policy) == {}
     assert BackupPolicy(enabled=False).deadline([1.0, 1.0, 1.0]) is None
+    # a worker whose tasks never said they started is timed from when they were seen there
+    silent = {"a": ["t1"], "b": []}
+    assert late_tasks(10.0, {}, [2.0, 2.0], silent, ["t1"], policy) == {}
+    assert late_tasks(10.0, {}, [2.0, 2.0], silent, ["t1"], policy, {"t1": 3.0}) == {
+        "t1": ("a", 7.0)
+    }
 
 
 @pytest.mark.slow

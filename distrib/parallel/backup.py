@@ -73,9 +73,14 @@ def late_tasks(
     processing: Mapping[str, Iterable[str]],
     pending: Iterable[str],
     policy: BackupPolicy,
+    assigned: Mapping[str, float] | None = None,
 ) -> dict[str, tuple[str, float]]:
     """The pending tasks to back up, each with its late worker and how long that worker's
     late task has run.
+
+    A worker none of whose pending tasks has announced its start (cut off, or paused,
+    before the announcement reached the scheduler) is timed from when its tasks were first
+    seen on it (``assigned``).
 
     Parameters
     ----------
@@ -90,6 +95,8 @@ def late_tasks(
     pending : iterable
         The keys still without a result (those that matter here).
     policy : BackupPolicy
+    assigned : mapping, optional
+        When each key was first seen in ``processing`` (task key -> time).
     """
     deadline = policy.deadline(finished_seconds)
     if deadline is None:
@@ -98,7 +105,10 @@ def late_tasks(
     late: dict[str, tuple[str, float]] = {}
     for worker, keys in processing.items():
         mine = [k for k in keys if k in waiting]
-        ran = max((now - started[k] for k in mine if k in started), default=0.0)
+        since = [started[k] for k in mine if k in started]
+        if not since and assigned is not None:  # none of them said it started
+            since = [assigned[k] for k in mine if k in assigned]
+        ran = max((now - t for t in since), default=0.0)
         if ran > deadline:
             late.update({k: (worker, ran) for k in mine})
     return late

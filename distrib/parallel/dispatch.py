@@ -291,6 +291,7 @@ class ClusterBackend(DaskDistributedBackend):
         self.backups: list[dict[str, Any]] = []
         self._started: dict[str, float] = {}  # task key -> when it announced its start
         self._finished: dict[str, float] = {}  # task key -> when its result arrived
+        self._assigned: dict[str, float] = {}  # task key -> when first seen on a worker
         self._cancelling: set[asyncio.Future[Any]] = set()
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -371,10 +372,16 @@ class ClusterBackend(DaskDistributedBackend):
         finished = [
             end - self._started[key] for key, end in self._finished.items() if key in self._started
         ]
+        processing = await self.client.scheduler.processing()
+        now = time.time()
+        for keys in processing.values():
+            for key in keys:
+                self._assigned.setdefault(str(key), now)
         if self.policy.deadline(finished) is None:
             return
-        processing = await self.client.scheduler.processing()
-        late = late_tasks(time.time(), self._started, finished, processing, pending, self.policy)
+        late = late_tasks(
+            now, self._started, finished, processing, pending, self.policy, self._assigned
+        )
         late_workers = {worker for worker, _ in late.values()}
         elsewhere = [w for w in processing if w not in late_workers]
         for key, (worker, ran) in late.items():
