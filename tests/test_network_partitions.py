@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from . import netns
+from .test_tls import _flags as _tls_flags
+from .test_tls import _make_certs
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,33 +32,53 @@ pytestmark = [
 WORKERS = ("w0", "w1", "w2")
 
 
-@pytest.fixture
-def hosts(tmp_path: Path, mnist_home: Path) -> Iterator[netns.Hosts]:
-    bed = netns.Hosts(tmp_path)
+class _Bed:
+    """The hosts, and how the driver reaches the scheduler (``tcp``, or ``tls`` with the
+    certificates of ``scripts/make_certs.sh``)."""
+
+    def __init__(self, hosts: netns.Hosts, protocol: str, certs: Path | None) -> None:
+        self.hosts, self.protocol, self.certs = hosts, protocol, certs
+
+    def tls(self, role: str) -> list[str]:
+        return _tls_flags(self.certs, role) if self.certs is not None else []
+
+    @property
+    def scheduler(self) -> str:
+        return f"{self.protocol}://{self.hosts.addresses['sched']}:8786"
+
+
+@pytest.fixture(params=["tcp", "tls"])
+def bed(request: pytest.FixtureRequest, tmp_path: Path, mnist_home: Path) -> Iterator[_Bed]:
+    hosts = netns.Hosts(tmp_path)
+    protocol = str(request.param)
+    certs = _make_certs(tmp_path / "certs", 7) if protocol == "tls" else None
+    setup = _Bed(hosts, protocol, certs)
     try:
-        scheduler = bed.add("sched")
-        bed.add("driver")
-        bed.start("sched", bed.python("-m", "dask", "scheduler", "--host", scheduler, "--port",
-                                      "8786", "--dashboard-address", f"{scheduler}:0"))  # fmt: skip
+        address = hosts.add("sched")
+        hosts.add("driver")
+        hosts.start("sched", hosts.python("-m", "dask", "scheduler", "--host", address,
+                                          "--port", "8786", "--protocol", protocol,
+                                          "--dashboard-address", f"{address}:0",
+                                          *setup.tls("scheduler")))  # fmt: skip
         for name in WORKERS:
-            address = bed.add(name)
+            address = hosts.add(name)
             (tmp_path / name).mkdir()
-            worker = bed.python("-m", "dask", "worker", f"tcp://{scheduler}:8786", "--host",
-                                address, "--nthreads", "1", "--nworkers", "1",
-                                "--dashboard-address", f"{address}:0", "--local-directory",
-                                str(tmp_path / name))  # fmt: skip
-            bed.start(name, worker, hide=(mnist_home,))
-        yield bed
+            worker = hosts.python("-m", "dask", "worker", setup.scheduler, "--host", address,
+                                  "--nthreads", "1", "--nworkers", "1", "--dashboard-address",
+                                  f"{address}:0", "--local-directory", str(tmp_path / name),
+                                  *setup.tls("worker"))  # fmt: skip
+            hosts.start(name, worker, hide=(mnist_home,))
+        yield setup
     finally:
-        bed.close()
+        hosts.close()
 
 
-def _train(bed: netns.Hosts, mnist_home: Path, out: Path, *flags: str) -> subprocess.Popen[str]:
-    argv = bed.python("-m", "distrib", "train", "--scheduler",
-                      f"tcp://{bed.addresses['sched']}:8786", "--wait-workers", "3",
-                      "--worker-timeout", "60", "--data-home", str(mnist_home), "--out",
-                      str(out), *flags)  # fmt: skip
-    return subprocess.Popen(bed.command("driver", argv), stderr=subprocess.PIPE,
+def _train(bed: _Bed, mnist_home: Path, out: Path, *flags: str) -> subprocess.Popen[str]:
+    argv = bed.hosts.python("-m", "distrib", "train", "--scheduler", bed.scheduler,
+                            "--wait-workers", "3", "--worker-timeout", "60", "--data-home",
+                            str(mnist_home), "--out", str(out), *bed.tls("client"),
+                            *flags)  # fmt: skip
+    return subprocess.Popen(bed.hosts.command("driver", argv), stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True,
                             start_new_session=True)  # fmt: skip
 
@@ -119,10 +141,10 @@ def _model(run: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     ],
 )  # fmt: skip
 def test_a_worker_host_cut_off_mid_fit_gives_the_undisturbed_model(
-    hosts: netns.Hosts, mnist_home: Path, tmp_path: Path, strategy: str, flags: tuple,
-    cut_at: str,
-) -> None:  # fmt: skip
-    reference = _train(hosts, mnist_home, tmp_path / "reference", *flags)
+    bed: _Bed, mnist_home: Path, tmp_path: Path, strategy: str, flags: tuple, cut_at: str
+) -> None:
+    hosts = bed.hosts
+    reference = _train(bed, mnist_home, tmp_path / "reference", *flags)
     said = _Lines(reference)
     _finish(reference, 300)
     assert reference.returncode == 0, str(said)
@@ -130,11 +152,11 @@ def test_a_worker_host_cut_off_mid_fit_gives_the_undisturbed_model(
     assert expected["transfer"] == "scatter", "the worker hosts must not see the driver's files"
     holders = {f["worker"] for f in expected["fits"]}
     victim = "w1"
-    victim_address = f"tcp://{hosts.addresses[victim]}"
+    victim_address = f"{bed.protocol}://{hosts.addresses[victim]}"
     assert any(w.startswith(victim_address) for w in holders), holders
 
     run = tmp_path / "run"
-    proc = _train(hosts, mnist_home, run, *flags)
+    proc = _train(bed, mnist_home, run, *flags)
     said = _Lines(proc)
     try:
         assert said.wait_for(cut_at, timeout=300), str(said)
@@ -155,8 +177,8 @@ def test_a_worker_host_cut_off_mid_fit_gives_the_undisturbed_model(
     np.testing.assert_array_equal(got_coef, coef)
     np.testing.assert_array_equal(got_intercept, intercept)
     fit, undisturbed = metrics["timings"]["fit"], expected["timings"]["fit"]
-    print(f"\n{strategy}: finished {finished:.1f} s after the cut; fit {fit:.2f} s, "
-          f"undisturbed {undisturbed:.2f} s")  # fmt: skip
+    print(f"\n{strategy} over {bed.protocol}: finished {finished:.1f} s after the cut; fit "
+          f"{fit:.2f} s, undisturbed {undisturbed:.2f} s")  # fmt: skip
     if strategy == "multinomial":
         assert metrics["solver"]["n_evaluations"] == expected["solver"]["n_evaluations"]
         given_up = metrics["solver"]["given_up"]
