@@ -4,6 +4,8 @@ undisturbed, on the same 3-worker local cluster (issue 24's measurement).
 For each setting: the fit undisturbed, then again with one worker process SIGSTOPped after a
 third of the undisturbed fit time (and continued once the fit is over). Reports both fit
 phases, their ratio, the backup attempts and whether the models are equal bit for bit.
+First, what the watching for late tasks costs a fit that needs no backup: the default fit
+with the watch on and off in turn (``distrib.backup.enabled``).
 
     python scripts/gray_bench.py --out scripts/results/gray-2cores.json
 """
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 from distributed import Client
 
@@ -55,12 +58,38 @@ def _paused_fit(client: Client, config: TrainConfig, out: Path, after: float) ->
             os.kill(pids[victim], signal.SIGCONT)
 
 
+def _watch_cost(workers: int, repeat: int, scratch: Path) -> dict[str, Any]:
+    """The default one-vs-rest fit phase undisturbed, with the backup watch on and off in
+    turn, on one cluster: what watching costs a fit that needs no backup."""
+    fits: dict[str, list[float]] = {"watching": [], "not watching": []}
+    cluster = start_local_cluster(workers)
+    client = Client(cluster, set_as_default=False)
+    try:
+        client.wait_for_workers(workers, timeout=60)
+        for i in range(repeat + 1):  # the first round warms up
+            for name, enabled in (("watching", True), ("not watching", False)):
+                with dask.config.set({"distrib.backup.enabled": enabled}):
+                    result = train(TrainConfig(), client=client, out=scratch / f"w{i}{enabled}")
+                if i:
+                    fits[name].append(result.metrics["timings"]["fit"])
+    finally:
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+    medians = {name: float(np.median(walls)) for name, walls in fits.items()}
+    print(f"watch cost: fit median {medians['watching']:.3f} s watching, "
+          f"{medians['not watching']:.3f} s not (spreads {fits})", flush=True)  # fmt: skip
+    return {"fit_seconds": fits, "median_fit_seconds": medians}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", default="gray.json")
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--watch-repeat", type=int, default=5)
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": machine(), "workers": args.workers, "settings": {}}
+    with tempfile.TemporaryDirectory(prefix="distrib-watch-") as scratch:
+        results["watch_cost"] = _watch_cost(args.workers, args.watch_repeat, Path(scratch))
     with tempfile.TemporaryDirectory(prefix="distrib-gray-") as scratch:
         for name, settings in SETTINGS.items():
             config = TrainConfig.from_preset(**settings) if settings else TrainConfig()

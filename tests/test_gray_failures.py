@@ -51,21 +51,28 @@ def test_a_paused_worker_is_given_up_and_the_model_is_the_same(
         victim = slots[1] if role == "relayed" else slots[0]
 
         messages: list[str] = []
+        resumed: list[str] = []
 
         def log(message: str) -> None:
             messages.append(message)
             if message.startswith("[20/250] L-BFGS") and not paused:
                 os.kill(pids[victim], signal.SIGSTOP)
                 paused[victim] = time.monotonic()
+            if message.startswith(f"{victim} given up") and not resumed:
+                # the worker comes back mid-fit: its late replies are dropped, nothing changes
+                os.kill(pids[victim], signal.SIGCONT)
+                resumed.append(victim)
 
         result = train(config, client=client, out=tmp_path / "run", home=mnist_home, log=log)
     finally:
         for worker in paused:
-            os.kill(pids[worker], signal.SIGCONT)
+            if worker not in resumed:
+                os.kill(pids[worker], signal.SIGCONT)
         client.close(timeout=10)
         cluster.close(timeout=10)
 
     assert paused, "no worker was paused"
+    assert resumed == [victim], "the paused worker should have come back mid-fit"
     solver, expected = result.metrics["solver"], reference.metrics["solver"]
     np.testing.assert_array_equal(result.model.coef, reference.model.coef)
     np.testing.assert_array_equal(result.model.intercept, reference.model.intercept)

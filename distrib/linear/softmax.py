@@ -8,7 +8,7 @@ groups of `LANES`: LLVM's SLP vectorizer turns each group's sixteen multiply-add
 instructions, which scipy's sparse products do not use. Measured on 30,000 MNIST rows as
 float32 CSR, one thread: the whole evaluation 16 ms against ~43 ms for scipy's two products
 and ~42 ms for scikit-learn's own loss and gradient (half of scripts/kernel_bench.py's
-all-rows numbers; README, "Strategies").
+all-rows numbers; docs/strategies.md).
 
 Precision: products in the data's precision (float32 for the prepared data: half the bytes
 to read), softmax, loss and the per-row residuals in float64, and the gradient summed in

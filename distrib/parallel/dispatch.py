@@ -351,7 +351,7 @@ class ClusterBackend(DaskDistributedBackend):
         task.callback(value)  # joblib registers a result, or the error it raises
 
     async def _watch(self) -> None:
-        while self._continue:
+        while self._continue and self.policy.enabled:
             await asyncio.sleep(self.WATCH_INTERVAL)
             try:
                 await self._back_up_late_tasks()
@@ -368,7 +368,8 @@ class ClusterBackend(DaskDistributedBackend):
         }
         if not pending:
             return
-        self._read_starts(await self.client.scheduler.events(topic=ATTEMPT_TOPIC))
+        if len(self._finished) >= self.policy.min_finished:  # else no deadline yet
+            self._read_starts(await self.client.scheduler.events(topic=ATTEMPT_TOPIC))
         finished = [
             end - self._started[key] for key, end in self._finished.items() if key in self._started
         ]

@@ -2,7 +2,7 @@
 
 Layout: MNIST's pixel matrix is 81 % zeros. Stored as CSR (float32 values, int32 indices) it
 is 72 MB instead of 188 MB, and a binary fit reads 2.6x fewer bytes per pass: on two cores
-the dense fits are limited by memory bandwidth, the sparse ones are not (README, "Layout").
+the dense fits are limited by memory bandwidth, the sparse ones are not (docs/design.md, "Layout").
 ``auto`` picks CSR when at most `AUTO_SPARSE_DENSITY` of the training pixels are non-zero.
 
 Transfer, two ways, chosen per run (DESIGN.md section 1):
