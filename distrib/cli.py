@@ -369,6 +369,14 @@ def predict(
     is_flag=True,
     help="Also time the notebook's own settings in one process (minutes on MNIST).",
 )
+@click.option(
+    "--peers",
+    "peers_text",
+    default="",
+    metavar="LIST",
+    help="Other tools to time on the same split, comma-separated: spark (Apache Spark's "
+    'LogisticRegression on local[k]; needs pip install -e ".[spark]" and Java).',
+)
 @_data_home_option
 @click.option(
     "--out",
@@ -394,6 +402,7 @@ def bench(
     dask_ml: bool,
     commands: bool,
     notebook_baseline: bool,
+    peers_text: str,
     data_home: str | None,
     out: str,
     quiet: bool,
@@ -416,6 +425,7 @@ def bench(
         estimators=estimators,
         commands=commands,
         strategies=[part.strip() for part in strategies_text.split(",") if part.strip()],
+        peers=[part.strip() for part in peers_text.split(",") if part.strip()],
         log=None if quiet else _log,
     )
     commands_run = report.get("commands", {})
@@ -440,6 +450,12 @@ def bench(
         click.echo(f"estimator multinomial, {k} worker(s), fit over scikit-learn's: {parts}")
     for k, ratio in report.get("sklearn_multinomial", {}).get("fit_over_sklearn", {}).items():
         click.echo(f"distrib multinomial, {k} worker(s), fit over scikit-learn's: {ratio:.2f}x")
+    for k, spark in report.get("peers", {}).get("spark", {}).items():
+        for name, line in spark["lines"].items():
+            click.echo(
+                f"spark local[{k}], {name}: fit {line['wall']:.2f} s, {line['iterations']} "
+                f"iterations, test accuracy {line['test_accuracy']:.4f}"
+            )
     for k, ratio in report.get("fit_vs_dask_ml", {}).items():
         run = report[STRATEGY_KEYS["ovr"].runs][k]["dask_ml"]
         click.echo(

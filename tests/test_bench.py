@@ -283,3 +283,34 @@ def test_whole_commands_are_timed_beside_the_plain_scripts(tmp_path: Path) -> No
         / runs["script multinomial"]["median_wall"]
     )
     assert set(result["over_baseline"]["ovr"]) == {"2"}
+
+
+@pytest.mark.slow
+def test_spark_as_a_peer_on_the_digits(tmp_path: Path) -> None:
+    """`distrib bench --peers spark`: Spark's LogisticRegression on local[1], the same split,
+    the same objective and Spark's defaults, and the time to the notebook's accuracy."""
+    pytest.importorskip("pyspark", reason='the spark extra: pip install -e ".[spark]"')
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "--dataset", "digits", "--workers", "1", "--strategy", "ovr",
+                   "--repeat", "1", "--warmup", "0", "--no-commands", "--no-baselines",
+                   "--peers", "spark", "--out", str(out), "--data-home", str(tmp_path / "home"),
+                   timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spark = json.loads((out / "bench.json").read_text())["peers"]["spark"]["1"]
+    assert spark["reg_param"] == pytest.approx(1 / (0.1 * 1347))
+    assert set(spark["lines"]) == {"same objective", "spark defaults"}
+    for line in spark["lines"].values():
+        assert line["wall"] > 0 and 0 < line["iterations"] <= 100
+        assert 0.85 < line["test_accuracy"] <= 1.0
+    reached = spark["time_to_target"]
+    assert reached["target"] == 0.918 and reached["steps"]
+    assert reached["reached"] == (reached["steps"][-1]["test_accuracy"] >= 0.918)
+    assert "spark local[1], same objective: fit" in proc.stdout
+
+
+def test_an_unknown_peer_is_refused_in_one_line(tmp_path: Path) -> None:
+    proc = run_cli("bench", "--dataset", "digits", "--peers", "flink", "--out",
+                   str(tmp_path / "b"))  # fmt: skip
+    assert proc.returncode == 1
+    assert "--peers takes a list of ('spark',), got ['flink']" in proc.stderr
+    assert "Traceback" not in proc.stderr

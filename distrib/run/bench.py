@@ -51,9 +51,12 @@ from distrib.parallel.transfer import choose_layout, density_of, matrix_nbytes
 from distrib.report.bench_format import BENCH_FORMAT_VERSION, STRATEGY_KEYS
 from distrib.run.commands import time_commands
 from distrib.run.coordination import relay_level
+from distrib.run.spark_peer import check_spark, spark_runs
 from distrib.run.train import train
 
 PROJECTION_WORKERS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
+#: Other tools `run_bench` can time beside distrib (``--peers``).
+PEERS = ("spark",)
 
 
 def parse_workers(text: str) -> list[int]:
@@ -613,6 +616,7 @@ def run_bench(
     estimators: bool = True,
     dask_ml: bool = False,
     commands: bool = True,
+    peers: Sequence[str] = (),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmark `distrib train` against worker count; write ``bench.json`` and ``bench.png``.
@@ -653,6 +657,10 @@ def run_bench(
         Also time whole ``distrib train`` processes for each strategy and worker count, as a
         user times the command, beside the plain scikit-learn scripts (`distrib.run.commands`;
         not for grown data or an existing scheduler).
+    peers : sequence of {"spark"}
+        Other tools to time on the same split, on as many cores as each worker count:
+        ``spark``, Apache Spark's ``LogisticRegression`` (`distrib.run.spark_peer`; needs
+        the ``spark`` extra). Not for grown data.
     log : callable, optional
         Receives a progress line per run.
     """
@@ -662,6 +670,11 @@ def run_bench(
         raise ConfigError(f"--strategy takes a list of {STRATEGIES}, got {list(strategies)}")
     if repeat < 1 or warmup < 0:
         raise ConfigError(f"--repeat must be >= 1 and --warmup >= 0, got {repeat}, {warmup}")
+    unknown_peers = sorted(set(peers) - set(PEERS))
+    if unknown_peers:
+        raise ConfigError(f"--peers takes a list of {PEERS}, got {unknown_peers}")
+    if "spark" in peers:
+        check_spark()  # before any work
     counts = list(workers or range(1, (os.cpu_count() or 1) + 1))
     if scheduler:
         counts = counts[:1]
@@ -803,6 +816,15 @@ def run_bench(
             for k, r in distrib_runs.items()
             if "dask_ml" in r
         }
+    if "spark" in peers and X_fit is not None:
+        spark: dict[str, Any] = {}
+        for k in counts:
+            with tempfile.TemporaryDirectory(prefix="distrib-spark-") as scratch:
+                spark[str(k)] = spark_runs(
+                    X_fit, y_train, X_test, y_test, C=config.C, max_iter=config.max_iter,
+                    cores=k, scratch=Path(scratch), log=say,
+                )  # fmt: skip
+        report["peers"] = {"spark": spark}
     if "multinomial" in by_strategy:
         multinomial = by_strategy["multinomial"]
         X_test_fit = sp.csr_matrix(X_test) if layout == "sparse" else X_test
