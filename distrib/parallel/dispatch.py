@@ -224,11 +224,11 @@ def _fit_one(
     return [_fit_binary(data, label, params, run_id)]
 
 
-def _task_groups(labels: list[int], params: dict[str, Any]) -> list[list[int]]:
+def _task_groups(labels: list[int], together: bool) -> list[list[int]]:
     """The classes of each task: one task per class, or, where the fits share their passes
     (`fits_in_lockstep`), one group per parallel job of the active joblib backend (classes
     dealt out in turn), so that each job fits its classes together."""
-    if not fits_in_lockstep(params):
+    if not together:
         return [[label] for label in labels]
     backend, n_jobs = get_active_backend()
     n_groups = max(1, min(len(labels), int(backend.effective_n_jobs(n_jobs))))
@@ -466,8 +466,9 @@ def fit_binary_classifiers(
         In completion order.
     """
     labels = [int(label) for label in labels]
-    task = _fit_lockstep if fits_in_lockstep(params) else _fit_one
-    groups = _task_groups(labels, params)
+    together = fits_in_lockstep(params)
+    task = _fit_lockstep if together else _fit_one
+    groups = _task_groups(labels, together)
     tasks = (delayed(task)(data, group, params, run_id) for group in groups)
     parallel = Parallel(
         batch_size=1, pre_dispatch="all", return_as="generator_unordered", timeout=timeout
