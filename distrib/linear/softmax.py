@@ -47,6 +47,8 @@ LANES = 16
 BINARY_LANES = 8
 #: Dense rows with more non-zero entries than this share stay dense; others go CSR.
 DENSE_ABOVE = 0.25
+#: Bytes of a cache line: where the coefficient and gradient rows of a pass start.
+CACHE_LINE = 64
 #: Rows whose gradient is summed in the data's precision before it is added in float64.
 PART_ROWS = 2048
 # ``i & _NON_NEGATIVE`` is ``i`` for any index an array holds, and tells LLVM it is not
@@ -380,6 +382,18 @@ def prepare(X: Matrix) -> Matrix:
     return X
 
 
+def _aligned_zeros(shape: tuple[int, int], dtype: Any) -> np.ndarray:
+    """Zeros whose first entry starts a cache line (`CACHE_LINE` bytes).
+
+    The passes read and write one row of ``W`` and ``G`` per non-zero entry; a row of 16
+    float32 is one cache line when aligned, two when not (numpy aligns to 16 bytes).
+    Measured on all 60,000 MNIST rows here: 27 ms a pass aligned, 34-41 ms misaligned."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(int(np.prod(shape)) * itemsize + CACHE_LINE, dtype=np.uint8)
+    skip = -raw.ctypes.data % CACHE_LINE
+    return raw[skip : skip + int(np.prod(shape)) * itemsize].view(dtype).reshape(shape)
+
+
 def _evaluate(
     X: Matrix,
     codes: np.ndarray,
@@ -416,9 +430,9 @@ def _evaluate(
     weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
     intercept = np.ascontiguousarray(intercept, dtype=np.float64)
     width = -(-n_classes // n_lanes) * n_lanes
-    W = np.zeros((n_features, width), dtype=X.dtype)
+    W = _aligned_zeros((n_features, width), X.dtype)
     W[:, :n_classes] = coef.T
-    G = np.zeros_like(W)
+    G = _aligned_zeros((n_features, width), X.dtype)
     G_total = np.zeros((n_features, n_classes))
     g0 = np.zeros(n_classes)
     sums = (positives, W, intercept, G, G_total, g0, losses)
