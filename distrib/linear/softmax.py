@@ -514,11 +514,15 @@ def binary_loss_grad(
     return _evaluate(X, codes, coef, intercept, weights, positives)
 
 
-def warm_up(losses: tuple[str, ...] = ("softmax", "binary")) -> None:
+def warm_up(
+    losses: tuple[str, ...] = ("softmax", "binary"),
+    dtypes: tuple[type[np.floating[Any]], ...] = (np.float32, np.float64),
+) -> None:
     """Compile, or load from numba's cache, the kernels of ``losses`` (``softmax``,
-    ``binary``: class-versus-rest) for float32 and float64 rows, CSR and dense: a worker that
+    ``binary``: class-versus-rest) for rows of ``dtypes``, CSR and dense: a worker that
     runs this before a fit neither waits for them nor counts their code (~25 MB) in the
-    fit's memory."""
+    fit's memory. Each kernel loads from the cache in ~40 ms; others load when first
+    called."""
     codes, zeros = np.zeros(2, dtype=np.intp), np.zeros((2, 2))
 
     def evaluate(X: Matrix) -> None:
@@ -527,7 +531,7 @@ def warm_up(losses: tuple[str, ...] = ("softmax", "binary")) -> None:
         if "binary" in losses:
             binary_loss_grad(X, codes, codes[:1], zeros[:1], zeros[0, :1])
 
-    for dtype in (np.float32, np.float64):
+    for dtype in dtypes:
         for index in (np.int32, np.int64):
             eye = sp.csr_matrix(np.eye(2, dtype=dtype))
             indices, indptr = eye.indices.astype(np.uint16), eye.indptr.astype(index)

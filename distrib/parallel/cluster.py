@@ -232,7 +232,11 @@ def load_fit_libraries(strategy: str | None = None, solver: str | None = None) -
     """Import what a fit of ``strategy`` with ``solver`` runs on a worker (``None``: any),
     so that the first fit does not pay for it: the compiled kernels (loaded from numba's
     cache) for ``multinomial`` and for ``ovr`` with L-BFGS, the block hosts for
-    ``multinomial``, scikit-learn for ``ovr`` with another solver. Runs on workers."""
+    ``multinomial``, scikit-learn for ``ovr`` with another solver; the kernels for float32
+    rows, as `distrib train` prepares them (others load when first used). Runs on
+    workers."""
+    import numpy as np
+
     from distrib.linear.softmax import warm_up
 
     losses: tuple[str, ...] = ()
@@ -246,7 +250,7 @@ def load_fit_libraries(strategy: str | None = None, solver: str | None = None) -
         import distrib.parallel.block_hosts  # noqa: F401
 
         losses += ("softmax",)
-    warm_up(losses)
+    warm_up(losses, dtypes=(np.float32,))
 
 
 def warm_workers(client: Client, strategy: str | None = None, solver: str | None = None) -> None:

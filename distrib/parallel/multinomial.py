@@ -27,10 +27,9 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import scipy.optimize
 from threadpoolctl import threadpool_limits
 
 from distrib.errors import DataError
@@ -38,6 +37,9 @@ from distrib.linear import softmax
 from distrib.linear.model import predict_codes
 from distrib.parallel.partial_sums import PartialSum, Timing
 from distrib.parallel.transfer import Matrix, TrainingData, aligned_copy
+
+if TYPE_CHECKING:  # the workers that evaluate blocks do without the optimizer
+    import scipy.optimize
 
 BLOCK_TOPIC = "distrib-block-load"
 
@@ -258,6 +260,8 @@ def _minimize(
     callback: Callable[[scipy.optimize.OptimizeResult], None],
 ) -> scipy.optimize.OptimizeResult:
     """L-BFGS from zero with scikit-learn's options for `LogisticRegression` (1.9)."""
+    import scipy.optimize
+
     return scipy.optimize.minimize(
         objective,
         np.zeros(size),

@@ -27,17 +27,20 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
 from distrib.config import LAYOUTS
-from distrib.data.split import SplitArrays
 from distrib.errors import ConfigError, DataError, OutputError
 from distrib.files import atomic_path, write_json
 from distrib.linear import softmax
+
+if TYPE_CHECKING:  # dask.array stays out of the workers that only read prepared rows
+    import dask.array as da
+
+    from distrib.data.split import SplitArrays
 
 AUTO_SPARSE_DENSITY = 0.25
 _SPARSE_PARTS = ("data", "indices", "indptr")
@@ -110,6 +113,8 @@ def workers_blind_to_paths(client: Any, paths: list[str]) -> list[str]:
 
 def density_of(X: da.Array) -> float:
     """The share of non-zero entries of ``X``."""
+    import dask.array as da
+
     return float(da.count_nonzero(X).compute(scheduler="threads")) / max(X.size, 1)
 
 
@@ -353,10 +358,12 @@ def prepared_folder(root: Path, key_parts: dict[str, Any]) -> Path:
 def _store_npy(path: Path, array: da.Array | np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=array.dtype, shape=array.shape)
-        if isinstance(array, da.Array):
-            da.store(array, out, lock=False, scheduler="threads")
-        else:
+        if isinstance(array, np.ndarray):
             out[...] = array
+        else:  # a Dask array, a chunk at a time
+            import dask.array as da
+
+            da.store(array, out, lock=False, scheduler="threads")
         out.flush()
         del out
 

@@ -89,7 +89,7 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     One line set per strategy in the report (``distrib``: one-vs-rest, ``multinomial``), with
     the baselines measured in the same run.
     """
-    fig = Figure(figsize=(12, 4.8))
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
     wall_ax, speed_ax = fig.subplots(1, 2)
     ks: list[int] = []
     colors = {"ovr": ("C0", "C1"), "multinomial": ("C5", "C6")}
@@ -163,12 +163,16 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
-    """A figure rendered to PNG bytes (in memory, so nothing is written before all succeed)."""
+    """A figure rendered to PNG bytes (in memory, so nothing is written before all succeed).
+
+    Drawn once: each figure lays itself out (constrained layout, or fixed axes for the
+    galleries); ``bbox_inches="tight"`` would draw it twice (report figures 1.38 -> 0.91 s).
+    """
     import io
 
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
@@ -218,7 +222,7 @@ def plot_samples(images: Any, labels: Any, image_shape: tuple[int, int]) -> Figu
 
 def plot_class_histograms(classes: list[int], train: list[int], test: list[int]) -> Figure:
     """Counts of each class in the train and test splits, side by side."""
-    fig = Figure(figsize=(10, 3.4))
+    fig = Figure(figsize=(10, 3.4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=False)
     for ax, counts, name, color in ((axes[0], train, "train", "C0"), (axes[1], test, "test", "C1")):
         ax.bar([str(c) for c in classes], counts, color=color)
@@ -262,7 +266,7 @@ def plot_confusion(matrix: Any, classes: list[int], accuracy: float) -> Figure:
 
     matrix = np.asarray(matrix)
     n = len(classes)
-    fig = Figure(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    fig = Figure(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, shrink=0.8, label="test images")
@@ -306,7 +310,7 @@ def plot_timeline(fits: list[dict[str, Any]]) -> Figure:
     )
     fresh = [f for f in fits if not f.get("from_checkpoint")]
     t0 = min((f["started"] for f in fresh), default=0.0)
-    fig = Figure(figsize=(10, 1.0 + 0.55 * max(1, len(workers))))
+    fig = Figure(figsize=(10, 1.0 + 0.55 * max(1, len(workers))), layout="constrained")
     ax = fig.subplots()
     for f in fits:
         row = workers.index(f["worker"])
@@ -344,7 +348,7 @@ def plot_convergence(solver: dict[str, Any]) -> Figure:
     loss = np.asarray(per.get("loss", []), dtype=float)
     wall = np.asarray(per.get("seconds", []), dtype=float)
     block = np.asarray(per.get("slowest_block_seconds", []), dtype=float)
-    fig = Figure(figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
     loss_ax, time_ax = fig.subplots(1, 2)
     steps = np.arange(1, len(loss) + 1)
     if len(loss):
@@ -362,5 +366,4 @@ def plot_convergence(solver: dict[str, Any]) -> Figure:
     time_ax.set_ylabel("milliseconds")
     time_ax.set_title("Time per evaluation of loss and gradient")
     time_ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
