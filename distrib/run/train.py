@@ -5,17 +5,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import Client, KilledWorker
+from distributed import Client
 
 from distrib._version import __version__
 from distrib.config import TRANSFER_MODES, TrainConfig
@@ -23,7 +21,7 @@ from distrib.data.arrays import load_arrays
 from distrib.data.datasets import Dataset, data_home, load_dataset
 from distrib.data.grow import check_grow
 from distrib.data.split import SplitArrays, check_labels, split_arrays
-from distrib.errors import ClusterError, ConfigError, DistribError, OutputError
+from distrib.errors import ConfigError, OutputError
 from distrib.files import write_json
 from distrib.linear.model import LinearModel
 from distrib.parallel.cluster import (
@@ -33,9 +31,8 @@ from distrib.parallel.cluster import (
     package_versions,
     start_cluster,
     warm_workers,
-    worker_infos,
 )
-from distrib.parallel.dispatch import ATTEMPT_TOPIC, BinaryFit
+from distrib.parallel.dispatch import BinaryFit
 from distrib.parallel.fitting import (
     FitHooks,
     FitOutcome,
@@ -45,7 +42,6 @@ from distrib.parallel.fitting import (
     fit_training_data,
 )
 from distrib.parallel.memory import check_fits, matrix_bytes, worker_memory
-from distrib.parallel.multinomial import block_loads
 from distrib.parallel.transfer import (
     ArrayFiles,
     RowsFromHere,
@@ -63,6 +59,7 @@ from distrib.report.render import (
     render_report,
     save_report_images,
 )
+from distrib.run.attempts import add_block_loads, class_retries, fit_naming_failures
 from distrib.run.checkpoint import (
     EVALUATION_LOG,
     RUN_FILES,
@@ -71,6 +68,7 @@ from distrib.run.checkpoint import (
     refuse_finished,
 )
 from distrib.run.evaluate import evaluate
+from distrib.run.phases import Phases
 
 #: The estimator whose `load` reads a run folder back (`distrib.estimator`; not imported
 #: here: it loads scikit-learn, which a multinomial run's driver does without).
@@ -85,41 +83,6 @@ class RunResult:
     model: LinearModel
     metrics: dict[str, Any]
     model_info: dict[str, Any] = field(repr=False)
-
-
-class _Phases:
-    """The run as named phases, one after another in the calling thread, timed in one place.
-
-    The phases tile the run: each starts where the one before ended (the little work
-    between two of them counts in the later one), so they add up to ``total``, the run's
-    wall time. It starts at ``started`` (``time.time()`` of the process's start for the
-    CLI, whose ``startup`` phase is then the interpreter, the imports and the parsing).
-    Work another thread does meanwhile (starting the cluster, closing it) is no phase: the
-    time this thread waits for it is.
-    """
-
-    def __init__(self, started: float | None = None) -> None:
-        self.seconds: dict[str, float] = {}
-        self._origin = self._mark = time.perf_counter()
-        if started is not None:
-            self._origin -= max(0.0, time.time() - started)
-            self.seconds["startup"] = self._mark - self._origin
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        try:
-            yield
-        finally:  # a phase entered twice counts both times
-            now = time.perf_counter()
-            self.seconds[name] = self.seconds.get(name, 0.0) + now - self._mark
-            self._mark = now
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._origin
-
-    def report(self) -> dict[str, float]:
-        """Seconds per phase so far, and ``total``: the run's wall time up to now."""
-        return {**self.seconds, "total": self.elapsed()}
 
 
 def default_out_dir() -> Path:
@@ -220,137 +183,6 @@ def _check_memory(
     check_fits(worker_memory(client), config.strategy, nbytes, chunk)
 
 
-def _fit(
-    config: TrainConfig,
-    client: Client,
-    fit: Callable[[], FitOutcome],
-    checkpoints: Checkpoints,
-    folder: Path,
-    classes: np.ndarray,
-    hooks: FitHooks,
-) -> FitOutcome:
-    """Fit; name what went wrong in the terms of this run."""
-    if config.strategy == "ovr":
-        hint = (
-            f"{{}} class(es) are checkpointed in {checkpoints.folder}; run "
-            f"`distrib train --resume {folder}` to fit only the rest"
-        )
-    else:
-        hint = (
-            f"its evaluations are logged in {checkpoints.folder}; run `distrib train --resume "
-            f"{folder}` to go on from the last one"
-        )
-    n_done = len(hooks.done)
-    try:
-        return fit()
-    except KilledWorker as exc:
-        if config.strategy == "ovr":
-            saved = checkpoints.load()
-            n_done = len(saved)
-            attempts = _attempts(client, hooks.run_id)
-            lost = [int(c) for c in classes if int(c) not in saved]
-            tries = {label: len(attempts.get(label, [])) for label in lost}
-            worst = max(lost, key=tries.__getitem__, default=None)
-            if worst is not None and tries[worst] >= 2:
-                together = attempts[worst][-1].get("group", [worst])
-                started = f"was started {tries[worst]} times and each time its worker died"
-                if len(together) > 1:  # a lockstep task: its classes live and die together
-                    named = ", ".join(str(int(c)) for c in together)
-                    what = f"the task fitting classes {named} together {started}"
-                else:
-                    what = f"class {worst} {started}"
-            else:
-                what = f"a worker died again and again running one of the classes {lost}"
-        else:
-            what = "a worker died again and again holding or evaluating a block of rows"
-        raise ClusterError(
-            f"{what} (dask gave up after distributed.scheduler.allowed-failures retries): "
-            f"check the workers' memory limit and logs. {hint.format(n_done)}"
-        ) from exc
-    except ClusterError as exc:  # says what happened; and what is kept, unless it does
-        if "--resume" in str(exc):
-            raise
-        n_done = len(checkpoints.load()) if config.strategy == "ovr" else 0
-        raise ClusterError(f"{exc}; {hint.format(n_done)}") from exc
-    except DistribError:  # already says what happened (OutputError is an OSError)
-        raise
-    except (CancelledError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        address = getattr(client.scheduler, "address", "?")
-        n_done = len(checkpoints.load()) if config.strategy == "ovr" else 0
-        raise ClusterError(
-            f"lost the Dask scheduler at {address} during the fit ({reason}); "
-            f"{hint.format(n_done)} once it is back"
-        ) from exc
-
-
-def _attempts(client: Client, run_id: str) -> dict[int, list[dict[str, Any]]]:
-    """Every start of every class in this run, from the workers' events, oldest first."""
-    by_label: dict[int, list[dict[str, Any]]] = {}
-    try:
-        events = client.get_events(ATTEMPT_TOPIC)
-    except Exception:  # events are diagnostics; never fail a run for them
-        return by_label
-    for _, message in events:
-        if isinstance(message, dict) and message.get("run_id") == run_id:
-            by_label.setdefault(int(message["label"]), []).append(message)
-    for attempts in by_label.values():
-        attempts.sort(key=lambda m: m["time"])
-    return by_label
-
-
-def _retries(
-    client: Client, run_id: str, fits: list[dict[str, Any]], backups: list[dict[str, Any]]
-) -> dict[int, list[dict[str, Any]]]:
-    """For each class that ran more than once: where the earlier attempts ran and why they
-    did not finish (a worker that left, or a late one whose task got a backup attempt)."""
-    alive = set(worker_infos(client))
-    attempts = _attempts(client, run_id)
-    late = {b["first"]: b for b in backups}
-    retries: dict[int, list[dict[str, Any]]] = {}
-    for fit in fits:
-        if fit["from_checkpoint"]:
-            continue
-        earlier = attempts.get(fit["label"], [])[:-1]  # the last start is the one that finished
-        if earlier:
-            retries[fit["label"]] = [
-                {
-                    "worker": a["worker"],
-                    "started": a["time"],
-                    "why": _why_unfinished(a, alive, late),
-                }
-                for a in earlier
-            ]
-    return retries
-
-
-def _why_unfinished(
-    attempt: dict[str, Any], alive: set[str], late: dict[str, dict[str, Any]]
-) -> str:
-    backup = late.get(str(attempt.get("key")))
-    if backup is not None:
-        return (
-            f"it ran {backup['ran_seconds']:.1f} s there, past the finished tasks' pace: a "
-            f"backup attempt started elsewhere, and the {backup.get('winner', '?')} attempt won"
-        )
-    if attempt["worker"] not in alive:
-        return "its worker left the cluster (died or was restarted) during the fit"
-    return "the attempt did not finish on that worker"
-
-
-def _add_block_loads(client: Client, run_id: str, blocks: list[dict[str, Any]]) -> None:
-    """Record in each block where it was loaded; more than one load means Dask recomputed
-    it from its source after losing a worker."""
-    alive = set(worker_infos(client))
-    loads = block_loads(client, run_id)
-    for block in blocks:
-        mine = [m for m in loads if m.get("key") == block.get("key")]
-        block["loads"] = [
-            {"worker": m["worker"], "time": m["time"], "worker_alive": m["worker"] in alive}
-            for m in mine
-        ]
-
-
 def _progress(
     log: Callable[[str], None], total: int, already: int = 0
 ) -> Callable[[BinaryFit], None]:
@@ -415,7 +247,7 @@ def train(
         The model and metrics; ``model.npz``, ``model.json`` and ``metrics.json`` are in
         ``out``.
     """
-    phase = _Phases(started)
+    phase = Phases(started)
     config = config or TrainConfig()
     say = log or (lambda _msg: None)
     connection = cluster if isinstance(cluster, Connection) else None
@@ -432,7 +264,8 @@ def train(
             connection = start_cluster(cluster if isinstance(cluster, ClusterConfig) else None,
                                        config.strategy, say, config.solver)  # fmt: skip
         try:
-            result = _run(config, connection, client, folder, home, transfer, resume, say, phase)
+            job = _Job(config, folder, home, transfer, resume, say, phase)
+            result = _run(job, connection, client)
         except BaseException:
             if created and not any(folder.iterdir()):
                 folder.rmdir()
@@ -442,6 +275,19 @@ def train(
     finally:
         if connection is not None:
             connection.close(quiet=failed)  # done already, unless the run failed
+
+
+@dataclass
+class _Job:
+    """What every phase of one run reads: its settings, its folder, and where it reports."""
+
+    config: TrainConfig
+    folder: Path
+    home: str | os.PathLike[str] | None
+    transfer: str
+    resume: bool
+    say: Callable[[str], None]
+    phase: Phases
 
 
 @dataclass
@@ -456,19 +302,62 @@ class _Prepared:
     key: dict[str, Any]
     density: float
     layout: str
+    # grown rows for a multinomial fit are made on the workers, chunk by chunk, and stay
+    # there as blocks: neither this process nor any one worker holds the whole matrix
+    generated: bool
 
 
-def _load_and_split(
-    config: TrainConfig,
-    home: str | os.PathLike[str] | None,
-    say: Callable[[str], None],
-    phase: _Phases,
-) -> _Prepared:
+@dataclass
+class _Placed:
+    """Where the rows are: the prepared files (``files`` None for rows made on the
+    workers) and how the training rows reach the workers (``data`` None: made there)."""
+
+    files: ArrayFiles | None
+    test_files: ArrayFiles
+    data: TrainingData | None
+    mode: str
+
+
+@dataclass
+class _Fitted:
+    """The fit's outcome, and the hooks that followed it (its run id, what was resumed)."""
+
+    outcome: FitOutcome
+    hooks: FitHooks
+
+
+def _run(job: _Job, connection: Connection | None, client: Client | None) -> RunResult:
+    """The phases of a run, one after another; each is timed by ``job.phase``. The cluster
+    starts beside the first three (``connection``) and closes beside the last four."""
+    ready = _load_and_split(job)
+    client, cluster_info = _connect(job, connection, client)
+    placed = _place_rows(job, client, ready)
+    fitted = _fit(job, client, ready, placed, cluster_info["workers"])
+    _reduce(job, client, fitted)
+    closed = connection.close_in_background() if connection is not None else None
+    model, metrics = _evaluate(job, ready, placed, fitted.outcome)
+    model_info = _describe(job, ready, placed, cluster_info)
+    _write(job, ready, model, model_info, fitted.outcome, metrics)
+    metrics = _report(job, ready, placed, metrics, fitted.outcome, model_info)
+    if closed is not None:
+        with job.phase("shutdown"):  # what is left of closing the cluster
+            closed.result()
+    metrics["timings"] = job.phase.report()
+    metrics["background"] = {
+        "cluster_start": connection.seconds if connection is not None else None,
+    }
+    write_json(job.folder / "metrics.json", metrics)  # again, with the report and shutdown
+    return RunResult(out=job.folder, model=model, metrics=metrics, model_info=model_info)
+
+
+def _load_and_split(job: _Job) -> _Prepared:
+    """Phases ``load``, ``split`` and ``prepare``: the data set, the split, the layout."""
+    config, say, phase = job.config, job.say, job.phase
     with phase("load"):
         if config.data is not None:
             dataset = load_arrays(config.data)
         else:
-            dataset = load_dataset(config.dataset, home, log=say)
+            dataset = load_dataset(config.dataset, job.home, log=say)
     say(f"data: {dataset.name} {tuple(dataset.X.shape)} from {dataset.source}")
     with phase("split"):
         check_grow(config.grow, dataset.image_shape)
@@ -490,72 +379,73 @@ def _load_and_split(
             "split": config.split,
             "scale": config.scale,
         }
-        density = training_density(parts, data_home(home), key)
+        density = training_density(parts, data_home(job.home), key)
         layout = choose_layout(config.layout, density)
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
-    return _Prepared(dataset, parts, y_train, y_test, classes, key, density, layout)
-
-
-def _run(
-    config: TrainConfig,
-    connection: Connection | None,
-    client: Client | None,
-    folder: Path,
-    home: str | os.PathLike[str] | None,
-    transfer: str,
-    resume: bool,
-    say: Callable[[str], None],
-    phase: _Phases,
-) -> RunResult:
-    ready = _load_and_split(config, home, say, phase)
-    dataset, parts, classes, key = ready.dataset, ready.parts, ready.classes, ready.key
-    y_train, y_test, density, layout = ready.y_train, ready.y_test, ready.density, ready.layout
-    # grown rows for a multinomial fit are made on the workers, chunk by chunk, and stay
-    # there as blocks: neither this process nor any one worker holds the whole matrix
     generated = config.grow > 1 and config.strategy == "multinomial"
-    with phase("cluster"):  # what is left of starting it, once this process is ready
+    return _Prepared(dataset, parts, y_train, y_test, classes, key, density, layout, generated)
+
+
+def _connect(
+    job: _Job, connection: Connection | None, client: Client | None
+) -> tuple[Client, dict[str, Any]]:
+    """Phase ``cluster``: what is left of starting it, once this process is ready."""
+    with job.phase("cluster"):
         if connection is not None:
             if connection.seconds is None:
-                say("waiting for the cluster to start and its workers to load their libraries")
+                job.say("waiting for the cluster to start and its workers to load their libraries")
             client = connection.client()
         else:
             assert client is not None
-            warm_workers(client, config.strategy, config.solver)
-        cluster_info = describe(client)
+            warm_workers(client, job.config.strategy, job.config.solver)
+        return client, describe(client)
+
+
+def _place_rows(job: _Job, client: Client, ready: _Prepared) -> _Placed:
+    """Phases ``transfer`` and ``prepare``: the memory check, the prepared files, and how
+    the training rows reach the workers."""
+    config, phase = job.config, job.phase
     with phase("transfer"):
-        _check_memory(client, config, parts, density, layout)  # before any file
-        if generated:
-            _generated_rows(client, dataset)
+        _check_memory(client, config, ready.parts, ready.density, ready.layout)  # before any file
+        if ready.generated:
+            _generated_rows(client, ready.dataset)
     with phase("prepare"):
         files, test_files, _ = prepare_split_arrays(
-            parts, data_home(home), key, config.layout, write_train=not generated
-        )
+            ready.parts, data_home(job.home), ready.key, config.layout,
+            write_train=not ready.generated,
+        )  # fmt: skip
     with phase("transfer"):
         data: TrainingData | None = None
         if files is None:  # generated on the workers
             mode = "generated"
         else:
-            mode = _choose_transfer(client, files, transfer)
+            mode = _choose_transfer(client, files, job.transfer)
             if mode == "path":
                 data = files
             elif config.strategy == "multinomial":  # each block's rows alone, from here
                 data = RowsFromHere(files)
             else:  # every binary fit reads all rows: the workers get them all, once
                 data = load_in_memory(files)
-    say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
-    checkpoints = Checkpoints(folder)
+    job.say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
+    return _Placed(files, test_files, data, mode)
+
+
+def _fit(job: _Job, client: Client, ready: _Prepared, placed: _Placed, n_workers: int) -> _Fitted:
+    """Phase ``fit``: checkpoints begun (or resumed), the fit, its progress."""
+    config, say, classes = job.config, job.say, ready.classes
+    checkpoints = Checkpoints(job.folder)
     manifest = {
         "settings": {k: v for k, v in config.to_dict().items() if k != "preset"},
-        "data": key,
-        "layout": layout,
+        "data": ready.key,
+        "layout": ready.layout,
         "classes": classes.tolist(),
         "distrib_version": __version__,
     }
-    checkpoints.begin(manifest, resume)
+    checkpoints.begin(manifest, job.resume)
     hooks = FitHooks(log=say)
     journal: EvaluationLog | None = None
     if config.strategy == "ovr":
-        hooks.done = checkpoints.load() if resume else {}
+        hooks.done = checkpoints.load() if job.resume else {}
         todo = [c for c in classes.tolist() if c not in hooks.done]
         if hooks.done:
             say(f"resuming: {len(hooks.done)} class(es) from checkpoints, {len(todo)} to fit")
@@ -566,22 +456,22 @@ def _run(
             progress(fit)
 
         hooks.on_binary_fit = on_fit
-        say(f"fitting {len(todo)} one-vs-rest classifiers on {cluster_info['workers']} workers")
+        say(f"fitting {len(todo)} one-vs-rest classifiers on {n_workers} workers")
     else:
-        journal = hooks.journal = EvaluationLog(checkpoints.folder / EVALUATION_LOG, resume)
-        if resume:
+        journal = hooks.journal = EvaluationLog(checkpoints.folder / EVALUATION_LOG, job.resume)
+        if job.resume:
             say(
                 f"resuming: {len(journal.logged)} evaluation(s) logged; replaying them, then "
                 "going on with the cluster"
             )
-        say(f"fitting one multinomial model on {cluster_info['workers']} workers")
+        say(f"fitting one multinomial model on {n_workers} workers")
 
     def fit() -> FitOutcome:
-        if data is not None:
-            return fit_training_data(data, classes, config, client=client, hooks=hooks)
+        if placed.data is not None:
+            return fit_training_data(placed.data, classes, config, client=client, hooks=hooks)
         return fit_dask_rows(
-            parts.X_train,
-            np.searchsorted(classes, y_train),
+            ready.parts.X_train,
+            np.searchsorted(classes, ready.y_train),
             len(classes),
             config,
             client=client,
@@ -590,15 +480,16 @@ def _run(
             predict_rows=True,  # the grown rows exist only as blocks: predict there
         )
 
-    with phase("fit"):
+    with job.phase("fit"):
         try:
-            outcome = _fit(config, client, fit, checkpoints, folder, classes, hooks)
+            outcome = fit_naming_failures(config, client, fit, checkpoints, job.folder,
+                                           classes, hooks)  # fmt: skip
         finally:
             if journal is not None:
                 journal.close()
     if journal is not None:
         outcome.solver["checkpoint_seconds"] = journal.append_seconds
-    if journal is not None and resume:
+    if journal is not None and job.resume:
         outcome.solver["resumed"] = {
             "logged_evaluations": len(journal.logged),
             "replayed_evaluations": journal.replayed,
@@ -608,84 +499,118 @@ def _run(
             f"resumed at evaluation {journal.replayed + 1}: {journal.replayed} replayed in "
             f"{journal.replay_seconds:.2f} s"
         )
-    with phase("reduce"):
-        records = outcome.records
-        if config.strategy == "ovr":
-            retries = _retries(client, hooks.run_id, records, outcome.solver["backups"])
+    return _Fitted(outcome, hooks)
+
+
+def _reduce(job: _Job, client: Client, fitted: _Fitted) -> None:
+    """Phase ``reduce``: what the cluster's events say of each fit record (retries of a
+    class, loads of a block)."""
+    with job.phase("reduce"):
+        records, run_id = fitted.outcome.records, fitted.hooks.run_id
+        if job.config.strategy == "ovr":
+            retries = class_retries(client, run_id, records, fitted.outcome.solver["backups"])
             for record in records:
                 record["retries"] = retries.get(record["label"], [])
         else:
-            _add_block_loads(client, hooks.run_id, records)
-    # the cluster's part is done: it closes while this process evaluates and writes
-    closed = connection.close_in_background() if connection is not None else None
+            add_block_loads(client, run_id, records)
 
-    model = LinearModel(outcome.coef, outcome.intercept, classes, config.strategy)
-    with phase("evaluate"):
-        if files is not None:
-            train_pred = model.predict(files.arrays()[0])
+
+def _evaluate(
+    job: _Job, ready: _Prepared, placed: _Placed, outcome: FitOutcome
+) -> tuple[LinearModel, dict[str, Any]]:
+    """Phase ``evaluate``: the model's predictions and scores on both parts of the split."""
+    classes = ready.classes
+    model = LinearModel(outcome.coef, outcome.intercept, classes, job.config.strategy)
+    with job.phase("evaluate"):
+        if placed.files is not None:
+            train_pred = model.predict(placed.files.arrays()[0])
         else:  # generated rows: predicted by the blocks that held them
             train_pred = classes[np.asarray(outcome.train_codes)]
-        test_pred = model.predict(test_files.arrays()[0])
-        metrics = evaluate(classes, y_train, train_pred, y_test, test_pred, parts.split.test_index)
-    say(
+        test_pred = model.predict(placed.test_files.arrays()[0])
+        metrics = evaluate(classes, ready.y_train, train_pred, ready.y_test, test_pred,
+                           ready.parts.split.test_index)  # fmt: skip
+    job.say(
         f"train accuracy {metrics['train_accuracy']:.4f}, "
         f"test accuracy {metrics['test_accuracy']:.4f}"
     )
-    data_info = {
-        **dataset.describe(),
-        "split": config.split,
-        "scale": config.scale,
-        "grow": config.grow,
-        "pixel_max": dataset.pixel_max,
-        "n_train": len(y_train),
-        "n_test": len(y_test),
-    }
-    model_info = {
+    return model, metrics
+
+
+def _describe(
+    job: _Job, ready: _Prepared, placed: _Placed, cluster_info: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``model.json`` says of the run: settings, data, versions, cluster, transfer."""
+    config = job.config
+    return {
         "settings": config.to_dict(),
-        "data": data_info,
+        "data": {
+            **ready.dataset.describe(),
+            "split": config.split,
+            "scale": config.scale,
+            "grow": config.grow,
+            "pixel_max": ready.dataset.pixel_max,
+            "n_train": len(ready.y_train),
+            "n_test": len(ready.y_test),
+        },
         "versions": package_versions(),
         "cluster": cluster_info,
         "transfer": {
-            **(data.describe() if data is not None else {"layout": "per block"}),
-            "mode": mode,
-            "density": density,
+            **(placed.data.describe() if placed.data is not None else {"layout": "per block"}),
+            "mode": placed.mode,
+            "density": ready.density,
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with phase("write"):
+
+
+def _write(
+    job: _Job,
+    ready: _Prepared,
+    model: LinearModel,
+    model_info: dict[str, Any],
+    outcome: FitOutcome,
+    metrics: dict[str, Any],
+) -> None:
+    """Phase ``write``: ``model.npz``, ``model.json`` and the images the report shows."""
+    with job.phase("write"):
         estimator = {  # what `DaskLogisticRegression.load` reads back
             "estimator": ESTIMATOR_NAME,
-            "estimator_params": config.model_settings(),
+            "estimator_params": job.config.model_settings(),
             "n_iter": outcome.n_iter.tolist(),
         }
-        model.save(folder, {**estimator, **model_info})
-        _save_images(folder, dataset, parts, metrics)
-    with phase("report"):  # metrics.json first: the report reads it (its timings end here)
+        model.save(job.folder, {**estimator, **model_info})
+        _save_images(job.folder, ready.dataset, ready.parts, metrics)
+
+
+def _report(
+    job: _Job,
+    ready: _Prepared,
+    placed: _Placed,
+    metrics: dict[str, Any],
+    outcome: FitOutcome,
+    model_info: dict[str, Any],
+) -> dict[str, Any]:
+    """Phase ``report``: ``metrics.json`` (the run is complete from here on), then the
+    report drawn from the folder. Returns the metrics as written."""
+    folder, say = job.folder, job.say
+    with job.phase("report"):  # metrics.json first: the report reads it (its timings end here)
         metrics = {
             **metrics,
-            "fits": records,
+            "fits": outcome.records,
             "solver": outcome.solver,
-            "settings": config.to_dict(),
-            "data": data_info,
-            "cluster": cluster_info,
-            "transfer": mode,
-            "layout": layout,
-            "timings": phase.report(),
+            "settings": model_info["settings"],
+            "data": model_info["data"],
+            "cluster": model_info["cluster"],
+            "transfer": placed.mode,
+            "layout": ready.layout,
+            "timings": job.phase.report(),
         }
-        write_json(folder / "metrics.json", metrics)  # the run is complete from here on
-        checkpoints.remove()
+        write_json(folder / "metrics.json", metrics)
+        Checkpoints(folder).remove()
         say(f"wrote {folder}/model.npz, model.json, metrics.json; rendering the report")
         try:
             report, _ = render_report(folder)
             say(f"report: {report}")
         except Exception as exc:  # the run itself is complete; the report can be redone
             say(f"report not written ({exc}); run `distrib report {folder}`")
-    if closed is not None:
-        with phase("shutdown"):  # what is left of closing the cluster
-            closed.result()
-    metrics["timings"] = phase.report()
-    metrics["background"] = {
-        "cluster_start": connection.seconds if connection is not None else None,
-    }
-    write_json(folder / "metrics.json", metrics)  # again, with the report and shutdown
-    return RunResult(out=folder, model=model, metrics=metrics, model_info=model_info)
+    return metrics
