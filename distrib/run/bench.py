@@ -35,9 +35,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from distributed import Client
-from joblib import parallel_config
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from distrib.config import STRATEGIES, ClusterConfig, TrainConfig
@@ -49,9 +46,17 @@ from distrib.parallel.cluster import connect, load_fit_libraries, package_versio
 from distrib.parallel.memory import matrix_bytes
 from distrib.parallel.transfer import choose_layout, density_of, matrix_nbytes
 from distrib.report.bench_format import BENCH_FORMAT_VERSION, STRATEGY_KEYS
+from distrib.run.baselines import (
+    BenchData,
+    Timing,
+    multinomial_baselines,
+    notebook_line,
+    ovr_baselines,
+    spark_lines,
+)
 from distrib.run.commands import time_commands
 from distrib.run.coordination import relay_level
-from distrib.run.spark_peer import check_spark, spark_runs
+from distrib.run.spark_peer import check_spark
 from distrib.run.train import train
 
 PROJECTION_WORKERS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
@@ -360,48 +365,6 @@ def _memory(
     return memory
 
 
-def _timed(
-    name: str, fit: Callable[[], object], repeat: int, warmup: int, say: Callable[[str], None]
-) -> dict[str, Any]:
-    walls = []
-    for i in range(warmup + repeat):
-        started = time.perf_counter()
-        fit()
-        wall = time.perf_counter() - started
-        label = f"warm-up {i + 1}/{warmup}" if i < warmup else f"run {i - warmup + 1}/{repeat}"
-        say(f"[{name}] {label}: fit {wall:.2f} s")
-        if i >= warmup:
-            walls.append(wall)
-    return {"walls": walls, "median_wall": _median(walls)}
-
-
-def _notebook_baseline(
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_test: np.ndarray,
-    y_test: np.ndarray,
-    dataset: str,
-    say: Callable[[str], None],
-) -> dict[str, Any]:
-    """The notebook's settings (one multinomial fit, raw pixels) in this process, once."""
-    preset = TrainConfig.from_preset("notebook", dataset=dataset)
-    params = preset.estimator_params()
-    say(f"[notebook settings] fitting {params} on raw pixels in one process (minutes) ...")
-    started = time.perf_counter()
-    model = LogisticRegression(**params).fit(X_train, y_train)
-    wall = time.perf_counter() - started
-    accuracy = float(model.score(X_test, y_test))
-    say(f"[notebook settings] fit {wall:.1f} s, test accuracy {accuracy:.4f}")
-    return {
-        "settings": params,
-        "scale": preset.scale,
-        "walls": [wall],
-        "median_wall": wall,
-        "n_iter": int(np.max(model.n_iter_)),
-        "test_accuracy": accuracy,
-    }
-
-
 def simulate_schedule(durations: Sequence[float], workers: int) -> float:
     """Makespan of tasks dispatched in order to whichever of ``workers`` frees up first."""
     free_at = [0.0] * workers
@@ -538,68 +501,6 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     }
 
 
-def _sklearn_multinomial(
-    X: Any,
-    y: np.ndarray,
-    X_test: Any,
-    y_test: np.ndarray,
-    config: TrainConfig,
-    repeat: int,
-    warmup: int,
-    say: Callable[[str], None],
-) -> dict[str, Any]:
-    """scikit-learn's multinomial lbfgs in this process: the reference for the multinomial
-    strategy (same matrix, C, tol and max_iter)."""
-    params = {
-        "C": config.C,
-        "tol": config.tol,
-        "max_iter": config.max_iter,
-        "fit_intercept": config.fit_intercept,
-        "class_weight": config.class_weight,
-    }
-    fitted: list[LogisticRegression] = []
-
-    def fit() -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fitted.append(LogisticRegression(**params).fit(X, y))
-
-    timing = _timed("scikit-learn multinomial lbfgs, one process", fit, repeat, warmup, say)
-    model = fitted[-1]
-    return {
-        **timing,
-        "settings": params,
-        "n_iter": int(np.max(model.n_iter_)),
-        "test_accuracy": float(model.score(X_test, y_test)),
-    }
-
-
-#: Memory scikit-learn's fit in one process needs, over its training matrix (the matrix,
-#: the solver's per-row arrays and numpy's temporaries), for the baseline to be run.
-SKLEARN_MEMORY_FACTOR = 3.0
-
-
-def _matrix_here(X: Any, layout: str, nbytes: int, say: Callable[[str], None]) -> Any:
-    """The (grown) training matrix in this process for scikit-learn's fit, made a chunk at
-    a time; None where this machine's free memory cannot hold it and the fit."""
-    import psutil
-
-    free = psutil.virtual_memory().available
-    if SKLEARN_MEMORY_FACTOR * nbytes > free:
-        say(
-            f"scikit-learn's baseline skipped: it needs ~{SKLEARN_MEMORY_FACTOR * nbytes / 1e9:.1f}"
-            f" GB, {free / 1e9:.1f} GB free"
-        )
-        return None
-    say("making the grown matrix here for scikit-learn, a chunk at a time")
-    X = X.rechunk({1: -1})
-    blocks = []
-    for chunk in X.to_delayed().ravel():
-        block = np.asarray(chunk.compute(scheduler="threads"))
-        blocks.append(sp.csr_matrix(block) if layout == "sparse" else block)
-    return sp.vstack(blocks, format="csr") if layout == "sparse" else np.concatenate(blocks)
-
-
 def run_bench(
     config: TrainConfig | None = None,
     *,
@@ -665,16 +566,7 @@ def run_bench(
         Receives a progress line per run.
     """
     config = config or TrainConfig()
-    unknown = sorted(set(strategies) - set(STRATEGIES))
-    if unknown or not strategies:
-        raise ConfigError(f"--strategy takes a list of {STRATEGIES}, got {list(strategies)}")
-    if repeat < 1 or warmup < 0:
-        raise ConfigError(f"--repeat must be >= 1 and --warmup >= 0, got {repeat}, {warmup}")
-    unknown_peers = sorted(set(peers) - set(PEERS))
-    if unknown_peers:
-        raise ConfigError(f"--peers takes a list of {PEERS}, got {unknown_peers}")
-    if "spark" in peers:
-        check_spark()  # before any work
+    _check_request(strategies, repeat, warmup, peers)
     counts = list(workers or range(1, (os.cpu_count() or 1) + 1))
     if scheduler:
         counts = counts[:1]
@@ -685,82 +577,33 @@ def run_bench(
     except OSError as exc:
         raise OutputError(f"cannot create the bench folder {folder}: {exc}") from exc
 
-    dataset = load_dataset(config.dataset, home, log=say)
-    parts = split_arrays(dataset, config.split, config.scale, config.grow)
-    grown = config.grow > 1
-    if grown:
+    data = _bench_data(config, home, say)
+    if data.grown:
         # Grown rows are made on the workers by `distrib train`; here only scikit-learn's
         # fit needs them, made a chunk at a time after distrib's runs. The baselines that
         # take the dense matrix in memory (estimators, serial, loky, notebook, dask-ml)
         # are not run: the point of growing is a matrix too large for them.
         say(
-            f"grown data ({config.grow} variants, {parts.X_train.shape[0]:,} rows): timing "
+            f"grown data ({config.grow} variants, {data.n_rows:,} rows): timing "
             "distrib and scikit-learn's multinomial fit in one process only"
         )
         estimators = baselines = notebook = dask_ml = False
-        y_train, X_test, y_test = parts.local("y_train", "X_test", "y_test")
-        X_dense = None
-        density = density_of(parts.X_train[: len(parts.split.train_index)])
-    else:
-        X_dense, y_train, X_test, y_test = parts.local("X_train", "y_train", "X_test", "y_test")
-        density = density_of(parts.X_train)
-    layout = choose_layout(config.layout, density)
-    n_rows, n_features = (int(n) for n in parts.X_train.shape)
-    X_fit: Any = None
-    if X_dense is not None:
-        X_fit = sp.csr_matrix(X_dense) if layout == "sparse" else X_dense
-    params = config.estimator_params()
-    classes = np.unique(y_train)
-
-    report: dict[str, Any] = {
-        "format_version": BENCH_FORMAT_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": config.to_dict(),
-        "layout": layout,
-        "density": density,
-        "training_matrix_bytes": matrix_nbytes(X_fit)
-        if X_fit is not None
-        else matrix_bytes(n_rows, n_features, density, layout),
-        "n_train": len(y_train),
-        "n_classes": len(classes),
-        "repeat": repeat,
-        "warmup": warmup,
-        "scheduler": scheduler,
-        "machine": machine(),
-    }
-    estimator_inputs = None
-    if estimators or dask_ml:
-        estimator_inputs = EstimatorInputs(
-            inputs={"numpy": X_dense, "csr": sp.csr_matrix(X_dense), "dask": parts.X_train},
-            y=y_train,
-            X_test=X_test,
-            y_test=y_test,
-        )
-    by_strategy: dict[str, dict[int, dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory(prefix="distrib-bench-") as scratch:
-        for strategy in STRATEGIES:
-            if strategy not in strategies:
-                continue
-            job = dataclasses.replace(config, strategy=strategy)
-            by_strategy[strategy] = {
-                k: _distrib_runs(
-                    job,
-                    k,
-                    scheduler=scheduler,
-                    tls=tls,
-                    repeat=repeat,
-                    warmup=warmup,
-                    home=home,
-                    scratch=Path(scratch),
-                    say=say,
-                    estimator_inputs=estimator_inputs
-                    if estimators and strategy == "multinomial"
-                    else None,
-                    dask_ml_inputs=estimator_inputs if dask_ml and strategy == "ovr" else None,
-                )
-                for k in counts
-            }
-        if commands and not grown and not scheduler:
+    report = _header(config, data, repeat, warmup, scheduler)
+    timing = Timing(repeat, warmup, say)
+    by_strategy = _time_distrib(
+        config,
+        data,
+        strategies,
+        counts,
+        timing,
+        scheduler=scheduler,
+        tls=tls,
+        home=home,
+        estimators=estimators,
+        dask_ml=dask_ml,
+    )
+    if commands and not data.grown and not scheduler:
+        with tempfile.TemporaryDirectory(prefix="distrib-commands-") as scratch:
             report["commands"] = time_commands(
                 config,
                 strategies=[s for s in STRATEGIES if s in strategies],
@@ -770,107 +613,40 @@ def run_bench(
                 home=None if home is None else str(home),
                 log=say,
             )
-    dense_bytes = n_rows * n_features * 4  # float32
-    report["dense_matrix_bytes"] = dense_bytes
     for strategy, runs in by_strategy.items():
         keys = STRATEGY_KEYS[strategy]
         report[keys.runs] = {str(k): v for k, v in runs.items()}
         report[keys.scaling] = speedups(runs)
-        report[keys.memory] = _memory(runs, report["training_matrix_bytes"], dense_bytes)
-    distrib_runs = by_strategy.get("ovr", {})
-
-    if baselines and distrib_runs:
-
-        def serial_fit() -> None:  # scikit-learn's one-vs-rest, one class after another
-            with parallel_config(backend="sequential"):
-                OneVsRestClassifier(LogisticRegression(**params)).fit(X_fit, y_train)
-
-        report["serial"] = _timed(
-            "scikit-learn OneVsRestClassifier, one process", serial_fit, repeat, warmup, say
+        report[keys.memory] = _memory(
+            runs, report["training_matrix_bytes"], report["dense_matrix_bytes"]
         )
-        variants: dict[str, Any] = {layout: X_fit, "dense": X_dense}
-        loky: dict[str, dict[str, Any]] = {name: {} for name in variants}
-        for k in counts:
-            for name, X in variants.items():
-
-                def loky_fit(X: Any = X, k: int = k) -> None:
-                    with parallel_config(backend="loky"):
-                        ovr = OneVsRestClassifier(LogisticRegression(**params), n_jobs=k)
-                        ovr.fit(X, y_train)
-
-                loky[name][str(k)] = _timed(
-                    f"loky OneVsRestClassifier n_jobs={k}, {name}", loky_fit, repeat, warmup, say
-                )
-        report["loky"] = loky
-        report["fit_vs_loky"] = {
-            str(k): {
-                name: loky[name][str(k)]["median_wall"] / distrib_runs[k]["median_fit"]
-                for name in loky
-                if str(k) in loky[name]
-            }
-            for k in counts
-        }
+    distrib_runs = by_strategy.get("ovr", {})
+    if baselines and distrib_runs:
+        report.update(ovr_baselines(config, data, counts, distrib_runs, timing))
     if any("dask_ml" in r for r in distrib_runs.values()):
         report["fit_vs_dask_ml"] = {
             str(k): r["dask_ml"]["median_fit"] / r["median_fit"]
             for k, r in distrib_runs.items()
             if "dask_ml" in r
         }
-    if "spark" in peers and X_fit is not None:
-        spark: dict[str, Any] = {}
-        for k in counts:
-            with tempfile.TemporaryDirectory(prefix="distrib-spark-") as scratch:
-                spark[str(k)] = spark_runs(
-                    X_fit, y_train, X_test, y_test, C=config.C, max_iter=config.max_iter,
-                    cores=k, scratch=Path(scratch), log=say,
-                )  # fmt: skip
-        report["peers"] = {"spark": spark}
+    if "spark" in peers and data.X_fit is not None:
+        report["peers"] = {"spark": spark_lines(config, data, counts, say)}
     if "multinomial" in by_strategy:
-        multinomial = by_strategy["multinomial"]
-        X_test_fit = sp.csr_matrix(X_test) if layout == "sparse" else X_test
-        if X_fit is None:
-            X_fit = _matrix_here(parts.X_train, layout, report["training_matrix_bytes"], say)
-        if X_fit is not None:
-            reference = _sklearn_multinomial(
-                X_fit, y_train, X_test_fit, y_test, config, repeat, warmup, say
+        report.update(
+            multinomial_baselines(
+                config,
+                data,
+                by_strategy["multinomial"],
+                timing,
+                estimators,
+                report["training_matrix_bytes"],
             )
-            reference["fit_over_sklearn"] = {
-                str(k): r["median_fit"] / reference["median_wall"] for k, r in multinomial.items()
-            }
-            report["sklearn_multinomial"] = reference
-        if estimators and X_dense is not None:
-            # The estimator on each input against scikit-learn on that same matrix (a Dask
-            # array is the dense matrix, chunked).
-            on_dense = reference
-            if layout == "sparse":
-                on_dense = _sklearn_multinomial(
-                    X_dense, y_train, X_test, y_test, config, repeat, warmup, say
-                )
-            references = {"numpy": on_dense, "csr": reference, "dask": on_dense}
-            report["sklearn_multinomial_dense"] = on_dense
-            report["estimator_over_sklearn"] = {
-                str(k): {
-                    name: e["median_fit"] / references[name]["median_wall"]
-                    for name, e in r.get("estimator", {}).items()
-                }
-                for k, r in multinomial.items()
-            }
-        report[STRATEGY_KEYS["multinomial"].projection] = project_multinomial(multinomial)
-    if notebook and distrib_runs and X_dense is not None:
-        raw = split_arrays(load_dataset(config.dataset, home), config.split, "raw")
-        X_raw, X_raw_test = raw.local("X_train", "X_test")
-        report["notebook"] = _notebook_baseline(
-            X_raw.astype(np.float64),
-            y_train,
-            X_raw_test.astype(np.float64),
-            y_test,
-            config.dataset,
-            say,
         )
-        report["notebook"]["over_distrib_wall"] = {
-            str(k): report["notebook"]["median_wall"] / r["median_wall"]
-            for k, r in distrib_runs.items()
-        }
+        report[STRATEGY_KEYS["multinomial"].projection] = project_multinomial(
+            by_strategy["multinomial"]
+        )
+    if notebook and distrib_runs and data.X_dense is not None:
+        report["notebook"] = notebook_line(config, data, home, distrib_runs, say)
     if distrib_runs:
         report[STRATEGY_KEYS["ovr"].projection] = project(distrib_runs)
 
@@ -880,3 +656,115 @@ def run_bench(
     plot_bench(report, folder / "bench.png")
     say(f"wrote {folder / 'bench.json'} and {folder / 'bench.png'}")
     return report
+
+
+def _check_request(
+    strategies: Sequence[str], repeat: int, warmup: int, peers: Sequence[str]
+) -> None:
+    """Refuse a benchmark that cannot run, before any work."""
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown or not strategies:
+        raise ConfigError(f"--strategy takes a list of {STRATEGIES}, got {list(strategies)}")
+    if repeat < 1 or warmup < 0:
+        raise ConfigError(f"--repeat must be >= 1 and --warmup >= 0, got {repeat}, {warmup}")
+    unknown_peers = sorted(set(peers) - set(PEERS))
+    if unknown_peers:
+        raise ConfigError(f"--peers takes a list of {PEERS}, got {unknown_peers}")
+    if "spark" in peers:
+        check_spark()
+
+
+def _bench_data(
+    config: TrainConfig, home: str | os.PathLike[str] | None, say: Callable[[str], None]
+) -> BenchData:
+    dataset = load_dataset(config.dataset, home, log=say)
+    parts = split_arrays(dataset, config.split, config.scale, config.grow)
+    grown = config.grow > 1
+    X_dense: np.ndarray | None = None
+    if grown:
+        y_train, X_test, y_test = parts.local("y_train", "X_test", "y_test")
+        density = density_of(parts.X_train[: len(parts.split.train_index)])
+    else:
+        X_dense, y_train, X_test, y_test = parts.local("X_train", "y_train", "X_test", "y_test")
+        density = density_of(parts.X_train)
+    layout = choose_layout(config.layout, density)
+    X_fit: Any = None
+    if X_dense is not None:
+        X_fit = sp.csr_matrix(X_dense) if layout == "sparse" else X_dense
+    n_rows, n_features = (int(n) for n in parts.X_train.shape)
+    return BenchData(
+        parts, grown, X_dense, X_fit, y_train, X_test, y_test, density, layout, n_rows, n_features
+    )
+
+
+def _header(
+    config: TrainConfig, data: BenchData, repeat: int, warmup: int, scheduler: str | None
+) -> dict[str, Any]:
+    """What the benchmark measured, on what and where: the report's first keys."""
+    return {
+        "format_version": BENCH_FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": config.to_dict(),
+        "layout": data.layout,
+        "density": data.density,
+        "training_matrix_bytes": matrix_nbytes(data.X_fit)
+        if data.X_fit is not None
+        else matrix_bytes(data.n_rows, data.n_features, data.density, data.layout),
+        "dense_matrix_bytes": data.n_rows * data.n_features * 4,  # float32
+        "n_train": len(data.y_train),
+        "n_classes": len(np.unique(data.y_train)),
+        "repeat": repeat,
+        "warmup": warmup,
+        "scheduler": scheduler,
+        "machine": machine(),
+    }
+
+
+def _time_distrib(
+    config: TrainConfig,
+    data: BenchData,
+    strategies: Sequence[str],
+    counts: list[int],
+    timing: Timing,
+    *,
+    scheduler: str | None,
+    tls: dict[str, str | None] | None,
+    home: str | os.PathLike[str] | None,
+    estimators: bool,
+    dask_ml: bool,
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """distrib's runs per strategy and worker count, each on a fresh cluster (with the
+    estimator and dask-ml lines measured on the same clusters where asked)."""
+    inputs = None
+    if (estimators or dask_ml) and data.X_dense is not None:
+        inputs = EstimatorInputs(
+            inputs={
+                "numpy": data.X_dense,
+                "csr": sp.csr_matrix(data.X_dense),
+                "dask": data.parts.X_train,
+            },
+            y=data.y_train,
+            X_test=data.X_test,
+            y_test=data.y_test,
+        )
+    by_strategy: dict[str, dict[int, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="distrib-bench-") as scratch:
+        for strategy in (s for s in STRATEGIES if s in strategies):
+            job = dataclasses.replace(config, strategy=strategy)
+            by_strategy[strategy] = {
+                k: _distrib_runs(
+                    job,
+                    k,
+                    scheduler=scheduler,
+                    tls=tls,
+                    repeat=timing.repeat,
+                    warmup=timing.warmup,
+                    home=home,
+                    scratch=Path(scratch),
+                    say=timing.say,
+                    estimator_inputs=inputs if estimators and strategy == "multinomial" else None,
+                    dask_ml_inputs=inputs if dask_ml and strategy == "ovr" else None,
+                )
+                for k in counts
+            }
+    return by_strategy
