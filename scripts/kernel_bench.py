@@ -48,6 +48,18 @@ def _scipy_loss_grad(X, codes, coef, intercept):  # type: ignore[no-untyped-def]
     return loss, grad
 
 
+def _clock_hz() -> float | None:
+    """The nominal clock from /proc/cpuinfo (Linux), else None."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":")[1]) * 1e6
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -81,9 +93,14 @@ def main() -> None:
                 method()
                 times[name].append(time.perf_counter() - started)
     medians = {name: float(np.median(t)) for name, t in times.items()}
+    per_nonzero = medians["kernel_all_rows"] / X.nnz
+    clock = _clock_hz()
     report = {
         "rows": int(X.shape[0]),
         "nnz": int(X.nnz),
+        "kernel_ns_per_nonzero": per_nonzero * 1e9,
+        "clock_hz": clock,  # /proc/cpuinfo's "cpu MHz": the nominal clock, not a boost
+        "kernel_cycles_per_nonzero": per_nonzero * clock if clock else None,
         "rounds": args.rounds,
         "median_seconds": medians,
         "kernel_over_sklearn_all_rows": medians["kernel_all_rows"] / medians["sklearn_all_rows"],
@@ -94,6 +111,11 @@ def main() -> None:
     }
     for name, seconds in medians.items():
         print(f"{name}: {seconds * 1e3:.1f} ms")
+    cycles = report["kernel_cycles_per_nonzero"]
+    print(
+        f"kernel: {per_nonzero * 1e9:.2f} ns per non-zero entry"
+        + (f", {cycles:.1f} cycles at the nominal {clock / 1e9:.2f} GHz" if cycles else "")
+    )
     print(
         f"kernel / scikit-learn, all rows: {report['kernel_over_sklearn_all_rows']:.2f}; "
         f"one 2-worker block / scikit-learn's evaluation: "

@@ -202,3 +202,27 @@ def test_a_block_gives_the_same_bits_whatever_the_processes_threads(
     assert len(on_workers) == 2
     for worker, bits in on_workers.items():
         assert bits == here, worker
+
+
+def test_vector_exp_is_within_one_ulp_of_numpys() -> None:
+    """The kernels' exp (a vector of `EXP_LANES` at a time) over the range a softmax row
+    uses, [-708, 0], against numpy's; -inf and anything below -708 give 0."""
+    import numba
+
+    from distrib.linear.softmax import EXP_LANES, _exp_lanes
+
+    @numba.njit
+    def exp_all(values):  # type: ignore[no-untyped-def]
+        for start in range(0, values.shape[0], EXP_LANES):
+            _exp_lanes(values, start, EXP_LANES)
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([-rng.random(40_000) * 30, -rng.random(8_000) * 708, [0.0, -708.0]])
+    x = np.concatenate([x, np.zeros(-len(x) % EXP_LANES)])
+    got = x.copy()
+    exp_all(got)
+    relative = np.abs(got - np.exp(x)) / np.exp(x)
+    assert relative.max() <= np.finfo(np.float64).eps
+    tiny = np.array([-np.inf, -708.5, -750.0, -1e300, -np.inf, -709.0, -800.0, -708.01])
+    exp_all(tiny)
+    assert np.all(tiny == 0.0)

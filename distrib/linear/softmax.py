@@ -26,6 +26,8 @@ Numba compiles the kernels on first use in each process and caches them on disk
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple, TypeAlias
@@ -33,6 +35,7 @@ from typing import Any, NamedTuple, TypeAlias
 import numba
 import numpy as np
 import scipy.sparse as sp
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -45,6 +48,8 @@ LANES = 16
 #: 60,000 MNIST rows: 5 problems in 18.9 ms with 8 lanes against 31.3 ms with 16, and one
 #: problem in 15.5 ms (scikit-learn's loss and gradient of one: 17.4 ms).
 BINARY_LANES = 8
+#: Scores whose exp is taken in one vector step (`LANES` and `BINARY_LANES` are multiples).
+EXP_LANES = 8
 #: Dense rows with more non-zero entries than this share stay dense; others go CSR.
 DENSE_ABOVE = 0.25
 #: Bytes of a cache line: where the coefficient and gradient rows of a pass start.
@@ -79,37 +84,148 @@ def _lane_buffer(typingctx: Any, like: Any, size: Any) -> Any:
     return types.CPointer(dtype)(like, size), codegen
 
 
-def _kernel(func: Any) -> Any:
+#: exp(x) = 2**n * exp(r), n = rint(x / ln 2), r = x - n ln 2 (ln 2 in two parts: n * `_LN2_HI`
+#: is exact for |n| < 2**11), exp(r) by its Taylor series to r**13 / 13! (|r| <= ln 2 / 2:
+#: truncation < 1e-17): within 1 ulp of numpy's exp over [-708, 0] (tested).
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LOG2E = 1.44269504088896338700e00
+_EXP_TERMS = tuple(1.0 / math.factorial(k) for k in range(14))
+
+
+@intrinsic
+def _exp_lanes(typingctx: Any, values: Any, start: Any, size: Any) -> Any:
+    """``values[start:start + size] = exp(values[...])`` as vector instructions (float64,
+    ``size`` a compile-time constant), for values <= 709; below -708 (and -inf) gives 0.
+
+    libm's exp is a call per value (~5 ns each, 10 per row: ~3 ms per pass over MNIST);
+    this is its arithmetic spelled out, with fused multiply-adds (``llvm.fma``, fused on
+    every machine), so a row's softmax gives the same bits wherever it runs."""
+    if not isinstance(size, types.IntegerLiteral) or values.dtype != types.float64:
+        return None
+    n = size.literal_value
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        array, first, _ = args
+        vector = ir.VectorType(ir.DoubleType(), n)
+        integers = ir.VectorType(ir.IntType(64), n)
+        data = context.make_array(signature.args[0])(context, builder, array).data
+        where = builder.bitcast(cgutils.gep(builder, data, first), vector.as_pointer())
+
+        def splat(value: float) -> Any:
+            return ir.Constant(vector, [value] * n)
+
+        def call(name: str, *operands: Any) -> Any:
+            kind = ir.FunctionType(vector, [vector] * len(operands))
+            function = cgutils.get_or_insert_function(builder.module, kind, f"{name}.v{n}f64")
+            return builder.call(function, list(operands))
+
+        x = builder.load(where, align=8)
+        clamped = call("llvm.maxnum", x, splat(-709.0))  # 2**n stays a normal number
+        whole = call("llvm.rint", builder.fmul(clamped, splat(_LOG2E)))
+        r = call("llvm.fma", whole, splat(-_LN2_HI), clamped)
+        r = call("llvm.fma", whole, splat(-_LN2_LO), r)
+        series = splat(_EXP_TERMS[-1])
+        for term in reversed(_EXP_TERMS[:-1]):
+            series = call("llvm.fma", series, r, splat(term))
+        exponent = builder.add(builder.fptosi(whole, integers), ir.Constant(integers, [1023] * n))
+        power = builder.bitcast(builder.shl(exponent, ir.Constant(integers, [52] * n)), vector)
+        result = builder.fmul(series, power)
+        tiny = builder.fcmp_ordered("<", x, splat(-708.0))
+        builder.store(builder.select(tiny, splat(0.0), result), where, align=8)
+        return context.get_dummy_value()
+
+    return types.none(values, start, size), codegen
+
+
+@intrinsic
+def _add_scaled(
+    typingctx: Any, y: Any, y_start: Any, x: Any, x_start: Any, a: Any, size: Any
+) -> Any:
+    """``y[y_start:y_start + size] += a * x[x_start:x_start + size]``: one vector fused
+    multiply-add (``llvm.fma``: fused on every machine) on ``size`` (a compile-time
+    constant) entries of ``y``'s dtype, loaded and stored as one vector.
+
+    ``y`` may be a stack buffer (`_lane_buffer`): LLVM then keeps it in registers."""
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    n = size.literal_value
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        y_array, y_first, x_array, x_first, scale, _ = args
+        y_type, _, x_type, _, scale_type, _ = signature.args
+        dtype = y_type.dtype
+        vector = ir.VectorType(context.get_value_type(dtype), n)
+        align = dtype.bitwidth // 8
+
+        def at(array_type: Any, array: Any, first: Any) -> Any:
+            data = context.make_array(array_type)(context, builder, array).data
+            return builder.bitcast(cgutils.gep(builder, data, first), vector.as_pointer())
+
+        y_at, x_at = at(y_type, y_array, y_first), at(x_type, x_array, x_first)
+        factor = context.cast(builder, scale, scale_type, dtype)
+        splat = builder.insert_element(
+            ir.Constant(vector, ir.Undefined), factor, ir.Constant(ir.IntType(32), 0)
+        )
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n)
+        splat = builder.shuffle_vector(splat, ir.Constant(vector, ir.Undefined), zeros)
+        kind = ir.FunctionType(vector, [vector] * 3)
+        name = f"llvm.fma.v{n}f{dtype.bitwidth}"
+        fma = cgutils.get_or_insert_function(builder.module, kind, name)
+        total = builder.call(
+            fma, [splat, builder.load(x_at, align=align), builder.load(y_at, align=align)]
+        )
+        builder.store(total, y_at, align=align)
+        return context.get_dummy_value()
+
+    return types.none(y, y_start, x, x_start, a, size), codegen
+
+
+def _kernel(func: Any = None, *, inline: bool = False) -> Any:
     """Compile ``func`` with numba: once per process and signature, cached on disk where
     numba finds a writable folder (else compiled again in each process); contractions into
-    FMA allowed, no other reordering of floating-point operations."""
+    FMA allowed, no other reordering of floating-point operations. ``inline``: a per-row
+    helper, compiled into each pass that calls it (a call per row cost ~3 ms per pass over
+    MNIST's rows)."""
+    if func is None:
+        return functools.partial(_kernel, inline=inline)
     options: dict[str, Any] = {"nogil": True, "boundscheck": False, "fastmath": {"contract"}}
+    if inline:
+        options["inline"] = "always"
     try:
         return numba.njit(cache=True, **options)(func)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         return numba.njit(cache=False, **options)(func)
 
 
-@_kernel
+@_kernel(inline=True)
 def _softmax_row(scores, intercept, code, weight):
-    """Turn one row's scores into its weighted residual in place; return its loss."""
+    """Turn one row's scores into its weighted residual in place; return its loss.
+
+    ``scores`` holds a multiple of `EXP_LANES` entries (the padding classes' come back 0)."""
     n_classes = intercept.shape[0]
     top = -np.inf
     for k in range(n_classes):
         scores[k] += intercept[k]
         top = max(top, scores[k])
     own = scores[code]
+    for k in range(n_classes):
+        scores[k] -= top
+    for k in range(n_classes, scores.shape[0]):
+        scores[k] = -np.inf
+    for start in range(0, scores.shape[0], EXP_LANES):
+        _exp_lanes(scores, start, EXP_LANES)  # type: ignore[call-arg]
     total = 0.0
     for k in range(n_classes):
-        scores[k] = np.exp(scores[k] - top)
         total += scores[k]
+    share = weight / total
     for k in range(n_classes):
-        scores[k] = weight * (scores[k] / total)
+        scores[k] *= share
     scores[code] -= weight
     return weight * (np.log(total) + top - own)
 
 
-@_kernel
+@_kernel(inline=True)
 def _binary_row(scores, intercept, code, weight, positives, losses):
     """One row's scores as independent class-versus-rest problems (scikit-learn's
     ``HalfBinomialLoss``): class ``k``'s residual in place of its score, its loss added to
@@ -128,22 +244,23 @@ def _binary_row(scores, intercept, code, weight, positives, losses):
             scores[k] = weight * (e / (1.0 + e) - y)
 
 
-@_kernel
-def _row_residuals(scores, intercept, code, weight, positives, losses):
-    """Softmax (no ``positives``: the loss into ``losses[0]``) or class-versus-rest rows."""
-    if positives.shape[0] == 0:
-        losses[0] += _softmax_row(scores, intercept, code, weight)
-    else:
-        _binary_row(scores, intercept, code, weight, positives, losses)
+@_kernel(inline=True)
+def _softmax_residuals(scores, intercept, code, weight, positives, losses):
+    """`_softmax_row`, its loss into ``losses[0]`` (``positives`` unused: the signature of
+    `_binary_row`, so that a pass takes either)."""
+    losses[0] += _softmax_row(scores, intercept, code, weight)
 
 
 @_kernel
-def _flush(G, G_total):
-    """Add the low-precision partial gradient ``G`` into ``G_total`` and clear it."""
-    for j in range(G_total.shape[0]):
-        for k in range(G_total.shape[1]):
-            G_total[j, k] += G[j, k]
-            G[j, k] = 0
+def _flush(G, G_total, n_lanes):
+    """Add the low-precision partial gradient ``G`` (groups x features x ``n_lanes``, flat)
+    into ``G_total`` (features x classes, float64) and clear it."""
+    n_features, n_classes = G_total.shape
+    for k in range(n_classes):
+        group, lane = k // n_lanes, k % n_lanes
+        for j in range(n_features):
+            G_total[j, k] += G[(group * n_features + j) * n_lanes + lane]
+    G[:] = 0
 
 
 class _Passes(NamedTuple):
@@ -151,60 +268,64 @@ class _Passes(NamedTuple):
     dense: Any
 
 
-def _make_passes(n_lanes: int) -> _Passes:
-    """The passes over CSR and dense rows, compiled for groups of ``n_lanes`` classes."""
+def _make_passes(n_lanes: int, row_residuals: Any) -> _Passes:
+    """The passes over CSR and dense rows, compiled for groups of ``n_lanes`` classes, each
+    row's scores turned into its residuals by ``row_residuals`` (`_softmax_residuals`, or
+    `_binary_row`).
+
+    ``W`` and ``G`` are flat, laid out as groups x features x ``n_lanes``: a feature's
+    coefficients of one group are one vector (one cache line for 16 float32), read (``W``)
+    or updated (``G``) with one vector multiply-add per non-zero entry."""
 
     @_kernel
     def _csr_pass(
         data, indices, indptr, codes, weights, positives, W, intercept, G, G_total, g0, losses
     ):
         """Rows of a CSR matrix: add their loss to ``losses``, their gradient to ``G_total``
-        (features x classes, float64) and their intercept gradient to ``g0`` (`_row_residuals`
+        (features x classes, float64) and their intercept gradient to ``g0`` (``row_residuals``
         says which loss: softmax, or one binary problem per class of ``positives``).
 
-        ``W`` holds the coefficients as features x padded classes in the data's precision;
-        ``G``, of the same shape and dtype, sums the gradient of up to `PART_ROWS` rows before
-        it is added to ``G_total``."""
+        ``W`` holds the coefficients (padded classes are 0) in the data's precision; ``G``,
+        of the same layout and dtype, sums the gradient of up to `PART_ROWS` rows before it
+        is added to ``G_total``."""
         n_classes = intercept.shape[0]
-        width = W.shape[1]
+        n_features = G_total.shape[0]
+        width = W.shape[0] // n_features
         lanes = numba.carray(_lane_buffer(W, n_lanes), n_lanes)  # type: ignore[call-arg]
         odd = numba.carray(_lane_buffer(W, n_lanes), n_lanes)
         scores = np.zeros(width)
         for i in range(indptr.shape[0] - 1):
             if i % PART_ROWS == 0:
-                _flush(G, G_total)
+                _flush(G, G_total, n_lanes)
             lo, hi = indptr[i] & _NON_NEGATIVE, indptr[i + 1] & _NON_NEGATIVE
             for group in range(0, width, n_lanes):
+                base = group // n_lanes * n_features  # this group's first vector of W, G
                 # Two sums, even and odd entries: two chains of multiply-adds in flight.
-                for k in range(n_lanes):
-                    lanes[k] = 0
-                    odd[k] = 0
+                lanes[:] = 0
+                odd[:] = 0
                 for p in range(lo, hi - 1, 2):
                     p &= _NON_NEGATIVE
-                    j, v = indices[p] & _NON_NEGATIVE, data[p]
-                    j2, v2 = indices[p + 1] & _NON_NEGATIVE, data[p + 1]
-                    for k in range(n_lanes):
-                        lanes[k] += v * W[j, group + k]
-                        odd[k] += v2 * W[j2, group + k]
+                    j, j2 = indices[p] & _NON_NEGATIVE, indices[p + 1] & _NON_NEGATIVE
+                    _add_scaled(lanes, 0, W, (base + j) * n_lanes, data[p], n_lanes)
+                    _add_scaled(odd, 0, W, (base + j2) * n_lanes, data[p + 1], n_lanes)
                 if (hi - lo) % 2:
-                    j, v = indices[hi - 1] & _NON_NEGATIVE, data[hi - 1]
-                    for k in range(n_lanes):
-                        lanes[k] += v * W[j, group + k]
+                    j = indices[hi - 1] & _NON_NEGATIVE
+                    _add_scaled(lanes, 0, W, (base + j) * n_lanes, data[hi - 1], n_lanes)
                 for k in range(n_lanes):
                     scores[group + k] = lanes[k] + odd[k]
             weight = weights[i] if weights.shape[0] else 1.0
-            _row_residuals(scores, intercept, codes[i], weight, positives, losses)
+            row_residuals(scores, intercept, codes[i], weight, positives, losses)
             for k in range(n_classes):
                 g0[k] += scores[k]
             for group in range(0, width, n_lanes):
+                base = group // n_lanes * n_features  # this group's first vector of W, G
                 for k in range(n_lanes):  # the padding classes' scores stay 0 (their W is 0)
                     lanes[k] = scores[group + k]
                 for p in range(lo, hi):
                     p &= _NON_NEGATIVE
-                    j, v = indices[p] & _NON_NEGATIVE, data[p]
-                    for k in range(n_lanes):
-                        G[j, group + k] += v * lanes[k]
-        _flush(G, G_total)
+                    j = indices[p] & _NON_NEGATIVE
+                    _add_scaled(G, (base + j) * n_lanes, lanes, 0, data[p], n_lanes)
+        _flush(G, G_total, n_lanes)
 
     @_kernel
     def _dense_pass(X, codes, weights, positives, W, intercept, G, G_total, g0, losses):
@@ -213,51 +334,46 @@ def _make_passes(n_lanes: int) -> _Passes:
         would split their sums by its thread count)."""
         n_classes = intercept.shape[0]
         n_features = X.shape[1]
-        width = W.shape[1]
+        width = W.shape[0] // n_features
         lanes = numba.carray(_lane_buffer(W, n_lanes), n_lanes)  # type: ignore[call-arg]
         odd = numba.carray(_lane_buffer(W, n_lanes), n_lanes)
         scores = np.zeros(width)
         for i in range(X.shape[0]):
             if i % PART_ROWS == 0:
-                _flush(G, G_total)
+                _flush(G, G_total, n_lanes)
             for group in range(0, width, n_lanes):
-                for k in range(n_lanes):
-                    lanes[k] = 0
-                    odd[k] = 0
+                base = group // n_lanes * n_features  # this group's first vector of W, G
+                lanes[:] = 0
+                odd[:] = 0
                 for j in range(0, n_features - 1, 2):
-                    j, j2 = j & _NON_NEGATIVE, (j + 1) & _NON_NEGATIVE
-                    v, v2 = X[i, j], X[i, j2]
-                    for k in range(n_lanes):
-                        lanes[k] += v * W[j, group + k]
-                        odd[k] += v2 * W[j2, group + k]
+                    j &= _NON_NEGATIVE
+                    _add_scaled(lanes, 0, W, (base + j) * n_lanes, X[i, j], n_lanes)
+                    _add_scaled(odd, 0, W, (base + j + 1) * n_lanes, X[i, j + 1], n_lanes)
                 if n_features % 2:
                     last = (n_features - 1) & _NON_NEGATIVE
-                    v = X[i, last]
-                    for k in range(n_lanes):
-                        lanes[k] += v * W[last, group + k]
+                    _add_scaled(lanes, 0, W, (base + last) * n_lanes, X[i, last], n_lanes)
                 for k in range(n_lanes):
                     scores[group + k] = lanes[k] + odd[k]
             weight = weights[i] if weights.shape[0] else 1.0
-            _row_residuals(scores, intercept, codes[i], weight, positives, losses)
+            row_residuals(scores, intercept, codes[i], weight, positives, losses)
             for k in range(n_classes):
                 g0[k] += scores[k]
             for group in range(0, width, n_lanes):
+                base = group // n_lanes * n_features  # this group's first vector of W, G
                 for k in range(n_lanes):
                     lanes[k] = scores[group + k]
                 for j in range(n_features):
                     j &= _NON_NEGATIVE
-                    v = X[i, j]
-                    for k in range(n_lanes):
-                        G[j, group + k] += v * lanes[k]
-        _flush(G, G_total)
+                    _add_scaled(G, (base + j) * n_lanes, lanes, 0, X[i, j], n_lanes)
+        _flush(G, G_total, n_lanes)
 
     return _Passes(_csr_pass, _dense_pass)
 
 
 #: The softmax passes: the classes in groups of `LANES`.
-_SOFTMAX = _make_passes(LANES)
+_SOFTMAX = _make_passes(LANES, _softmax_residuals)
 #: The class-versus-rest passes: problems in groups of `BINARY_LANES`.
-_BINARY = _make_passes(BINARY_LANES)
+_BINARY = _make_passes(BINARY_LANES, _binary_row)
 
 
 @_kernel
@@ -382,11 +498,11 @@ def prepare(X: Matrix) -> Matrix:
     return X
 
 
-def _aligned_zeros(shape: tuple[int, int], dtype: Any) -> np.ndarray:
+def _aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """Zeros whose first entry starts a cache line (`CACHE_LINE` bytes).
 
-    The passes read and write one row of ``W`` and ``G`` per non-zero entry; a row of 16
-    float32 is one cache line when aligned, two when not (numpy aligns to 16 bytes).
+    The passes read and write one vector of ``W`` and ``G`` per non-zero entry; 16 float32
+    are one cache line when aligned, two when not (numpy aligns to 16 bytes).
     Measured on all 60,000 MNIST rows here: 27 ms a pass aligned, 34-41 ms misaligned."""
     itemsize = np.dtype(dtype).itemsize
     raw = np.zeros(int(np.prod(shape)) * itemsize + CACHE_LINE, dtype=np.uint8)
@@ -429,10 +545,13 @@ def _evaluate(
         passes, n_lanes = _BINARY, BINARY_LANES
     weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
     intercept = np.ascontiguousarray(intercept, dtype=np.float64)
-    width = -(-n_classes // n_lanes) * n_lanes
-    W = _aligned_zeros((n_features, width), X.dtype)
-    W[:, :n_classes] = coef.T
-    G = _aligned_zeros((n_features, width), X.dtype)
+    n_groups = -(-n_classes // n_lanes)
+    W = _aligned_zeros((n_groups, n_features, n_lanes), X.dtype)
+    for group in range(n_groups):  # groups x features x lanes: see `_make_passes`
+        classes = coef[group * n_lanes : (group + 1) * n_lanes]
+        W[group, :, : len(classes)] = classes.T
+    W = W.reshape(-1)
+    G = _aligned_zeros(W.shape, X.dtype)
     G_total = np.zeros((n_features, n_classes))
     g0 = np.zeros(n_classes)
     sums = (positives, W, intercept, G, G_total, g0, losses)
