@@ -226,3 +226,36 @@ def test_vector_exp_is_within_one_ulp_of_numpys() -> None:
     tiny = np.array([-np.inf, -708.5, -750.0, -1e300, -np.inf, -709.0, -800.0, -708.01])
     exp_all(tiny)
     assert np.all(tiny == 0.0)
+
+
+def test_the_passes_load_from_numbas_cache_in_a_new_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker that starts loads the compiled passes instead of compiling them (~3-6 s):
+    the second process finds every pass it runs in the cache the first one wrote."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from distrib.linear import softmax\n"
+        "softmax.warm_up(('softmax', 'binary'), dtypes=(np.float32,))\n"
+        "for passes in (softmax._SOFTMAX, softmax._BINARY):\n"
+        "    for kernel in passes:\n"
+        "        stats = kernel.stats\n"
+        "        print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout.split("\n")[:4]
+        for _ in range(2)
+    ]
+    first, second = ([tuple(int(n) for n in line.split()) for line in run] for run in runs)
+    assert all(misses > 0 for _, misses in first)  # compiled, and written to the cache
+    assert all(hits > 0 and misses == 0 for hits, misses in second), second

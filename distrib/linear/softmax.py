@@ -268,10 +268,12 @@ class _Passes(NamedTuple):
     dense: Any
 
 
-def _make_passes(n_lanes: int, row_residuals: Any) -> _Passes:
+def _make_passes(n_lanes: int, softmax: bool) -> _Passes:
     """The passes over CSR and dense rows, compiled for groups of ``n_lanes`` classes, each
-    row's scores turned into its residuals by ``row_residuals`` (`_softmax_residuals`, or
-    `_binary_row`).
+    row's scores turned into its residuals by `_softmax_residuals` (``softmax``) or
+    `_binary_row`. Both are named here as module globals and ``softmax`` is a constant the
+    compiler folds (a function held in the closure would make numba's cache miss in every
+    new process: the passes compiled again, ~3 s).
 
     ``W`` and ``G`` are flat, laid out as groups x features x ``n_lanes``: a feature's
     coefficients of one group are one vector (one cache line for 16 float32), read (``W``)
@@ -282,8 +284,8 @@ def _make_passes(n_lanes: int, row_residuals: Any) -> _Passes:
         data, indices, indptr, codes, weights, positives, W, intercept, G, G_total, g0, losses
     ):
         """Rows of a CSR matrix: add their loss to ``losses``, their gradient to ``G_total``
-        (features x classes, float64) and their intercept gradient to ``g0`` (``row_residuals``
-        says which loss: softmax, or one binary problem per class of ``positives``).
+        (features x classes, float64) and their intercept gradient to ``g0`` (the softmax loss,
+        or one binary problem per class of ``positives``).
 
         ``W`` holds the coefficients (padded classes are 0) in the data's precision; ``G``,
         of the same layout and dtype, sums the gradient of up to `PART_ROWS` rows before it
@@ -314,7 +316,10 @@ def _make_passes(n_lanes: int, row_residuals: Any) -> _Passes:
                 for k in range(n_lanes):
                     scores[group + k] = lanes[k] + odd[k]
             weight = weights[i] if weights.shape[0] else 1.0
-            row_residuals(scores, intercept, codes[i], weight, positives, losses)
+            if softmax:
+                _softmax_residuals(scores, intercept, codes[i], weight, positives, losses)
+            else:
+                _binary_row(scores, intercept, codes[i], weight, positives, losses)
             for k in range(n_classes):
                 g0[k] += scores[k]
             for group in range(0, width, n_lanes):
@@ -355,7 +360,10 @@ def _make_passes(n_lanes: int, row_residuals: Any) -> _Passes:
                 for k in range(n_lanes):
                     scores[group + k] = lanes[k] + odd[k]
             weight = weights[i] if weights.shape[0] else 1.0
-            row_residuals(scores, intercept, codes[i], weight, positives, losses)
+            if softmax:
+                _softmax_residuals(scores, intercept, codes[i], weight, positives, losses)
+            else:
+                _binary_row(scores, intercept, codes[i], weight, positives, losses)
             for k in range(n_classes):
                 g0[k] += scores[k]
             for group in range(0, width, n_lanes):
@@ -371,9 +379,9 @@ def _make_passes(n_lanes: int, row_residuals: Any) -> _Passes:
 
 
 #: The softmax passes: the classes in groups of `LANES`.
-_SOFTMAX = _make_passes(LANES, _softmax_residuals)
+_SOFTMAX = _make_passes(LANES, softmax=True)
 #: The class-versus-rest passes: problems in groups of `BINARY_LANES`.
-_BINARY = _make_passes(BINARY_LANES, _binary_row)
+_BINARY = _make_passes(BINARY_LANES, softmax=False)
 
 
 @_kernel
