@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,8 +48,9 @@ from distrib.parallel.transfer import (
     ArrayFiles,
     InMemoryArrays,
     TrainingData,
+    matrix_nbytes,
     release_aligned,
-    workers_blind_to,
+    workers_blind_to_paths,
     write_in_memory,
 )
 
@@ -139,13 +141,17 @@ def _shared_rows(client: Any, data: TrainingData) -> Iterator[ArrayFiles | None]
     sees that folder as this process does (workers on this machine): tasks then open them
     by path, as ``distrib train`` does, instead of receiving them. None otherwise; the
     folder is removed on exit."""
-    if not isinstance(data, InMemoryArrays):
+    if not isinstance(data, InMemoryArrays) or not data.try_paths:
         yield None
         return
     folder = Path(tempfile.mkdtemp(prefix="distrib-rows-"))
     try:
-        files = write_in_memory(data, folder)
-        yield None if workers_blind_to(client, files) else files
+        probe = folder / "probe"  # the rows are written only for workers that will read them
+        probe.write_bytes(b"distrib")
+        if workers_blind_to_paths(client, [str(probe)]):
+            yield None
+        else:
+            yield write_in_memory(data, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -180,7 +186,12 @@ def _ovr_backend(
             return
     scatter = [data] if isinstance(data, InMemoryArrays) else None
     try:
-        with parallel_config(backend=cluster_backend(client, scatter=scatter, log=log)):
+        started = time.perf_counter()
+        backend = cluster_backend(client, scatter=scatter, log=log)  # every worker has them
+        if isinstance(data, InMemoryArrays) and log is not None:
+            size = matrix_nbytes(data.X) / 1e6
+            log(f"rows sent to every worker ({size:.0f} MB, {time.perf_counter() - started:.2f} s)")
+        with parallel_config(backend=backend):
             yield data, "scatter" if scatter else "path"
     finally:
         if scatter is not None:

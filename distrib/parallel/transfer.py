@@ -107,8 +107,13 @@ def workers_blind_to_paths(client: Any, paths: list[str]) -> list[str]:
     if not paths:
         return []
     here = file_signatures(paths)
-    seen = client.run(file_signatures, paths)
-    return sorted(worker for worker, sigs in seen.items() if list(sigs) != here)
+    # a worker that cannot answer (gone, or cut off) cannot be shown to see them either
+    seen = client.run(file_signatures, paths, on_error="return")
+    return sorted(
+        worker
+        for worker, sigs in seen.items()
+        if isinstance(sigs, BaseException) or list(sigs) != here
+    )
 
 
 def density_of(X: da.Array) -> float:
@@ -249,12 +254,16 @@ def aligned_copy(X: Matrix) -> Matrix:
 class InMemoryArrays:
     """Training arrays sent by value; aligned once per worker process and job.
 
-    ``sample_weight`` (one float per row, or None) travels with the rows."""
+    ``sample_weight`` (one float per row, or None) travels with the rows. ``try_paths``: a
+    fit may first offer the rows to the workers as files in a temporary folder (workers on
+    this machine open them instead of receiving them); False where the workers are known
+    not to see this machine's files (`load_in_memory`)."""
 
     X: Matrix
     y: np.ndarray
     sample_weight: np.ndarray | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    try_paths: bool = True
 
     def arrays(self) -> tuple[Matrix, np.ndarray]:
         with _ALIGNED_LOCK:
@@ -520,7 +529,8 @@ def prepare_split_arrays(
 
 
 def load_in_memory(files: ArrayFiles) -> InMemoryArrays:
-    """Read prepared files fully into memory, to be sent by value."""
+    """Read prepared files fully into memory, to be sent by value to workers that cannot
+    open them (so no fit offers them as files again)."""
     try:
         X, y = files.arrays()
         X = sp.csr_matrix(X, copy=True) if sp.issparse(X) else np.array(X)
@@ -528,4 +538,4 @@ def load_in_memory(files: ArrayFiles) -> InMemoryArrays:
         raise DataError(
             f"cannot read the prepared training arrays in {files.folder}: {exc}"
         ) from exc
-    return InMemoryArrays(X, np.array(y))
+    return InMemoryArrays(X, np.array(y), try_paths=False)
