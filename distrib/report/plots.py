@@ -166,7 +166,9 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """A figure rendered to PNG bytes (in memory, so nothing is written before all succeed).
 
     Drawn once: each figure lays itself out (constrained layout, or fixed axes for the
-    galleries); ``bbox_inches="tight"`` would draw it twice (report figures 1.38 -> 0.91 s).
+    galleries); ``bbox_inches="tight"`` would draw it twice. Measured: the six figures'
+    savefig 1.38 -> 0.91 s without the tight box; with the constrained layouts that replace
+    it, ``distrib report`` as a process 2.2-2.4 -> 2.1-2.3 s.
     """
     import io
 
