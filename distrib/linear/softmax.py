@@ -182,6 +182,27 @@ def _add_scaled(
     return types.none(y, y_start, x, x_start, a, size), codegen
 
 
+@intrinsic
+def _borrowed(typingctx: Any, array: Any) -> Any:
+    """``array`` as a view that holds no reference to its memory (the caller keeps the
+    array alive).
+
+    Numba counts the references of an array passed to a function, inlined or not: for the
+    per-row helpers that was two atomic increments and decrements per row, ~20 ns a row
+    (60,000 MNIST rows: 5.9 -> 4.8 ms of per-row work, measured with empty rows). A
+    borrowed view has no reference count to update."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        view = context.make_array(array)(context, builder, value=args[0])
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        view.parent = cgutils.get_null_value(view.parent.type)
+        return view._getvalue()
+
+    return array(array), codegen
+
+
 def _kernel(func: Any = None, *, inline: bool = False) -> Any:
     """Compile ``func`` with numba: once per process and signature, cached on disk where
     numba finds a writable folder (else compiled again in each process); contractions into
@@ -296,7 +317,10 @@ def _make_passes(n_lanes: int, softmax: bool) -> _Passes:
         width = W.shape[0] // n_features
         lanes = numba.carray(_lane_buffer(W, n_lanes), n_lanes)  # type: ignore[call-arg]
         odd = numba.carray(_lane_buffer(W, n_lanes), n_lanes)
-        scores = np.zeros(width)
+        owned = np.zeros(width)
+        # The arrays the per-row helpers take, without reference counting (`_borrowed`).
+        scores, intercept = _borrowed(owned), _borrowed(intercept)
+        positives, losses = _borrowed(positives), _borrowed(losses)
         for i in range(indptr.shape[0] - 1):
             if i % PART_ROWS == 0:
                 _flush(G, G_total, n_lanes)
@@ -343,7 +367,10 @@ def _make_passes(n_lanes: int, softmax: bool) -> _Passes:
         width = W.shape[0] // n_features
         lanes = numba.carray(_lane_buffer(W, n_lanes), n_lanes)  # type: ignore[call-arg]
         odd = numba.carray(_lane_buffer(W, n_lanes), n_lanes)
-        scores = np.zeros(width)
+        owned = np.zeros(width)
+        # The arrays the per-row helpers take, without reference counting (`_borrowed`).
+        scores, intercept = _borrowed(owned), _borrowed(intercept)
+        positives, losses = _borrowed(positives), _borrowed(losses)
         for i in range(X.shape[0]):
             if i % PART_ROWS == 0:
                 _flush(G, G_total, n_lanes)
