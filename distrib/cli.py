@@ -452,9 +452,17 @@ def bench(
         click.echo(f"distrib multinomial, {k} worker(s), fit over scikit-learn's: {ratio:.2f}x")
     for k, spark in report.get("peers", {}).get("spark", {}).items():
         for name, line in spark["lines"].items():
+            reached = spark["time_to_target"][name]
+            cap = reached["steps"][-1]["max_iter"]
+            target = (
+                f"{reached['target']} reached in {reached['wall']:.2f} s (maxIter "
+                f"{reached['max_iter']})"
+                if reached["reached"]
+                else f"{reached['target']} not reached by maxIter {cap}"
+            )
             click.echo(
                 f"spark local[{k}], {name}: fit {line['wall']:.2f} s, {line['iterations']} "
-                f"iterations, test accuracy {line['test_accuracy']:.4f}"
+                f"iterations, test accuracy {line['test_accuracy']:.4f}; {target}"
             )
     for k, ratio in report.get("fit_vs_dask_ml", {}).items():
         run = report[STRATEGY_KEYS["ovr"].runs][k]["dask_ml"]

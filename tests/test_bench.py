@@ -302,10 +302,17 @@ def test_spark_as_a_peer_on_the_digits(tmp_path: Path) -> None:
     for line in spark["lines"].values():
         assert line["wall"] > 0 and 0 < line["iterations"] <= 100
         assert 0.85 < line["test_accuracy"] <= 1.0
-    reached = spark["time_to_target"]
-    assert reached["target"] == 0.918 and reached["steps"]
-    assert reached["reached"] == (reached["steps"][-1]["test_accuracy"] >= 0.918)
+    assert set(spark["time_to_target"]) == set(spark["lines"])
+    for reached in spark["time_to_target"].values():
+        assert reached["target"] == 0.918 and reached["steps"]
+        assert reached["reached"] == (reached["steps"][-1]["test_accuracy"] >= 0.918)
+        steps = [step["max_iter"] for step in reached["steps"]]
+        assert steps == sorted(steps) and steps[0] == 10
     assert "spark local[1], same objective: fit" in proc.stdout
+    said = [line for line in proc.stdout.splitlines() if line.startswith("spark local[1], ")]
+    assert len(said) == 2
+    for line, reached in zip(said, spark["time_to_target"].values(), strict=True):
+        assert ("; 0.918 reached in" in line) == reached["reached"], line
 
 
 def test_an_unknown_peer_is_refused_in_one_line(tmp_path: Path) -> None:
