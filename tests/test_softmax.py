@@ -228,6 +228,31 @@ def test_vector_exp_is_within_one_ulp_of_numpys() -> None:
     assert np.all(tiny == 0.0)
 
 
+def test_vector_log1p_is_within_three_ulp_of_numpys() -> None:
+    """The binary loss's log1p (a vector of `EXP_LANES` at a time) over [0, 1], where the
+    kernels take it (``log1p(exp(-|z|))``), tiny values and both ends included."""
+    import numba
+
+    from distrib.linear.softmax import EXP_LANES, _log1p_lanes
+
+    @numba.njit
+    def log1p_all(values):  # type: ignore[no-untyped-def]
+        for start in range(0, values.shape[0], EXP_LANES):
+            _log1p_lanes(values, start, EXP_LANES)
+
+    rng = np.random.default_rng(4)
+    x = np.concatenate(
+        [rng.random(40_000), np.exp(-rng.random(8_000) * 700), [0.0, 1.0, 5e-324, 1e-300],
+         np.sqrt(2) - 1 + np.array([-1e-16, 0.0, 1e-16, 2e-16])]
+    )  # fmt: skip
+    x = np.concatenate([x, np.zeros(-len(x) % EXP_LANES)])
+    got = x.copy()
+    log1p_all(got)
+    want = np.log1p(x)
+    assert np.all(got[x == 0] == 0.0)
+    assert np.all(np.abs(got - want) <= 3 * np.spacing(want))
+
+
 def test_the_passes_load_from_numbas_cache_in_a_new_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A worker that starts loads the compiled passes instead of compiling them (~3-6 s):
     the second process finds every pass it runs in the cache the first one wrote."""

@@ -91,6 +91,9 @@ def _lane_buffer(typingctx: Any, like: Any, size: Any) -> Any:
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _LOG2E = 1.44269504088896338700e00
+#: 1.5 * 2**52: a double below 2**51 in magnitude plus this holds its integer part in the low
+#: bits of its mantissa.
+_ROUND_TO_INTEGER = 6755399441055744.0
 _EXP_TERMS = tuple(1.0 / math.factorial(k) for k in range(14))
 
 
@@ -129,11 +132,66 @@ def _exp_lanes(typingctx: Any, values: Any, start: Any, size: Any) -> Any:
         series = splat(_EXP_TERMS[-1])
         for term in reversed(_EXP_TERMS[:-1]):
             series = call("llvm.fma", series, r, splat(term))
-        exponent = builder.add(builder.fptosi(whole, integers), ir.Constant(integers, [1023] * n))
+        # 2**whole built in the exponent field: whole + 1.5 * 2**52 holds whole in its low bits
+        # (AVX2 has no vector conversion of doubles to 64-bit integers: LLVM made one
+        # scalar conversion per lane of `fptosi`); the shift drops the rest.
+        shifted = builder.bitcast(builder.fadd(whole, splat(_ROUND_TO_INTEGER)), integers)
+        exponent = builder.add(shifted, ir.Constant(integers, [1023] * n))
         power = builder.bitcast(builder.shl(exponent, ir.Constant(integers, [52] * n)), vector)
         result = builder.fmul(series, power)
         tiny = builder.fcmp_ordered("<", x, splat(-708.0))
         builder.store(builder.select(tiny, splat(0.0), result), where, align=8)
+        return context.get_dummy_value()
+
+    return types.none(values, start, size), codegen
+
+
+#: log(m) = 2 atanh(s), s = (m - 1) / (m + 1), m in [sqrt(1/2), sqrt(2)] (|s| <= 0.172): the
+#: series 2 s (1 + s**2 / 3 + s**4 / 5 + ...) to s**21 (truncation < 1e-18).
+_SQRT2 = 1.41421356237309514547e00
+_ATANH_TERMS = tuple(1.0 / (2 * k + 1) for k in range(11))
+
+
+@intrinsic
+def _log1p_lanes(typingctx: Any, values: Any, start: Any, size: Any) -> Any:
+    """``values[start:start + size] = log1p(values[...])`` as vector instructions (float64,
+    ``size`` a compile-time constant), for values in [0, 1]: within 3 ulp of numpy's there
+    (tested).
+
+    The binary loss takes ``log1p(exp(-|z|))`` per class per row; libm's were a call each.
+    ``1 + x`` is rounded to ``u``, ``log(u)`` taken as ``k ln 2 + log(m)`` (``u = 2**k m``),
+    and the rounding of ``u`` added back as ``(x - (u - 1)) / u`` (exact small ``x`` too)."""
+    if not isinstance(size, types.IntegerLiteral) or values.dtype != types.float64:
+        return None
+    n = size.literal_value
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        array, first, _ = args
+        vector = ir.VectorType(ir.DoubleType(), n)
+        data = context.make_array(signature.args[0])(context, builder, array).data
+        where = builder.bitcast(cgutils.gep(builder, data, first), vector.as_pointer())
+
+        def splat(value: float) -> Any:
+            return ir.Constant(vector, [value] * n)
+
+        fma_kind = ir.FunctionType(vector, [vector] * 3)
+        fma = cgutils.get_or_insert_function(builder.module, fma_kind, f"llvm.fma.v{n}f64")
+
+        x = builder.load(where, align=8)
+        u = builder.fadd(x, splat(1.0))
+        lost = builder.fdiv(builder.fsub(x, builder.fsub(u, splat(1.0))), u)
+        halve = builder.fcmp_ordered(">", u, splat(_SQRT2))
+        m = builder.select(halve, builder.fmul(u, splat(0.5)), u)
+        k = builder.select(halve, splat(1.0), splat(0.0))
+        f = builder.fsub(m, splat(1.0))  # exact: m is within a factor 2 of 1
+        s = builder.fdiv(f, builder.fadd(f, splat(2.0)))
+        s2 = builder.fmul(s, s)
+        series = splat(_ATANH_TERMS[-1])
+        for term in reversed(_ATANH_TERMS[:-1]):
+            series = builder.call(fma, [series, s2, splat(term)])
+        log_m = builder.fmul(builder.fadd(s, s), series)
+        low = builder.call(fma, [k, splat(_LN2_LO), builder.fadd(log_m, lost)])
+        builder.store(builder.call(fma, [k, splat(_LN2_HI), low]), where, align=8)
         return context.get_dummy_value()
 
     return types.none(values, start, size), codegen
@@ -251,19 +309,34 @@ def _softmax_row(scores, intercept, code, weight):
 def _binary_row(scores, intercept, code, weight, positives, losses):
     """One row's scores as independent class-versus-rest problems (scikit-learn's
     ``HalfBinomialLoss``): class ``k``'s residual in place of its score, its loss added to
-    ``losses[k]``. Each class's arithmetic is its own: its bits do not depend on which other
-    classes share the pass."""
-    for k in range(positives.shape[0]):
-        z = scores[k] + intercept[k]
-        y = 1.0 if code == positives[k] else 0.0
-        if z >= 0:
-            e = np.exp(-z)
-            losses[k] += weight * (z + np.log1p(e) - y * z)
-            scores[k] = weight * (1.0 / (1.0 + e) - y)
-        else:
-            e = np.exp(z)
-            losses[k] += weight * (np.log1p(e) - y * z)
-            scores[k] = weight * (e / (1.0 + e) - y)
+    ``losses[k]``. Each class's arithmetic is its own (a lane of the same vector
+    instructions): its bits do not depend on which other classes share the pass.
+
+    With ``e = exp(-|z|)``: the loss ``max(z, 0) + log1p(e) - y z`` and the residual
+    ``1 / (1 + e) - y`` (``z >= 0``) or ``e / (1 + e) - y``, as scikit-learn's; the exps and
+    log1ps as vectors of `EXP_LANES` (libm's were two calls per class per row)."""
+    z = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)  # type: ignore[call-arg]
+    e = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)  # type: ignore[call-arg]
+    soft = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)  # type: ignore[call-arg]
+    n_classes = positives.shape[0]
+    for first in range(0, n_classes, EXP_LANES):
+        count = min(EXP_LANES, n_classes - first)
+        z[:] = 0.0
+        for k in range(count):
+            z[k] = scores[first + k] + intercept[first + k]
+        for k in range(EXP_LANES):
+            e[k] = -abs(z[k])
+        _exp_lanes(e, 0, EXP_LANES)  # type: ignore[call-arg]
+        for k in range(EXP_LANES):
+            soft[k] = e[k]
+        _log1p_lanes(soft, 0, EXP_LANES)  # type: ignore[call-arg]
+        for k in range(EXP_LANES):  # the loss but for -y z, the residual but for -y
+            soft[k] += max(z[k], 0.0)
+            e[k] = (1.0 if z[k] >= 0 else e[k]) / (1.0 + e[k])
+        for k in range(count):
+            y = 1.0 if code == positives[first + k] else 0.0
+            losses[first + k] += weight * (soft[k] - y * z[k])
+            scores[first + k] = weight * (e[k] - y)
 
 
 @_kernel(inline=True)
