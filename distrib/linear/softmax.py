@@ -315,9 +315,9 @@ def _binary_row(scores, intercept, code, weight, positives, losses):
     With ``e = exp(-|z|)``: the loss ``max(z, 0) + log1p(e) - y z`` and the residual
     ``1 / (1 + e) - y`` (``z >= 0``) or ``e / (1 + e) - y``, as scikit-learn's; the exps and
     log1ps as vectors of `EXP_LANES` (libm's were two calls per class per row)."""
-    z = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)  # type: ignore[call-arg]
-    e = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)  # type: ignore[call-arg]
-    soft = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)  # type: ignore[call-arg]
+    z = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)
+    e = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)
+    soft = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)
     n_classes = positives.shape[0]
     for first in range(0, n_classes, EXP_LANES):
         count = min(EXP_LANES, n_classes - first)
@@ -326,10 +326,10 @@ def _binary_row(scores, intercept, code, weight, positives, losses):
             z[k] = scores[first + k] + intercept[first + k]
         for k in range(EXP_LANES):
             e[k] = -abs(z[k])
-        _exp_lanes(e, 0, EXP_LANES)  # type: ignore[call-arg]
+        _exp_lanes(e, 0, EXP_LANES)
         for k in range(EXP_LANES):
             soft[k] = e[k]
-        _log1p_lanes(soft, 0, EXP_LANES)  # type: ignore[call-arg]
+        _log1p_lanes(soft, 0, EXP_LANES)
         for k in range(EXP_LANES):  # the loss but for -y z, the residual but for -y
             soft[k] += max(z[k], 0.0)
             e[k] = (1.0 if z[k] >= 0 else e[k]) / (1.0 + e[k])
