@@ -315,7 +315,7 @@ def _binary_row(scores, intercept, code, weight, positives, losses):
     With ``e = exp(-|z|)``: the loss ``max(z, 0) + log1p(e) - y z`` and the residual
     ``1 / (1 + e) - y`` (``z >= 0``) or ``e / (1 + e) - y``, as scikit-learn's; the exps and
     log1ps as vectors of `EXP_LANES` (libm's were two calls per class per row)."""
-    z = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)
+    z = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)  # type: ignore[call-arg]
     e = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)
     soft = numba.carray(_lane_buffer(scores, EXP_LANES), EXP_LANES)
     n_classes = positives.shape[0]
