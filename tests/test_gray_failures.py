@@ -11,10 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
+from sklearn.datasets import load_digits
 
 from distrib import TrainConfig, train
-from distrib.parallel.block_hosts import silence_deadline, worker_slots
+from distrib.parallel.block_hosts import ClusterBlocks, silence_deadline, worker_slots
 from distrib.parallel.cluster import start_local_cluster
+from distrib.parallel.multinomial import block_loss_grad, load_block
+from distrib.parallel.partial_sums import total
+from distrib.parallel.transfer import InMemoryArrays
 
 
 def test_the_silence_deadline_follows_the_fits_own_pace() -> None:
@@ -90,6 +94,56 @@ def test_a_paused_worker_is_given_up_and_the_model_is_the_same(
     assert any(m.startswith(f"{victim} given up") for m in messages), messages
     print(f"\n{role}: solver {solver['seconds']:.2f} s against {expected['seconds']:.2f} s "
           f"undisturbed; {solver['given_up'][0]['why']}")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_paused_worker_called_through_dask_is_given_up_too() -> None:
+    """Two workers whose hosts are called through distributed's RPC (no direct channels:
+    a worker that cannot open one, or ``direct=False``). SIGSTOP one after the fit's pace is
+    known: the evaluation gives it up past the silence deadline instead of waiting for the
+    scheduler's worker-ttl, loads its rows on the live worker, and still sums to exactly
+    what the same blocks give here."""
+    X, y = load_digits(return_X_y=True)
+    X, y = np.tile(X.astype(np.float32), (200, 1)), np.tile(y, 200)  # ~20 ms per block
+    data = InMemoryArrays(X, y)
+    classes = np.arange(10)
+    rng = np.random.default_rng(1)
+    points = [(rng.normal(size=(10, 64)) * 0.01, rng.normal(size=10)) for _ in range(5)]
+    cluster = start_local_cluster(2)
+    client = Client(cluster, set_as_default=False)
+    paused: list[int] = []
+    messages: list[str] = []
+    try:
+        client.wait_for_workers(2, timeout=60)
+        runner = ClusterBlocks.from_training_data(client, data, classes, timeout=120)
+        runner.direct = False
+        runner.log = messages.append
+        got = [runner.evaluate(*point, None) for point in points[:4]]
+        assert not runner.channels, "every host was called through distributed"
+        victim = runner.placement[1]
+        pid = client.run(os.getpid)[victim]
+        os.kill(pid, signal.SIGSTOP)
+        paused.append(pid)
+        started = time.monotonic()
+        got.append(runner.evaluate(*points[4], None))
+        waited = time.monotonic() - started
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+
+    assert list(runner.given_up) == [victim]
+    assert "given up: no answer in" in runner.given_up[victim]["why"]
+    assert any(m.startswith(f"{victim} given up") for m in messages), messages
+    assert victim not in runner.placement
+    assert waited < 15, f"the paused host held the evaluation {waited:.1f} s"
+    blocks = [load_block(data, a, b, classes) for a, b in ((0, len(y) // 2), (len(y) // 2, len(y)))]
+    for evaluation, (coef, intercept) in zip(got, points, strict=True):
+        here = {i: block_loss_grad(block, coef, intercept, None) for i, block in enumerate(blocks)}
+        expected = total(runner.tree, here)
+        assert evaluation.total.loss == expected.loss
+        np.testing.assert_array_equal(evaluation.total.grad, expected.grad)
 
 
 def test_late_tasks_are_those_of_a_worker_whose_running_task_is_late() -> None:

@@ -478,14 +478,24 @@ class ClusterBlocks:
             )
         return self.hosts[worker]
 
-    async def _call(self, worker: str, function: str, *args: Any, **kwargs: Any) -> Any:
-        """Run ``function`` of ``worker``'s host there; a `_Lost` if the worker leaves."""
+    async def _call(
+        self,
+        worker: str,
+        function: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        silence: float | None = None,
+    ) -> Any:
+        """Run ``function`` of ``worker``'s host there; a `_Lost` if the worker leaves, or
+        if it answers nothing for ``silence`` seconds (then it is given up, as a silent
+        host on a direct channel is: `_silent`)."""
         from distributed.protocol import to_serialize
 
         host = self.hosts[worker]
         lost = await self._wait_started(worker, host)
         if lost is not None:
             return lost
+        asked = time.monotonic()
         call = asyncio.ensure_future(
             self.client.rpc(worker).actor_execute(
                 actor=host.key,
@@ -512,6 +522,15 @@ class ClusterBlocks:
             if gone:  # the scheduler saw it go
                 call.cancel()
                 return _Lost(worker, gone[worker])
+            waited = time.monotonic() - asked
+            if silence is not None and waited > silence:
+                call.cancel()
+                identity = await self.client.scheduler.identity(n_workers=-1)
+                info = identity.get("workers", {}).get(worker, {})
+                stale = time.time() - float(info.get("last_seen", 0.0)) > waited / 2
+                how = "nor its heartbeats" if stale else "though its heartbeats came"
+                why = f"no answer in {waited:.1f} s, {how} (deadline {silence:.1f} s)"
+                return _Lost(worker, self._give_up(worker, why, {}))
 
     def _scheduler_lost(self) -> OSError:
         return OSError(f"the client lost its scheduler (client status: {self.client.status})")
@@ -544,13 +563,16 @@ class ClusterBlocks:
         return None
 
     async def _call_all(
-        self, calls: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]]
+        self,
+        calls: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]],
+        silence: float | None = None,
     ) -> dict[str, Any]:
-        """One host call per worker, at once: worker -> result, or a `_Lost`."""
+        """One host call per worker, at once: worker -> result, or a `_Lost` (a host that
+        answers nothing for ``silence`` seconds is given up)."""
         workers = list(calls)
         results = await asyncio.wait_for(
             asyncio.gather(
-                *(self._call(w, name, *args, **kw) for w, (name, args, kw) in calls.items())
+                *(self._call(w, name, args, kw, silence) for w, (name, args, kw) in calls.items())
             ),
             self.timeout,
         )
@@ -769,8 +791,9 @@ class ClusterBlocks:
             if w not in called
         }
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        silence = silence_deadline(self.evaluation_seconds)
         if rest:
-            for worker, result in self.client.sync(self._call_all, rest).items():
+            for worker, result in self.client.sync(self._call_all, rest, silence).items():
                 if isinstance(result, _Lost):
                     lost[worker] = result.why
                 else:
@@ -788,7 +811,6 @@ class ClusterBlocks:
                         stop[relaying] = f"{worker} left"
             return stop
 
-        silence = silence_deadline(self.evaluation_seconds)
         asked = time.monotonic()
         said = False
 
