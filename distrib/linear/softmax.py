@@ -30,7 +30,7 @@ import contextlib
 import functools
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TypeAlias
 
 import numba
@@ -85,6 +85,56 @@ def _lane_buffer(typingctx: Any, like: Any, size: Any) -> Any:
     return types.CPointer(dtype)(like, size), codegen
 
 
+class _Lanes:
+    """What the vector math of `_in_place_lanes` builds with: ``n`` float64 lanes."""
+
+    def __init__(self, builder: Any, n: int) -> None:
+        self.builder, self.n = builder, n
+        self.vector = ir.VectorType(ir.DoubleType(), n)
+        self.integers = ir.VectorType(ir.IntType(64), n)
+
+    def splat(self, value: float) -> Any:
+        """``value`` in every lane."""
+        return ir.Constant(self.vector, [value] * self.n)
+
+    def call(self, name: str, *operands: Any) -> Any:
+        """LLVM's intrinsic ``name`` (``llvm.fma``: fused on every machine) on vectors."""
+        kind = ir.FunctionType(self.vector, [self.vector] * len(operands))
+        module = self.builder.module
+        function = cgutils.get_or_insert_function(module, kind, f"{name}.v{self.n}f64")
+        return self.builder.call(function, list(operands))
+
+    def series(self, x: Any, coefficients: tuple[float, ...]) -> Any:
+        """``sum(c_k x**k)`` by Horner's rule, a fused multiply-add per term."""
+        total = self.splat(coefficients[-1])
+        for term in reversed(coefficients[:-1]):
+            total = self.call("llvm.fma", total, x, self.splat(term))
+        return total
+
+
+def _in_place_lanes(math: Callable[[_Lanes, Any], Any]) -> Any:
+    """An intrinsic ``f(values, start, size)``: ``values[start:start + size] =
+    math(values[...])`` as vector instructions, for float64 ``values`` and ``size`` a
+    compile-time constant. ``math(lanes, x)`` builds the result from the loaded vector."""
+
+    def typer(typingctx: Any, values: Any, start: Any, size: Any) -> Any:
+        if not isinstance(size, types.IntegerLiteral) or values.dtype != types.float64:
+            return None  # numba types the call again with the size as a literal
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            array, first, _ = args
+            lanes = _Lanes(builder, size.literal_value)
+            data = context.make_array(signature.args[0])(context, builder, array).data
+            where = builder.bitcast(cgutils.gep(builder, data, first), lanes.vector.as_pointer())
+            builder.store(math(lanes, builder.load(where, align=8)), where, align=8)
+            return context.get_dummy_value()
+
+        return types.none(values, start, size), codegen
+
+    typer.__doc__ = math.__doc__
+    return intrinsic(typer)
+
+
 #: exp(x) = 2**n * exp(r), n = rint(x / ln 2), r = x - n ln 2 (ln 2 in two parts: n * `_LN2_HI`
 #: is exact for |n| < 2**11), exp(r) by its Taylor series to r**13 / 13! (|r| <= ln 2 / 2:
 #: truncation < 1e-17): within 1 ulp of numpy's exp over [-708, 0] (tested).
@@ -97,53 +147,27 @@ _ROUND_TO_INTEGER = 6755399441055744.0
 _EXP_TERMS = tuple(1.0 / math.factorial(k) for k in range(14))
 
 
-@intrinsic
-def _exp_lanes(typingctx: Any, values: Any, start: Any, size: Any) -> Any:
-    """``values[start:start + size] = exp(values[...])`` as vector instructions (float64,
-    ``size`` a compile-time constant), for values <= 709; below -708 (and -inf) gives 0.
+def _exp_math(lanes: _Lanes, x: Any) -> Any:
+    """``exp(x)`` for x <= 709; below -708 (and -inf) gives 0.
 
     libm's exp is a call per value (~5 ns each, 10 per row: ~3 ms per pass over MNIST);
     this is its arithmetic spelled out, with fused multiply-adds (``llvm.fma``, fused on
     every machine), so a row's softmax gives the same bits wherever it runs."""
-    if not isinstance(size, types.IntegerLiteral) or values.dtype != types.float64:
-        return None
-    n = size.literal_value
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        array, first, _ = args
-        vector = ir.VectorType(ir.DoubleType(), n)
-        integers = ir.VectorType(ir.IntType(64), n)
-        data = context.make_array(signature.args[0])(context, builder, array).data
-        where = builder.bitcast(cgutils.gep(builder, data, first), vector.as_pointer())
-
-        def splat(value: float) -> Any:
-            return ir.Constant(vector, [value] * n)
-
-        def call(name: str, *operands: Any) -> Any:
-            kind = ir.FunctionType(vector, [vector] * len(operands))
-            function = cgutils.get_or_insert_function(builder.module, kind, f"{name}.v{n}f64")
-            return builder.call(function, list(operands))
-
-        x = builder.load(where, align=8)
-        clamped = call("llvm.maxnum", x, splat(-709.0))  # 2**n stays a normal number
-        whole = call("llvm.rint", builder.fmul(clamped, splat(_LOG2E)))
-        r = call("llvm.fma", whole, splat(-_LN2_HI), clamped)
-        r = call("llvm.fma", whole, splat(-_LN2_LO), r)
-        series = splat(_EXP_TERMS[-1])
-        for term in reversed(_EXP_TERMS[:-1]):
-            series = call("llvm.fma", series, r, splat(term))
-        # 2**whole built in the exponent field: whole + 1.5 * 2**52 holds whole in its low bits
-        # (AVX2 has no vector conversion of doubles to 64-bit integers: LLVM made one
-        # scalar conversion per lane of `fptosi`); the shift drops the rest.
-        shifted = builder.bitcast(builder.fadd(whole, splat(_ROUND_TO_INTEGER)), integers)
-        exponent = builder.add(shifted, ir.Constant(integers, [1023] * n))
-        power = builder.bitcast(builder.shl(exponent, ir.Constant(integers, [52] * n)), vector)
-        result = builder.fmul(series, power)
-        tiny = builder.fcmp_ordered("<", x, splat(-708.0))
-        builder.store(builder.select(tiny, splat(0.0), result), where, align=8)
-        return context.get_dummy_value()
-
-    return types.none(values, start, size), codegen
+    builder, splat, call = lanes.builder, lanes.splat, lanes.call
+    clamped = call("llvm.maxnum", x, splat(-709.0))  # 2**n stays a normal number
+    whole = call("llvm.rint", builder.fmul(clamped, splat(_LOG2E)))
+    r = call("llvm.fma", whole, splat(-_LN2_HI), clamped)
+    r = call("llvm.fma", whole, splat(-_LN2_LO), r)
+    # 2**whole built in the exponent field: whole + 1.5 * 2**52 holds whole in its low bits
+    # (AVX2 has no vector conversion of doubles to 64-bit integers: LLVM made one scalar
+    # conversion per lane of `fptosi`); the shift drops the rest.
+    integers = lanes.integers
+    shifted = builder.bitcast(builder.fadd(whole, splat(_ROUND_TO_INTEGER)), integers)
+    exponent = builder.add(shifted, ir.Constant(integers, [1023] * lanes.n))
+    power = builder.bitcast(builder.shl(exponent, ir.Constant(integers, [52] * lanes.n)), x.type)
+    result = builder.fmul(lanes.series(r, _EXP_TERMS), power)
+    tiny = builder.fcmp_ordered("<", x, splat(-708.0))
+    return builder.select(tiny, splat(0.0), result)
 
 
 #: log(m) = 2 atanh(s), s = (m - 1) / (m + 1), m in [sqrt(1/2), sqrt(2)] (|s| <= 0.172): the
@@ -152,49 +176,29 @@ _SQRT2 = 1.41421356237309514547e00
 _ATANH_TERMS = tuple(1.0 / (2 * k + 1) for k in range(11))
 
 
-@intrinsic
-def _log1p_lanes(typingctx: Any, values: Any, start: Any, size: Any) -> Any:
-    """``values[start:start + size] = log1p(values[...])`` as vector instructions (float64,
-    ``size`` a compile-time constant), for values in [0, 1]: within 3 ulp of numpy's there
-    (tested).
+def _log1p_math(lanes: _Lanes, x: Any) -> Any:
+    """``log1p(x)`` for x in [0, 1]: within 3 ulp of numpy's there (tested).
 
     The binary loss takes ``log1p(exp(-|z|))`` per class per row; libm's were a call each.
     ``1 + x`` is rounded to ``u``, ``log(u)`` taken as ``k ln 2 + log(m)`` (``u = 2**k m``),
     and the rounding of ``u`` added back as ``(x - (u - 1)) / u`` (exact small ``x`` too)."""
-    if not isinstance(size, types.IntegerLiteral) or values.dtype != types.float64:
-        return None
-    n = size.literal_value
+    builder, splat, call = lanes.builder, lanes.splat, lanes.call
+    u = builder.fadd(x, splat(1.0))
+    lost = builder.fdiv(builder.fsub(x, builder.fsub(u, splat(1.0))), u)
+    halve = builder.fcmp_ordered(">", u, splat(_SQRT2))
+    m = builder.select(halve, builder.fmul(u, splat(0.5)), u)
+    k = builder.select(halve, splat(1.0), splat(0.0))
+    f = builder.fsub(m, splat(1.0))  # exact: m is within a factor 2 of 1
+    s = builder.fdiv(f, builder.fadd(f, splat(2.0)))
+    log_m = builder.fmul(builder.fadd(s, s), lanes.series(builder.fmul(s, s), _ATANH_TERMS))
+    low = call("llvm.fma", k, splat(_LN2_LO), builder.fadd(log_m, lost))
+    return call("llvm.fma", k, splat(_LN2_HI), low)
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        array, first, _ = args
-        vector = ir.VectorType(ir.DoubleType(), n)
-        data = context.make_array(signature.args[0])(context, builder, array).data
-        where = builder.bitcast(cgutils.gep(builder, data, first), vector.as_pointer())
 
-        def splat(value: float) -> Any:
-            return ir.Constant(vector, [value] * n)
-
-        fma_kind = ir.FunctionType(vector, [vector] * 3)
-        fma = cgutils.get_or_insert_function(builder.module, fma_kind, f"llvm.fma.v{n}f64")
-
-        x = builder.load(where, align=8)
-        u = builder.fadd(x, splat(1.0))
-        lost = builder.fdiv(builder.fsub(x, builder.fsub(u, splat(1.0))), u)
-        halve = builder.fcmp_ordered(">", u, splat(_SQRT2))
-        m = builder.select(halve, builder.fmul(u, splat(0.5)), u)
-        k = builder.select(halve, splat(1.0), splat(0.0))
-        f = builder.fsub(m, splat(1.0))  # exact: m is within a factor 2 of 1
-        s = builder.fdiv(f, builder.fadd(f, splat(2.0)))
-        s2 = builder.fmul(s, s)
-        series = splat(_ATANH_TERMS[-1])
-        for term in reversed(_ATANH_TERMS[:-1]):
-            series = builder.call(fma, [series, s2, splat(term)])
-        log_m = builder.fmul(builder.fadd(s, s), series)
-        low = builder.call(fma, [k, splat(_LN2_LO), builder.fadd(log_m, lost)])
-        builder.store(builder.call(fma, [k, splat(_LN2_HI), low]), where, align=8)
-        return context.get_dummy_value()
-
-    return types.none(values, start, size), codegen
+#: ``_exp_lanes(values, start, size)``: `_exp_math` in place on ``size`` lanes.
+_exp_lanes = _in_place_lanes(_exp_math)
+#: ``_log1p_lanes(values, start, size)``: `_log1p_math` in place on ``size`` lanes.
+_log1p_lanes = _in_place_lanes(_log1p_math)
 
 
 @intrinsic
@@ -294,7 +298,7 @@ def _softmax_row(scores, intercept, code, weight):
     for k in range(n_classes, scores.shape[0]):
         scores[k] = -np.inf
     for start in range(0, scores.shape[0], EXP_LANES):
-        _exp_lanes(scores, start, EXP_LANES)  # type: ignore[call-arg]
+        _exp_lanes(scores, start, EXP_LANES)
     total = 0.0
     for k in range(n_classes):
         total += scores[k]
