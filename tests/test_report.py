@@ -95,3 +95,33 @@ def test_cli_report_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "metrics.json is missing" in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_bench_plot_draws_the_peers_at_their_worker_counts() -> None:
+    """dask-ml's one-vs-rest fits and each Spark line, at the worker (core) counts they ran
+    on, labelled with their accuracy; a report without peers draws none."""
+    from matplotlib.figure import Figure
+
+    from distrib.report.plots import _peer_points
+
+    report = {
+        "distrib": {"1": {}, "2": {"dask_ml": {"median_fit": 300.0, "test_accuracy": 0.9091}}},
+        "peers": {"spark": {"2": {"lines": {
+            "same objective": {"wall": 34.0, "test_accuracy": 0.87},
+            "spark defaults": {"wall": 33.0, "test_accuracy": 0.916},
+        }}}},
+    }  # fmt: skip
+    ax = Figure().subplots()
+    _peer_points(ax, report)
+    drawn = {
+        line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+        for line in ax.get_lines()
+    }
+    assert drawn == {
+        "dask-ml one-vs-rest, fit (acc 0.9091)": ([2], [300.0]),
+        "Spark local[k], same objective, fit (acc 0.8700)": ([2], [34.0]),
+        "Spark local[k], spark defaults, fit (acc 0.9160)": ([2], [33.0]),
+    }
+    bare = Figure().subplots()
+    _peer_points(bare, {"distrib": {"2": {}}})
+    assert bare.get_lines() == []

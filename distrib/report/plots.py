@@ -83,6 +83,32 @@ def _command_lines(ax: Any, runs: dict[str, Any]) -> None:
                 label=f"{what}, whole process (acc {accuracy:.4f})")  # fmt: skip
 
 
+def _peer_points(ax: Any, report: dict[str, Any]) -> None:
+    """The peers' fits, at their worker (core) counts: dask-ml's one-vs-rest and each
+    Spark line."""
+    runs = report.get(STRATEGY_KEYS["ovr"].runs, {})
+    dask_ml = sorted((int(k), run["dask_ml"]) for k, run in runs.items() if "dask_ml" in run)
+    if dask_ml:
+        ax.plot(
+            [k for k, _ in dask_ml],
+            [run["median_fit"] for _, run in dask_ml],
+            "X:",
+            color="C8",
+            label=f"dask-ml one-vs-rest, fit (acc {dask_ml[0][1]['test_accuracy']:.4f})",
+        )
+    spark = sorted((int(k), peer) for k, peer in report.get("peers", {}).get("spark", {}).items())
+    names = list(spark[0][1]["lines"]) if spark else []
+    for i, name in enumerate(names):
+        accuracy = spark[0][1]["lines"][name]["test_accuracy"]
+        ax.plot(
+            [k for k, _ in spark],
+            [peer["lines"][name]["wall"] for _, peer in spark],
+            "P:",
+            color=f"C{7 + 2 * i}",
+            label=f"Spark local[k], {name}, fit (acc {accuracy:.4f})",
+        )
+
+
 def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Wall time and speedup against workers, measured and projected (``bench.png``).
 
@@ -131,6 +157,7 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
             ls="-.",
             label=f"notebook settings, one process (acc {nb['test_accuracy']:.3f})",
         )
+    _peer_points(wall_ax, report)
     _command_lines(wall_ax, report.get("commands", {}).get("runs", {}))
     wall_ax.set_xscale("log", base=2)
     wall_ax.set_yscale("log")
