@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import dask.array as da
@@ -40,7 +41,17 @@ def _reference(X: np.ndarray, y: np.ndarray, params: dict) -> tuple[np.ndarray, 
     return np.array(coefs), np.array(intercepts)
 
 
+def _wait_until_idle(client: Client, timeout: float = 30.0) -> None:
+    """Until no task runs on the shared cluster: a worker still busy with an earlier test's
+    work weighs more to the scheduler, which may then put both groups on the other (seen
+    once in CI: "both workers should get classes")."""
+    deadline = time.monotonic() + timeout
+    while any(client.processing().values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _fit_on_cluster(client: Client, data, classes, params) -> tuple:
+    _wait_until_idle(client)
     scatter = [data] if isinstance(data, InMemoryArrays) else None
     seen: list[BinaryFit] = []
     with parallel_config(backend="dask", client=client, scatter=scatter):
