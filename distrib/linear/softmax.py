@@ -7,8 +7,8 @@ read it twice and make two temporaries of rows x classes). The classes are proce
 groups of `LANES`: each non-zero entry is one vector multiply-add of a group's coefficients
 into the scores and one of the residuals into the gradient (`_add_scaled`), and the softmax
 takes its exps as vector instructions too (`_exp_lanes`); scipy's sparse products use
-none. Measured on 30,000 MNIST rows as float32 CSR, one thread: the whole evaluation 13 ms
-against ~47 ms for scikit-learn's own loss and gradient (half of scripts/kernel_bench.py's
+none. Measured on 30,000 MNIST rows as float32 CSR, one thread: the whole evaluation 11.6 ms
+against ~38 ms for scikit-learn's own loss and gradient (half of scripts/kernel_bench.py's
 all-rows numbers; docs/strategies.md).
 
 Precision: products in the data's precision (float32 for the prepared data: half the bytes

@@ -32,6 +32,8 @@ import scipy.sparse as sp
 
 from distrib.errors import ConfigError
 
+#: The two lines fitted: name -> Spark's ``standardization``.
+LINES = {"same objective": False, "spark defaults": True}
 #: maxIter values tried, in turn, to reach the target accuracy.
 ITERATION_STEPS = (10, 20, 40, 80, 160, 320)
 
@@ -130,7 +132,7 @@ def spark_runs(
             }
 
         lines: dict[str, Any] = {}
-        for name, standardization in (("same objective", False), ("spark defaults", True)):
+        for name, standardization in LINES.items():
             fit(max_iter, standardization)  # warm-up: Spark compiles its plans on first use
             lines[name] = fit(max_iter, standardization)
             say(
@@ -139,7 +141,7 @@ def spark_runs(
             )
         reached = {
             name: _time_to_target(functools.partial(fit, standardization=standardization), target)
-            for name, standardization in (("same objective", False), ("spark defaults", True))
+            for name, standardization in LINES.items()
         }
         for name, line in reached.items():
             say(
