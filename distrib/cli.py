@@ -408,7 +408,7 @@ def bench(
     quiet: bool,
 ) -> None:
     """Time training against the number of workers, with baselines; write bench.json/png."""
-    from distrib.run.bench import parse_workers, run_bench
+    from distrib.bench.bench import parse_workers, run_bench
 
     report = run_bench(
         TrainConfig(dataset=dataset, grow=grow),

@@ -2,7 +2,7 @@
 
 The same measurement `distrib bench` makes (its `commands` entry), alone: for each repeat,
 `distrib train` for each strategy and worker count, then the plain scikit-learn scripts
-(`python -m distrib.run.plain_sklearn`), one after another. Writes a JSON report.
+(`python -m distrib.bench.plain_sklearn`), one after another. Writes a JSON report.
 
     python scripts/command_bench.py --workers 1,2 --repeat 5 \
         --out scripts/results/commands-2cores.json
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from distrib import TrainConfig
+from distrib.bench.bench import machine, parse_workers
+from distrib.bench.commands import time_commands
 from distrib.files import write_json
-from distrib.run.bench import machine, parse_workers
-from distrib.run.commands import time_commands
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Coordination cost of one multinomial evaluation against the number of workers.
 
 Each worker holds a block of 50 rows, so an evaluation's wall time is almost all
-coordination (`distrib.run.coordination.measure_coordination`). One fresh LocalCluster of
+coordination (`distrib.bench.coordination.measure_coordination`). One fresh LocalCluster of
 single-threaded workers per count; on it, the same blocks called over the hosts' direct
 channels (what fits use on ``tcp://`` clusters), relayed by one host to all the others (one
 group of the sum tree), and through distributed's RPC (``actor_execute``: TLS clusters),
@@ -20,9 +20,9 @@ from typing import Any
 
 from distributed import Client
 
+from distrib.bench.coordination import MODES, measure_coordination
 from distrib.files import write_json
 from distrib.parallel.cluster import start_local_cluster
-from distrib.run.coordination import MODES, measure_coordination
 
 
 def measure(workers: int, evaluations: int) -> dict[str, Any]:

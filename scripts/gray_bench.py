@@ -26,9 +26,9 @@ import numpy as np
 from distributed import Client
 
 from distrib import TrainConfig, train
+from distrib.bench.bench import machine
 from distrib.files import write_json
 from distrib.parallel.cluster import start_local_cluster
-from distrib.run.bench import machine
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "default (lbfgs, lockstep groups)": {},

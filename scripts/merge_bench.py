@@ -13,10 +13,10 @@ import sys
 from dataclasses import astuple
 from pathlib import Path
 
+from distrib.bench.bench import project, project_multinomial, speedups
 from distrib.files import write_json
 from distrib.report.bench_format import STRATEGY_KEYS
 from distrib.report.plots import plot_bench
-from distrib.run.bench import project, project_multinomial, speedups
 
 PROJECT = {"ovr": project, "multinomial": project_multinomial}
 

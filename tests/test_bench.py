@@ -9,14 +9,14 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from distrib.errors import ConfigError
-from distrib.run.bench import (
+from distrib.bench.bench import (
     PROJECTION_WORKERS,
     parse_workers,
     project,
     project_multinomial,
     simulate_schedule,
 )
+from distrib.errors import ConfigError
 
 from .conftest import REPO, run_cli
 
@@ -225,8 +225,8 @@ def test_the_dask_ml_baseline_fits_one_vs_rest_on_the_cluster(cluster_client) ->
     import numpy as np
     from sklearn.datasets import load_digits
 
+    from distrib.bench.bench import EstimatorInputs, _dask_ml_runs
     from distrib.config import TrainConfig
-    from distrib.run.bench import EstimatorInputs, _dask_ml_runs
 
     X, y = load_digits(return_X_y=True)
     X = (X / 16).astype(np.float32)
@@ -249,7 +249,7 @@ def test_whole_commands_are_timed_beside_the_plain_scripts(tmp_path: Path) -> No
     """`distrib bench` times `distrib train` processes and the plain scikit-learn scripts
     as a user times them (digits: one repeat, each strategy on 2 workers)."""
     from distrib import TrainConfig
-    from distrib.run.commands import time_commands
+    from distrib.bench.commands import time_commands
 
     lines: list[str] = []
     result = time_commands(

@@ -17,6 +17,7 @@ LAYERS = [
     ("estimator", {"distrib.estimator"}),
     ("report", {"distrib.report"}),
     ("run", {"distrib.run"}),
+    ("bench", {"distrib.bench"}),
     ("cli", {"distrib.cli", "distrib.__main__", "distrib"}),
 ]
 

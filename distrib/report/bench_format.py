@@ -1,4 +1,4 @@
-"""Where each strategy's results live in ``bench.json`` (written by `distrib.run.bench`, read
+"""Where each strategy's results live in ``bench.json`` (written by `distrib.bench.bench`, read
 by its plot, the CLI's summary and ``scripts/merge_bench.py``)."""
 
 from __future__ import annotations

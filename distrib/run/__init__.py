@@ -1,2 +1,2 @@
-"""Layer 6, runs: the training pipeline (checkpoints, resume, evaluation), prediction from
-saved models, and the benchmark."""
+"""Layer 6, runs: the training pipeline (checkpoints, resume, evaluation) and prediction from
+saved models."""

@@ -24,7 +24,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from distrib.config import TrainConfig
 from distrib.data.datasets import load_dataset
 from distrib.data.split import SplitArrays, split_arrays
-from distrib.run.spark_peer import spark_runs
+from distrib.bench.peers import spark_runs
 
 #: Memory scikit-learn's fit in one process needs, over its training matrix (the matrix,
 #: the solver's per-row arrays and numpy's temporaries), for the baseline to be run.

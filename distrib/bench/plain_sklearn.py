@@ -6,7 +6,7 @@ digits), makes the notebook's split, scales the pixels to [0, 1] as float32 and 
 multinomial``, the default), or one binary fit per class with loky on CSR rows (``--model
 ovr``: ``OneVsRestClassifier(n_jobs=...)``). It prints the test accuracy. ``distrib
 bench`` times it as a process beside ``distrib train`` processes; run it alone with
-``python -m distrib.run.plain_sklearn --model ovr``.
+``python -m distrib.bench.plain_sklearn --model ovr``.
 
 Only numpy, SciPy and scikit-learn: nothing of distrib is imported.
 """

@@ -3,7 +3,7 @@
 Each repeat runs, one after another, a ``distrib train`` process for every strategy and
 worker count asked for (a fresh local cluster each: its start, the workers' imports, the
 report and the exit all count) and the plain scikit-learn scripts a user would write
-instead (`distrib.run.plain_sklearn`: the multinomial fit in one process, and loky's
+instead (`distrib.bench.plain_sklearn`: the multinomial fit in one process, and loky's
 ``OneVsRestClassifier`` with as many processes as workers). The wall time of each process
 is measured from here, as ``time`` would; the ratios compare medians of the same run.
 """
@@ -61,7 +61,7 @@ def _train_command(
 
 
 def _script_command(config: TrainConfig, model: str, n_jobs: int, home: str | None) -> Command:
-    argv = [sys.executable, "-m", "distrib.run.plain_sklearn", "--model", model,
+    argv = [sys.executable, "-m", "distrib.bench.plain_sklearn", "--model", model,
             "--dataset", config.dataset, "--max-iter", str(config.max_iter),
             "--n-jobs", str(n_jobs)]  # fmt: skip
     if home is not None:

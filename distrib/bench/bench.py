@@ -46,7 +46,7 @@ from distrib.parallel.cluster import connect, load_fit_libraries, package_versio
 from distrib.parallel.memory import matrix_bytes
 from distrib.parallel.transfer import choose_layout, density_of, matrix_nbytes
 from distrib.report.bench_format import BENCH_FORMAT_VERSION, STRATEGY_KEYS
-from distrib.run.baselines import (
+from distrib.bench.baselines import (
     BenchData,
     Timing,
     multinomial_baselines,
@@ -54,9 +54,9 @@ from distrib.run.baselines import (
     ovr_baselines,
     spark_lines,
 )
-from distrib.run.commands import time_commands
-from distrib.run.coordination import relay_level
-from distrib.run.spark_peer import check_spark
+from distrib.bench.commands import time_commands
+from distrib.bench.coordination import relay_level
+from distrib.bench.peers import check_spark
 from distrib.run.train import train
 
 PROJECTION_WORKERS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
@@ -429,7 +429,7 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     (`distrib.parallel.partial_sums.sum_tree`): the driver reads ``g`` replies, each
     costing its CPU time per reply (measured in the fits of the largest measured worker
     count, where an evaluation has the most replies); where ``h > 1`` a relaying host adds one
-    level (measured on this cluster, `distrib.run.coordination.relay_level`; without such a
+    level (measured on this cluster, `distrib.bench.coordination.relay_level`; without such a
     measurement, one more base coordination) and reads ``h - 1`` replies at the same cost
     per message. Times the evaluations L-BFGS needed; plus the run's fixed overhead (end-to-
     end wall minus fit). ``speedup`` is end to end; ``solver_speedup`` counts the
@@ -556,11 +556,11 @@ def run_bench(
         the same matrix.
     commands : bool
         Also time whole ``distrib train`` processes for each strategy and worker count, as a
-        user times the command, beside the plain scikit-learn scripts (`distrib.run.commands`;
+        user times the command, beside the plain scikit-learn scripts (`distrib.bench.commands`;
         not for grown data or an existing scheduler).
     peers : sequence of {"spark"}
         Other tools to time on the same split, on as many cores as each worker count:
-        ``spark``, Apache Spark's ``LogisticRegression`` (`distrib.run.spark_peer`; needs
+        ``spark``, Apache Spark's ``LogisticRegression`` (`distrib.bench.peers`; needs
         the ``spark`` extra). Not for grown data.
     log : callable, optional
         Receives a progress line per run.
