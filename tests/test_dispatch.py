@@ -30,6 +30,8 @@ from distrib.parallel.transfer import (
     write_array_files,
 )
 
+from .conftest import REPO
+
 
 def _reference(X: np.ndarray, y: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
     """One in-process LogisticRegression per class."""
@@ -168,17 +170,42 @@ def test_prepared_arrays_are_reused_and_cache_their_density(tmp_path: Path) -> N
 
 
 def test_the_backend_fix_reads_state_this_joblib_has(cluster_client) -> None:
-    """ClusterBackend's `_collect` relies on joblib's private backend state; if a joblib
-    release renames it, this fails (and the backend falls back to joblib's own loop)."""
+    """ClusterBackend relies on joblib's private backend state; if a joblib release renames
+    it, this fails (and the backend refuses to run: `check_joblib`)."""
     import inspect
 
     from joblib._dask import DaskDistributedBackend
 
-    from distrib.parallel.dispatch import ClusterBackend, cluster_backend
+    from distrib.parallel.joblib_backend import cluster_backend, missing_joblib_internals
 
     backend = cluster_backend(cluster_client)
-    at_init = [name for name in ClusterBackend._COLLECT_STATE if name != "_continue"]
-    missing = [name for name in at_init if not hasattr(backend, name)]
-    assert missing == [], f"joblib's dask backend no longer has {missing}"
-    assert inspect.iscoroutinefunction(DaskDistributedBackend._collect)
+    assert missing_joblib_internals(backend) == []
     assert "self._continue = True" in inspect.getsource(DaskDistributedBackend.start_call)
+
+
+def test_a_joblib_without_that_state_is_refused_by_name(cluster_client) -> None:
+    """Never a silent fallback to joblib's own loop (no backup attempts): a backend that
+    lacks what ClusterBackend reads is refused with the fix."""
+    from joblib._dask import DaskDistributedBackend
+
+    from distrib.errors import ClusterError
+    from distrib.parallel.joblib_backend import TESTED_JOBLIB, check_joblib
+
+    backend = DaskDistributedBackend(client=cluster_client)
+    del backend._callbacks  # as a joblib that renamed it would make it
+    with pytest.raises(ClusterError, match=r"lacks _callbacks.*pip install 'joblib>=1\.4"):
+        check_joblib(backend)
+    assert TESTED_JOBLIB == ">=1.4,<1.7"
+
+
+def test_pyproject_pins_the_joblib_releases_the_backend_was_tested_with() -> None:
+    import re
+
+    import joblib
+    from packaging.specifiers import SpecifierSet
+
+    from distrib.parallel.joblib_backend import TESTED_JOBLIB
+
+    pins = re.findall(r'^\s*"(joblib[^"]*)"', (REPO / "pyproject.toml").read_text(), re.M)
+    assert pins == [f"joblib{TESTED_JOBLIB}"]
+    assert joblib.__version__ in SpecifierSet(TESTED_JOBLIB)

@@ -26,7 +26,7 @@ from distrib.data.datasets import load_mnist
 from distrib.errors import ConfigError, OutputError
 from distrib.estimator import DaskLogisticRegression
 from distrib.parallel.cluster import worker_infos
-from distrib.parallel.dispatch import cluster_backend
+from distrib.parallel.joblib_backend import cluster_backend
 
 
 @pytest.fixture

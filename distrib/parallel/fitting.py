@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 from joblib import parallel_config
-from joblib._dask import DaskDistributedBackend
 from joblib.parallel import get_active_backend
 
 from distrib.config import TrainConfig
 from distrib.errors import DataError
 from distrib.parallel.block_hosts import ClusterBlocks
-from distrib.parallel.dispatch import BinaryFit, cluster_backend, fit_binary_classifiers
+from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
+from distrib.parallel.joblib_backend import active_dask_client, cluster_backend
 from distrib.parallel.multinomial import (
     BlockRunner,
     Journal,
@@ -115,9 +115,9 @@ class FitHooks:
 
 def current_client() -> Any:
     """The client of the caller's joblib dask backend, else the current Dask client."""
-    active, _ = get_active_backend()
-    if isinstance(active, DaskDistributedBackend):
-        return active.client
+    client = active_dask_client()
+    if client is not None:
+        return client
     try:
         from distributed import get_client
 
@@ -173,9 +173,9 @@ def _ovr_backend(
         with parallel_config(backend="sequential"):
             yield data, "here"
         return
-    active, _ = get_active_backend()
-    if isinstance(active, DaskDistributedBackend):  # the caller's cluster, rows sent our way
-        client = active.client
+    chosen = active_dask_client()
+    if chosen is not None:  # the caller's cluster, rows sent our way
+        client = chosen
     if client is None:
         yield data, "here"
         return
