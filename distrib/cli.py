@@ -211,6 +211,7 @@ def train(
     can be finished with --resume.
     """
     from distrib.parallel.cluster import start_cluster
+    from distrib.parallel.strategies import strategy_for
 
     if settings["class_weight"] is not None:
         settings["class_weight"] = parse_class_weight(settings["class_weight"])
@@ -242,7 +243,8 @@ def train(
     )
     # the cluster starts, and its workers load their libraries, while this process imports
     # the training job and loads and splits the data
-    connection = start_cluster(cluster, config.strategy, None if quiet else _log, config.solver)
+    libraries = strategy_for(config.strategy).worker_libraries(config.solver)
+    connection = start_cluster(cluster, libraries, None if quiet else _log)
     try:
         from distrib.run.train import train as run_training
     except BaseException:

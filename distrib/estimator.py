@@ -29,13 +29,8 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from distrib.config import ESTIMATOR_PARAMS, SETTINGS, TrainConfig
 from distrib.errors import DataError, OutputError
 from distrib.linear.model import LinearModel
-from distrib.parallel.fitting import (
-    FitOutcome,
-    by_class_index,
-    current_client,
-    fit_dask_rows,
-    fit_training_data,
-)
+from distrib.parallel.fitting import FitOutcome, by_class_index, current_client, fit_dask_rows
+from distrib.parallel.strategies import fit_training_data, strategy_for
 from distrib.parallel.transfer import InMemoryArrays
 
 
@@ -130,7 +125,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
             y = y.compute()
         if isinstance(sample_weight, da.Array):
             sample_weight = sample_weight.compute()
-        if isinstance(X, da.Array) and self.strategy == "multinomial":
+        if isinstance(X, da.Array) and strategy_for(self.strategy).fits_dask_arrays_in_place:
             return self._fit_dask_multinomial(X, y, sample_weight)
         if isinstance(X, da.Array):
             X = X.compute()

@@ -4,6 +4,7 @@ its own layer or of layers below it, never above."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "distrib"
@@ -66,3 +67,36 @@ def test_every_module_imports_only_its_layer_or_lower_ones() -> None:
 def test_the_layers_cover_every_module() -> None:
     for path in PACKAGE.rglob("*.py"):
         _layer(_module_name(path))  # raises for a module outside every layer
+
+
+def _listed_in_architecture() -> set[str]:
+    """The modules that ARCHITECTURE.md's layout names, as paths under ``distrib/``."""
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    listed, folder = set(), None
+    for line in block.splitlines():
+        if line.startswith("distrib/"):
+            folder = ""
+            continue
+        if folder is None or (line and not line.startswith(" ")):
+            folder = None  # scripts/, docker/, tests/: not the package
+            continue
+        entry = line.strip()
+        if line.startswith("  ") and not line.startswith("   "):  # a folder, or top files
+            head = entry.split()[0]
+            folder = head if head.endswith("/") else ""
+        listed |= {folder + name for name in re.findall(r"\b(\w+\.py)\b", line)}
+    return listed
+
+
+def test_architecture_lists_every_module_and_no_other() -> None:
+    """A newcomer finds each module in ARCHITECTURE.md's layout, with its job."""
+    modules = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if not (path.name == "__init__.py" and path.parent != PACKAGE)  # package markers
+    }
+    listed = _listed_in_architecture()
+    assert len(modules) > 40
+    assert sorted(modules - listed) == [], "modules ARCHITECTURE.md's layout does not list"
+    assert sorted(listed - modules) == [], "ARCHITECTURE.md lists modules that are gone"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -228,36 +230,48 @@ def connect(
             cluster.close(timeout=10)
 
 
-def load_fit_libraries(strategy: str | None = None, solver: str | None = None) -> None:
-    """Import what a fit of ``strategy`` with ``solver`` runs on a worker (``None``: any),
-    so that the first fit does not pay for it: the compiled kernels (loaded from numba's
-    cache) for ``multinomial`` and for ``ovr`` with L-BFGS, the block hosts for
-    ``multinomial``, scikit-learn for ``ovr`` with another solver; the kernels for float32
-    rows, as `distrib train` prepares them (others load when first used). Runs on
-    workers."""
+@dataclass(frozen=True)
+class WorkerLibraries:
+    """What a worker loads before its first fit (`load_fit_libraries`): the modules it
+    imports, and the kernels it compiles (or loads from numba's cache): names of
+    `distrib.linear.softmax.warm_up`'s losses, for float32 rows as `distrib train` prepares
+    them (others load when first used). A strategy says which it needs
+    (`distrib.parallel.strategies.Strategy.worker_libraries`)."""
+
+    modules: tuple[str, ...] = ()
+    losses: tuple[str, ...] = ()
+
+    def __or__(self, other: WorkerLibraries) -> WorkerLibraries:
+        return WorkerLibraries(
+            tuple(dict.fromkeys(self.modules + other.modules)),
+            tuple(dict.fromkeys(self.losses + other.losses)),
+        )
+
+
+#: What a fit of any strategy and solver may load (`distrib bench` warms them all).
+EVERY_FIT_LIBRARY = WorkerLibraries(
+    ("sklearn.linear_model", "distrib.linear.binary", "distrib.parallel.block_hosts"),
+    ("binary", "softmax"),
+)
+
+
+def load_fit_libraries(libraries: WorkerLibraries = EVERY_FIT_LIBRARY) -> None:
+    """Import ``libraries``' modules and warm its kernels, so that the first fit does not
+    pay for them. Runs on workers."""
     import numpy as np
 
     from distrib.linear.softmax import warm_up
 
-    losses: tuple[str, ...] = ()
-    if strategy in (None, "ovr") and solver != "lbfgs":
-        import sklearn.linear_model  # noqa: F401
-    if strategy in (None, "ovr") and solver in (None, "lbfgs"):
-        import distrib.linear.binary
-
-        losses += ("binary",)
-    if strategy in (None, "multinomial"):
-        import distrib.parallel.block_hosts  # noqa: F401
-
-        losses += ("softmax",)
-    warm_up(losses, dtypes=(np.float32,))
+    for module in libraries.modules:
+        importlib.import_module(module)
+    warm_up(libraries.losses, dtypes=(np.float32,))
 
 
-def warm_workers(client: Client, strategy: str | None = None, solver: str | None = None) -> None:
+def warm_workers(client: Client, libraries: WorkerLibraries = EVERY_FIT_LIBRARY) -> None:
     """`load_fit_libraries` on every worker; a worker that dies of it names the memory
     limit."""
     try:
-        client.run(load_fit_libraries, strategy, solver)
+        client.run(load_fit_libraries, libraries)
     except OSError as exc:  # distributed's CommClosedError: the worker process is gone
         limits = {int(w.get("memory_limit") or 0) for w in worker_infos(client).values()}
         limit = f" (memory limit {max(limits) / 1e6:,.0f} MB)" if max(limits, default=0) else ""
@@ -364,12 +378,11 @@ class Connection:
 
 def start_cluster(
     config: ClusterConfig | None,
-    strategy: str,
+    libraries: WorkerLibraries = EVERY_FIT_LIBRARY,
     log: Callable[[str], None] | None = None,
-    solver: str | None = None,
 ) -> Connection:
     """Start connecting (a local cluster, or the scheduler ``config`` names) in the
-    background, the workers loading what a fit of ``strategy`` with ``solver`` needs once
-    connected: pass it to `train` as ``cluster``, which closes it."""
-    warm = functools.partial(warm_workers, strategy=strategy, solver=solver)
+    background, the workers loading ``libraries`` (what the fit needs) once connected: pass
+    it to `train` as ``cluster``, which closes it."""
+    warm = functools.partial(warm_workers, libraries=libraries)
     return Connection(config, log, prepare=warm)

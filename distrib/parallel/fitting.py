@@ -1,17 +1,18 @@
-"""The fit itself, both strategies, on training data in distrib's transfer form.
+"""The fit itself, both strategies, on training data in distrib's transfer form
+(`distrib.parallel.strategies` picks which one runs: its entry is `fit_training_data`).
 
-What `distrib.estimator.DaskLogisticRegression` and ``distrib train`` both call: the
-estimator with its users' arrays, the training job with its prepared files, checkpoints and
-progress. The job follows the fit through `FitHooks` (progress lines, each class's binary fit
-as it arrives, classes already fitted, the name of the fit in the workers' events); the fit
-returns a `FitOutcome` and keeps no state.
+The caller follows the fit through `FitHooks` (progress lines, each class's binary fit as it
+arrives, classes already fitted, the name of the fit in the workers' events); the fit returns
+a `FitOutcome` and keeps no state.
 
-* ``ovr``: one binary `LogisticRegression` per class, each a joblib task: on the Dask cluster
-  the caller chose with ``parallel_config(backend="dask")``, else on the given (or current)
-  Dask client, else on whatever joblib backend is active (in this process by default).
-* ``multinomial``: the rows cut into blocks held by the workers, a driver-side L-BFGS over
-  their summed losses and gradients (`distrib.parallel.multinomial`); in this process
-  without a Dask client.
+* `fit_ovr`: the binary problems as joblib tasks (lockstep groups of classes with L-BFGS and
+  an L2 penalty, a scikit-learn `LogisticRegression` per class otherwise): on the Dask
+  cluster the caller chose with ``parallel_config(backend="dask")``, else on the given (or
+  current) Dask client, else on whatever joblib backend is active (in this process by
+  default).
+* `fit_multinomial_rows` and `fit_dask_rows`: the rows cut into blocks held by the workers,
+  a driver-side L-BFGS over their summed losses and gradients
+  (`distrib.parallel.multinomial`); in this process without a Dask client.
 """
 
 from __future__ import annotations
@@ -221,42 +222,17 @@ def by_class_index(
     return {index[k]: float(v) for k, v in class_weight.items()}
 
 
-def fit_training_data(
+def fit_multinomial_rows(
     data: TrainingData,
     labels: np.ndarray,
     config: TrainConfig,
-    *,
-    client: Any = None,
-    hooks: FitHooks | None = None,
-    class_weight: str | dict[int, float] | None = None,
+    client: Any,
+    hooks: FitHooks,
+    class_weight: str | dict[Any, float] | None,
 ) -> FitOutcome:
-    """Fit ``config``'s model on ``data``.
-
-    Parameters
-    ----------
-    data : TrainingData
-        `distrib.parallel.transfer.ArrayFiles` (workers open the files by path) or
-        `distrib.parallel.transfer.InMemoryArrays` (sent by value).
-    labels : ndarray
-        The sorted values found in ``data``'s labels.
-    config : TrainConfig
-        The model's settings (strategy, C, tol, ...).
-    client : distributed.Client, optional
-        Default: the caller's joblib dask backend, else the current client, else none
-        (``ovr`` then runs on joblib's active backend, ``multinomial`` in this process).
-    hooks : FitHooks, optional
-        Progress, per-class checkpoints and resume.
-    class_weight : "balanced" or dict, optional
-        Overrides ``config.class_weight``; a dict keyed by ``labels``' values.
-    """
-    hooks = hooks or FitHooks()
-    client = client if client is not None else current_client()
-    labels = np.asarray(labels)
-    class_weight = class_weight if class_weight is not None else config.class_weight
-    if isinstance(class_weight, dict):
-        check_class_weight_labels(class_weight, labels)
-    if config.strategy == "ovr":
-        return _fit_ovr(data, labels, config, client, hooks, class_weight)
+    """The multinomial fit on ``data``'s rows: cut into blocks held by ``client``'s workers
+    (in this process without a client, or inside a Dask task); ``class_weight`` keyed by
+    ``labels``' values."""
     y = np.asarray(data.arrays()[1])
     codes = np.searchsorted(labels, y)
     by_index = by_class_index(class_weight, labels)
@@ -279,14 +255,16 @@ def fit_training_data(
     return fit_multinomial(runner, int(data.shape[1]), len(labels), weights, config, hooks)
 
 
-def _fit_ovr(
+def fit_ovr(
     data: TrainingData,
     labels: np.ndarray,
     config: TrainConfig,
     client: Any,
     hooks: FitHooks,
-    class_weight: str | dict[int, float] | None,
+    class_weight: str | dict[Any, float] | None,
 ) -> FitOutcome:
+    """One binary fit per class of ``labels`` not yet in ``hooks.done``, as joblib tasks on
+    ``client`` (`_ovr_backend`), reduced with the done ones into one model."""
     positives = [int(labels[1])] if len(labels) == 2 else [int(c) for c in labels]
     todo = [c for c in positives if c not in hooks.done]
     fits: list[BinaryFit] = []

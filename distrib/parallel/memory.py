@@ -8,7 +8,7 @@ against what a worker has left under its pause threshold:
 * ``ovr``: every worker holds the whole training matrix (each binary fit reads all rows)
   and the solver's copy of it: `OVR_COPIES` times the matrix;
 * ``multinomial``: a worker holds its share of the rows (its threads' share of the blocks),
-  plus one chunk on its way in.
+  plus one chunk on its way in (the strategies say it: `distrib.parallel.strategies`).
 
 A strategy that cannot fit is refused with the numbers and what to do instead.
 """
@@ -16,7 +16,7 @@ A strategy that cannot fit is refused with the numbers and what to do instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import dask
 
@@ -26,7 +26,14 @@ from distrib.parallel.cluster import worker_infos
 #: How many copies of the training matrix a one-vs-rest worker holds: the rows and the
 #: solver's working copy of them.
 OVR_COPIES = 2.0
-_MB = 1e6
+
+
+class RowsOnWorkers(Protocol):
+    """What a strategy puts in a worker's memory (`check_fits`)."""
+
+    def memory_refusal(self, worker: WorkerMemory, nbytes: int, share: float) -> str | None:
+        """Why ``worker`` cannot hold this strategy's rows (None if it can)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -78,43 +85,31 @@ def matrix_bytes(n_rows: int, n_features: int, density: float, layout: str) -> i
 
 
 def check_fits(
-    workers: list[WorkerMemory], strategy: str, nbytes: int, chunk_bytes: int = 0
+    workers: list[WorkerMemory], strategy: RowsOnWorkers, nbytes: int, chunk_bytes: int = 0
 ) -> None:
     """Refuse ``strategy`` if its rows cannot fit in some worker's memory.
 
     Parameters
     ----------
     workers : list of WorkerMemory
-    strategy : {"ovr", "multinomial"}
+    strategy : RowsOnWorkers
+        A `distrib.parallel.strategies.Strategy`: says what it needs of each worker.
     nbytes : int
         The training matrix's bytes (`matrix_bytes`).
     chunk_bytes : int
-        The largest chunk of rows a multinomial worker computes before it keeps it.
+        The largest chunk of rows a worker computes before it keeps it (grown rows).
+
+    Raises
+    ------
+    ClusterError
+        The strategy's own words for the first worker that cannot hold its rows.
     """
     limited = [w for w in workers if w.limit]
     if not limited:
         return
     total_threads = sum(w.threads for w in workers) or 1
     for worker in limited:
-        room = worker.available
-        if strategy == "ovr":
-            need = OVR_COPIES * nbytes
-            if need > room:
-                share = nbytes * worker.threads / total_threads + chunk_bytes
-                raise ClusterError(
-                    f"one-vs-rest needs the whole training matrix ({nbytes / _MB:,.0f} MB) and "
-                    f"the solver's copy on every worker, ~{need / _MB:,.0f} MB, and worker "
-                    f"{worker.address} has {max(room, 0) / _MB:,.0f} MB left under its "
-                    f"memory limit ({worker.limit / _MB:,.0f} MB): use --strategy "
-                    f"multinomial (each worker holds only its share of the rows, "
-                    f"~{share / _MB:,.0f} MB here), or raise --memory-limit"
-                )
-        else:
-            need = nbytes * worker.threads / total_threads + chunk_bytes
-            if need > room:
-                raise ClusterError(
-                    f"the multinomial fit puts ~{need / _MB:,.0f} MB of rows on worker "
-                    f"{worker.address}, which has {max(room, 0) / _MB:,.0f} MB left under its "
-                    f"memory limit ({worker.limit / _MB:,.0f} MB): add workers or raise "
-                    "--memory-limit"
-                )
+        share = nbytes * worker.threads / total_threads + chunk_bytes
+        refusal = strategy.memory_refusal(worker, nbytes, share)
+        if refusal is not None:
+            raise ClusterError(refusal)

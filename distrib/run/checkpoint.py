@@ -126,6 +126,11 @@ class Checkpoints:
             fits[fit.label] = fit
         return fits
 
+    def evaluation_log(self, resume: bool) -> EvaluationLog:
+        """The multinomial fit's evaluation log in this folder, kept and replayed
+        (``resume``) or begun anew."""
+        return EvaluationLog(self.folder / EVALUATION_LOG, resume)
+
     def remove(self) -> None:
         """Delete the checkpoints once the run's final files are written."""
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -32,22 +32,19 @@ from distrib.parallel.cluster import (
     start_cluster,
     warm_workers,
 )
-from distrib.parallel.dispatch import BinaryFit
 from distrib.parallel.fitting import (
     FitHooks,
     FitOutcome,
     by_class_index,
     check_class_weight_labels,
     fit_dask_rows,
-    fit_training_data,
 )
 from distrib.parallel.memory import check_fits, matrix_bytes, worker_memory
+from distrib.parallel.strategies import Strategy, fit_training_data, strategy_for
 from distrib.parallel.transfer import (
     ArrayFiles,
-    RowsFromHere,
     TrainingData,
     choose_layout,
-    load_in_memory,
     prepare_split_arrays,
     training_density,
     workers_blind_to,
@@ -59,14 +56,8 @@ from distrib.report.render import (
     render_report,
     save_report_images,
 )
-from distrib.run.attempts import add_block_loads, class_retries, fit_naming_failures
-from distrib.run.checkpoint import (
-    EVALUATION_LOG,
-    RUN_FILES,
-    Checkpoints,
-    EvaluationLog,
-    refuse_finished,
-)
+from distrib.run.attempts import fit_naming_failures
+from distrib.run.checkpoint import RUN_FILES, Checkpoints, EvaluationLog, refuse_finished
 from distrib.run.evaluate import evaluate
 from distrib.run.phases import Phases
 
@@ -180,24 +171,7 @@ def _check_memory(
     nbytes = matrix_bytes(n_rows, n_features, density, layout)
     # a grown chunk arrives dense (float32) and is copied once as it becomes a block
     chunk = 2 * max(parts.X_train.chunks[0]) * n_features * 4 if parts.grow > 1 else 0
-    check_fits(worker_memory(client), config.strategy, nbytes, chunk)
-
-
-def _progress(
-    log: Callable[[str], None], total: int, already: int = 0
-) -> Callable[[BinaryFit], None]:
-    done = already
-
-    def on_fit(fit: BinaryFit) -> None:
-        nonlocal done
-        done += 1
-        status = "" if fit.converged else ", NOT converged (raise --max-iter)"
-        log(
-            f"[{done:>{len(str(total))}}/{total}] class {fit.label} fitted on {fit.worker} "
-            f"in {fit.seconds:.2f} s ({fit.n_iter} iterations{status})"
-        )
-
-    return on_fit
+    check_fits(worker_memory(client), strategy_for(config.strategy), nbytes, chunk)
 
 
 def train(
@@ -261,8 +235,9 @@ def train(
             raise ConfigError("pass a client or a started connection as cluster, not both")
         folder, created = prepare_out_dir(out, resume)
         if client is None and connection is None:  # after the cheap checks
+            libraries = strategy_for(config.strategy).worker_libraries(config.solver)
             connection = start_cluster(cluster if isinstance(cluster, ClusterConfig) else None,
-                                       config.strategy, say, config.solver)  # fmt: skip
+                                       libraries, say)  # fmt: skip
         try:
             job = _Job(config, folder, home, transfer, resume, say, phase)
             result = _run(job, connection, client)
@@ -288,6 +263,10 @@ class _Job:
     resume: bool
     say: Callable[[str], None]
     phase: Phases
+
+    @property
+    def strategy(self) -> Strategy:
+        return strategy_for(self.config.strategy)
 
 
 @dataclass
@@ -382,7 +361,7 @@ def _load_and_split(job: _Job) -> _Prepared:
         density = training_density(parts, data_home(job.home), key)
         layout = choose_layout(config.layout, density)
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
-    generated = config.grow > 1 and config.strategy == "multinomial"
+    generated = config.grow > 1 and strategy_for(config.strategy).grows_on_workers
     return _Prepared(dataset, parts, y_train, y_test, classes, key, density, layout, generated)
 
 
@@ -397,7 +376,7 @@ def _connect(
             client = connection.client()
         else:
             assert client is not None
-            warm_workers(client, job.config.strategy, job.config.solver)
+            warm_workers(client, job.strategy.worker_libraries(job.config.solver))
         return client, describe(client)
 
 
@@ -420,12 +399,7 @@ def _place_rows(job: _Job, client: Client, ready: _Prepared) -> _Placed:
             mode = "generated"
         else:
             mode = _choose_transfer(client, files, job.transfer)
-            if mode == "path":
-                data = files
-            elif config.strategy == "multinomial":  # each block's rows alone, from here
-                data = RowsFromHere(files)
-            else:  # every binary fit reads all rows: the workers get them all, once
-                data = load_in_memory(files)
+            data = files if mode == "path" else job.strategy.rows_by_value(files)
     job.say(f"transfer: {mode} ({phase.seconds['transfer']:.2f} s)")
     return _Placed(files, test_files, data, mode)
 
@@ -443,28 +417,8 @@ def _fit(job: _Job, client: Client, ready: _Prepared, placed: _Placed, n_workers
     }
     checkpoints.begin(manifest, job.resume)
     hooks = FitHooks(log=say)
-    journal: EvaluationLog | None = None
-    if config.strategy == "ovr":
-        hooks.done = checkpoints.load() if job.resume else {}
-        todo = [c for c in classes.tolist() if c not in hooks.done]
-        if hooks.done:
-            say(f"resuming: {len(hooks.done)} class(es) from checkpoints, {len(todo)} to fit")
-        progress = _progress(say, len(classes), len(hooks.done))
-
-        def on_fit(fit: BinaryFit) -> None:
-            checkpoints.save(fit)
-            progress(fit)
-
-        hooks.on_binary_fit = on_fit
-        say(f"fitting {len(todo)} one-vs-rest classifiers on {n_workers} workers")
-    else:
-        journal = hooks.journal = EvaluationLog(checkpoints.folder / EVALUATION_LOG, job.resume)
-        if job.resume:
-            say(
-                f"resuming: {len(journal.logged)} evaluation(s) logged; replaying them, then "
-                "going on with the cluster"
-            )
-        say(f"fitting one multinomial model on {n_workers} workers")
+    job.strategy.follow(hooks, checkpoints, job.resume, classes, n_workers)
+    journal = hooks.journal if isinstance(hooks.journal, EvaluationLog) else None
 
     def fit() -> FitOutcome:
         if placed.data is not None:
@@ -482,7 +436,7 @@ def _fit(job: _Job, client: Client, ready: _Prepared, placed: _Placed, n_workers
 
     with job.phase("fit"):
         try:
-            outcome = fit_naming_failures(config, client, fit, checkpoints, job.folder,
+            outcome = fit_naming_failures(job.strategy, client, fit, checkpoints, job.folder,
                                            classes, hooks)  # fmt: skip
         finally:
             if journal is not None:
@@ -506,13 +460,7 @@ def _reduce(job: _Job, client: Client, fitted: _Fitted) -> None:
     """Phase ``reduce``: what the cluster's events say of each fit record (retries of a
     class, loads of a block)."""
     with job.phase("reduce"):
-        records, run_id = fitted.outcome.records, fitted.hooks.run_id
-        if job.config.strategy == "ovr":
-            retries = class_retries(client, run_id, records, fitted.outcome.solver["backups"])
-            for record in records:
-                record["retries"] = retries.get(record["label"], [])
-        else:
-            add_block_loads(client, run_id, records)
+        job.strategy.add_cluster_records(client, fitted.hooks.run_id, fitted.outcome)
 
 
 def _evaluate(
