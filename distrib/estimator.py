@@ -125,7 +125,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
             y = y.compute()
         if isinstance(sample_weight, da.Array):
             sample_weight = sample_weight.compute()
-        if isinstance(X, da.Array) and strategy_for(self.strategy).fits_dask_arrays_in_place:
+        if isinstance(X, da.Array) and strategy_for(self.strategy).holds_row_blocks:
             return self._fit_dask_multinomial(X, y, sample_weight)
         if isinstance(X, da.Array):
             X = X.compute()

@@ -44,6 +44,7 @@ from distrib.errors import ConfigError, OutputError
 from distrib.files import write_json
 from distrib.parallel.cluster import connect, load_fit_libraries, package_versions, worker_infos
 from distrib.parallel.memory import matrix_bytes
+from distrib.parallel.strategies import strategy_for
 from distrib.parallel.transfer import choose_layout, density_of, matrix_nbytes
 from distrib.report.bench_format import BENCH_FORMAT_VERSION, STRATEGY_KEYS
 from distrib.bench.baselines import (
@@ -256,6 +257,7 @@ def _distrib_runs(
     estimator_inputs: EstimatorInputs | None = None,
     dask_ml_inputs: EstimatorInputs | None = None,
 ) -> dict[str, Any]:
+    strategy = strategy_for(config.strategy)
     runs: list[dict[str, Any]] = []
     estimator: dict[str, Any] = {}
     dask_ml: dict[str, Any] = {}
@@ -282,7 +284,7 @@ def _distrib_runs(
                 "phases": t,
                 "test_accuracy": result.metrics["test_accuracy"],
             }
-            if config.strategy == "ovr":
+            if not strategy.holds_row_blocks:
                 run["classes"] = [
                     {k: f[k] for k in ("label", "seconds", "worker", "n_iter", "converged")}
                     for f in result.metrics["fits"]
@@ -298,7 +300,7 @@ def _distrib_runs(
                 ]
             runs.append(run)
         peak_rss = client.run(_peak_rss_bytes)
-        if config.strategy == "multinomial" and present >= 2:
+        if strategy.holds_row_blocks and present >= 2:
             relay = relay_level(client)
             say(
                 f"[distrib multinomial, {present} worker(s)] one relay level: "
@@ -751,6 +753,7 @@ def _time_distrib(
     with tempfile.TemporaryDirectory(prefix="distrib-bench-") as scratch:
         for strategy in (s for s in STRATEGIES if s in strategies):
             job = dataclasses.replace(config, strategy=strategy)
+            blocks = strategy_for(strategy).holds_row_blocks
             by_strategy[strategy] = {
                 k: _distrib_runs(
                     job,
@@ -762,8 +765,10 @@ def _time_distrib(
                     home=home,
                     scratch=Path(scratch),
                     say=timing.say,
-                    estimator_inputs=inputs if estimators and strategy == "multinomial" else None,
-                    dask_ml_inputs=inputs if dask_ml and strategy == "ovr" else None,
+                    # the estimator's Dask-array path keeps rows as blocks; dask-ml's binary
+                    # LogisticRegression is a one-vs-rest peer
+                    estimator_inputs=inputs if estimators and blocks else None,
+                    dask_ml_inputs=inputs if dask_ml and not blocks else None,
                 )
                 for k in counts
             }

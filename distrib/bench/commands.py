@@ -27,10 +27,27 @@ from distrib.errors import ClusterError
 
 #: Seconds one command may take before the benchmark gives up on it.
 COMMAND_TIMEOUT = 900.0
-#: What each strategy's ``distrib train`` is held against: (plain script model, label).
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A plain script ``distrib train`` is held against."""
+
+    model: str  # the script's --model (`distrib.bench.plain_sklearn`)
+    label: str
+    processes: bool  # runs as many loky processes as distrib has workers; else one process
+
+    def key(self, workers: int) -> str:
+        """The script's key in the results, with ``workers`` processes where it has them."""
+        return f"script {self.model}" + (f", {workers} process(es)" if self.processes else "")
+
+
+#: What each strategy's ``distrib train`` is held against.
 BASELINES = {
-    "multinomial": ("multinomial", "scikit-learn multinomial lbfgs, one process (dense rows)"),
-    "ovr": ("ovr", "loky OneVsRestClassifier(n_jobs=workers) (CSR rows)"),
+    "multinomial": Baseline(
+        "multinomial", "scikit-learn multinomial lbfgs, one process (dense rows)", False
+    ),
+    "ovr": Baseline("ovr", "loky OneVsRestClassifier(n_jobs=workers) (CSR rows)", True),
 }
 
 
@@ -60,14 +77,16 @@ def _train_command(
     return Command(key, argv, "distrib", strategy, workers, out)
 
 
-def _script_command(config: TrainConfig, model: str, n_jobs: int, home: str | None) -> Command:
-    argv = [sys.executable, "-m", "distrib.bench.plain_sklearn", "--model", model,
+def _script_command(
+    config: TrainConfig, baseline: Baseline, n_jobs: int, home: str | None
+) -> Command:
+    argv = [sys.executable, "-m", "distrib.bench.plain_sklearn", "--model", baseline.model,
             "--dataset", config.dataset, "--max-iter", str(config.max_iter),
             "--n-jobs", str(n_jobs)]  # fmt: skip
     if home is not None:
         argv += ["--data-home", home]
-    key = f"script {model}" + (f", {n_jobs} process(es)" if model == "ovr" else "")
-    return Command(key, argv, "script", model, n_jobs if model == "ovr" else 1)
+    workers = n_jobs if baseline.processes else 1
+    return Command(baseline.key(n_jobs), argv, "script", baseline.model, workers)
 
 
 def _run(command: Command) -> tuple[float, float]:
@@ -121,9 +140,9 @@ def time_commands(
         for k in workers:
             commands.append(_train_command(config, strategy, k, home, scratch / "run"))
     for strategy in strategies:
-        model = BASELINES[strategy][0]
-        for k in workers if model == "ovr" else [1]:
-            commands.append(_script_command(config, model, k, home))
+        baseline = BASELINES[strategy]
+        for k in workers if baseline.processes else [1]:
+            commands.append(_script_command(config, baseline, k, home))
     walls: dict[str, list[float]] = {c.key: [] for c in commands}
     accuracy: dict[str, float] = {}
     for r in range(repeat):
@@ -149,13 +168,12 @@ def time_commands(
     }
     over: dict[str, dict[str, float]] = {}
     for strategy in strategies:
-        model, _ = BASELINES[strategy]
         for k in workers:
-            script = f"script {model}" + (f", {k} process(es)" if model == "ovr" else "")
             mine = medians[f"distrib {strategy}, {k} worker(s)"]
-            over.setdefault(strategy, {})[str(k)] = mine / medians[script]
+            script = medians[BASELINES[strategy].key(k)]
+            over.setdefault(strategy, {})[str(k)] = mine / script
     return {
         "runs": runs,
         "over_baseline": over,
-        "baselines": {s: BASELINES[s][1] for s in strategies},
+        "baselines": {s: BASELINES[s].label for s in strategies},
     }

@@ -64,10 +64,11 @@ class Strategy(ABC):
 
     #: The name a setting gives (``TrainConfig.strategy``, ``--strategy``).
     name: ClassVar[str]
-    #: Rows grown with ``--grow`` are made on the workers and kept there as blocks.
-    grows_on_workers: ClassVar[bool]
-    #: A Dask array ``X`` is fitted where its chunks are made, never gathered.
-    fits_dask_arrays_in_place: ClassVar[bool]
+    #: The training rows are cut into blocks that the workers keep and every evaluation
+    #: sums over: rows grown with ``--grow`` are made on the workers as blocks, a Dask array
+    #: ``X`` is fitted where its chunks are made (never gathered), and the fit's records
+    #: are its blocks. Otherwise every task reads all the rows, and the records are classes.
+    holds_row_blocks: ClassVar[bool]
 
     @abstractmethod
     def worker_libraries(self, solver: str | None) -> WorkerLibraries:
@@ -124,8 +125,7 @@ class OneVsRest(Strategy):
     """One binary problem per class, as joblib tasks on the dask backend."""
 
     name = "ovr"
-    grows_on_workers = False
-    fits_dask_arrays_in_place = False
+    holds_row_blocks = False
 
     def worker_libraries(self, solver: str | None) -> WorkerLibraries:
         if solver in (None, "lbfgs"):
@@ -220,8 +220,7 @@ class Multinomial(Strategy):
     """One softmax model over row blocks held by the workers."""
 
     name = "multinomial"
-    grows_on_workers = True
-    fits_dask_arrays_in_place = True
+    holds_row_blocks = True
 
     def worker_libraries(self, solver: str | None) -> WorkerLibraries:
         return WorkerLibraries(("distrib.parallel.block_hosts",), ("softmax",))

@@ -361,7 +361,7 @@ def _load_and_split(job: _Job) -> _Prepared:
         density = training_density(parts, data_home(job.home), key)
         layout = choose_layout(config.layout, density)
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
-    generated = config.grow > 1 and strategy_for(config.strategy).grows_on_workers
+    generated = config.grow > 1 and strategy_for(config.strategy).holds_row_blocks
     return _Prepared(dataset, parts, y_train, y_test, classes, key, density, layout, generated)
 
 
