@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distrib.parallel.block_channel import Channel, ChannelServer, pack, receive_all
+from distrib.parallel.blocks.channel import Channel, ChannelServer, pack, receive_all
 
 from .conftest import REPO
 
@@ -81,7 +81,7 @@ def test_a_connection_without_the_token_is_dropped_and_the_driver_still_gets_in(
 
 _HOST = """
 import sys, time
-from distrib.parallel.block_channel import ChannelServer
+from distrib.parallel.blocks.channel import ChannelServer
 def slow(request, **_):
     time.sleep(60)
 server = ChannelServer("127.0.0.1", slow)

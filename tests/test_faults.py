@@ -18,10 +18,10 @@ from sklearn.datasets import load_digits
 
 from distrib import TrainConfig, train
 from distrib.linear.model import LinearModel
-from distrib.parallel.block_hosts import ClusterBlocks
+from distrib.parallel.blocks.block import block_loss_grad, load_block
+from distrib.parallel.blocks.partial_sums import total
+from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.cluster import start_local_cluster
-from distrib.parallel.multinomial import block_loss_grad, load_block
-from distrib.parallel.partial_sums import total
 from distrib.parallel.transfer import InMemoryArrays
 from distrib.run.checkpoint import Checkpoints
 
@@ -137,8 +137,7 @@ def test_a_worker_killed_under_a_relay_gives_the_same_sums(role: str) -> None:
     client = Client(cluster, set_as_default=False)
     try:
         client.wait_for_workers(2, timeout=60)
-        runner = ClusterBlocks.from_training_data(client, data, classes, timeout=120)
-        runner.groups = 1
+        runner = ClusterBlocks.from_training_data(client, data, classes, timeout=120, groups=1)
         got = [runner.evaluate(*points[0], None)]
         assert got[0].relayed == 1, "the second host was reached through the first"
         victim = runner.placement[0 if role == "relaying" else 1]

@@ -14,10 +14,11 @@ from distributed import Client
 from sklearn.datasets import load_digits
 
 from distrib import TrainConfig, train
-from distrib.parallel.block_hosts import ClusterBlocks, silence_deadline, worker_slots
+from distrib.parallel.blocks.block import block_loss_grad, load_block
+from distrib.parallel.blocks.partial_sums import total
+from distrib.parallel.blocks.runner import ClusterBlocks, worker_slots
 from distrib.parallel.cluster import start_local_cluster
-from distrib.parallel.multinomial import block_loss_grad, load_block
-from distrib.parallel.partial_sums import total
+from distrib.parallel.deadlines import silence_deadline
 from distrib.parallel.transfer import InMemoryArrays
 
 
@@ -115,9 +116,9 @@ def test_a_paused_worker_called_through_dask_is_given_up_too() -> None:
     messages: list[str] = []
     try:
         client.wait_for_workers(2, timeout=60)
-        runner = ClusterBlocks.from_training_data(client, data, classes, timeout=120)
-        runner.direct = False
-        runner.log = messages.append
+        runner = ClusterBlocks.from_training_data(
+            client, data, classes, timeout=120, direct=False, log=messages.append
+        )
         got = [runner.evaluate(*point, None) for point in points[:4]]
         assert not runner.channels, "every host was called through distributed"
         victim = runner.placement[1]
@@ -147,7 +148,7 @@ def test_a_paused_worker_called_through_dask_is_given_up_too() -> None:
 
 
 def test_late_tasks_are_those_of_a_worker_whose_running_task_is_late() -> None:
-    from distrib.parallel.backup import BackupPolicy, late_tasks
+    from distrib.parallel.deadlines import BackupPolicy, late_tasks
 
     policy = BackupPolicy(factor=2.0, minimum=1.0, min_finished=2)
     processing = {"a": ["t1", "t2"], "b": ["t3"], "c": []}

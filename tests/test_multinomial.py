@@ -7,9 +7,10 @@ import pytest
 from distributed import Client
 from sklearn.datasets import load_digits
 
-from distrib.parallel.block_hosts import ClusterBlocks
-from distrib.parallel.multinomial import block_loss_grad, busiest_worker_seconds, load_block
-from distrib.parallel.partial_sums import Timing, total
+from distrib.parallel.blocks.block import block_loss_grad, load_block
+from distrib.parallel.blocks.partial_sums import Timing, total
+from distrib.parallel.blocks.runner import ClusterBlocks
+from distrib.parallel.multinomial import busiest_worker_seconds
 from distrib.parallel.transfer import InMemoryArrays
 
 
@@ -47,8 +48,9 @@ def test_cluster_blocks_give_the_same_sum_over_channels_relays_and_dask(
         (True, True, "direct channel", 1),
         (False, True, "dask rpc", 0),
     ):
-        runner = ClusterBlocks.from_training_data(cluster_client, data, np.arange(10))
-        runner.direct, runner.relay, runner.groups = direct, relay, 1
+        runner = ClusterBlocks.from_training_data(
+            cluster_client, data, np.arange(10), direct=direct, relay=relay, groups=1
+        )
         try:
             evaluation = runner.evaluate(coef, intercept, None)
             assert {b["calls"] for b in runner.describe()} == {calls}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distrib.parallel.partial_sums import (
+from distrib.parallel.blocks.partial_sums import (
     PartialSum,
     Timing,
     combine,

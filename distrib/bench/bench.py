@@ -428,7 +428,7 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     Per evaluation: the compute of all blocks divided over the workers, plus the measured
     coordination cost at the base count, plus what the sum tree adds past it. On ``k``
     workers the tree has ``g = ceil(sqrt(k))`` groups of up to ``h = ceil(k / g)`` hosts
-    (`distrib.parallel.partial_sums.sum_tree`): the driver reads ``g`` replies, each
+    (`distrib.parallel.blocks.partial_sums.sum_tree`): the driver reads ``g`` replies, each
     costing its CPU time per reply (measured in the fits of the largest measured worker
     count, where an evaluation has the most replies); where ``h > 1`` a relaying host adds one
     level (measured on this cluster, `distrib.bench.coordination.relay_level`; without such a

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 from distributed import Client
 
-from distrib.parallel.block_hosts import ClusterBlocks
+from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.cluster import worker_infos
 from distrib.parallel.transfer import InMemoryArrays
 
@@ -59,10 +59,14 @@ def measure_coordination(
     try:
         for mode in modes:
             runner = ClusterBlocks.from_training_data(
-                client, InMemoryArrays(X, y), np.arange(n_classes), run_id=uuid.uuid4().hex
+                client,
+                InMemoryArrays(X, y),
+                np.arange(n_classes),
+                run_id=uuid.uuid4().hex,
+                direct=mode != "rpc",
+                relay=mode == "relayed",
+                groups=1 if mode == "relayed" else None,
             )
-            runner.direct, runner.relay = mode != "rpc", mode == "relayed"
-            runner.groups = 1 if mode == "relayed" else None
             runner.wait_loaded()
             runners[mode] = runner
             samples[mode] = {"wall": [], "coordination": [], "driver": [], "relay": []}

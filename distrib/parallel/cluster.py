@@ -250,7 +250,7 @@ class WorkerLibraries:
 
 #: What a fit of any strategy and solver may load (`distrib bench` warms them all).
 EVERY_FIT_LIBRARY = WorkerLibraries(
-    ("sklearn.linear_model", "distrib.linear.binary", "distrib.parallel.block_hosts"),
+    ("sklearn.linear_model", "distrib.linear.binary", "distrib.parallel.blocks.host"),
     ("binary", "softmax"),
 )
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from distributed import Client
 
+from distrib.parallel.blocks.block import BLOCK_TOPIC
 from distrib.parallel.cluster import worker_infos
 from distrib.parallel.dispatch import ATTEMPT_TOPIC
-from distrib.parallel.multinomial import block_loads
 
 
 def attempts_of_run(client: Client, run_id: str) -> dict[int, list[dict[str, Any]]]:
@@ -77,3 +77,13 @@ def add_block_loads(client: Client, run_id: str, blocks: list[dict[str, Any]]) -
             {"worker": m["worker"], "time": m["time"], "worker_alive": m["worker"] in alive}
             for m in mine
         ]
+
+
+def block_loads(client: Any, run_id: str) -> list[dict[str, Any]]:
+    """Every load of every block of fit ``run_id``, from the workers' events, oldest first."""
+    try:
+        events = client.get_events(BLOCK_TOPIC)
+    except Exception:  # events are diagnostics; never fail a run for them
+        return []
+    loads = [m for _, m in events if isinstance(m, dict) and m.get("run_id") == run_id]
+    return sorted(loads, key=lambda m: m["time"])

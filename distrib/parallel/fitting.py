@@ -33,17 +33,11 @@ from joblib.parallel import get_active_backend
 
 from distrib.config import TrainConfig
 from distrib.errors import DataError
-from distrib.parallel.block_hosts import ClusterBlocks
+from distrib.parallel.blocks.block import BlockRunner, LocalBlocks
+from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
 from distrib.parallel.joblib_backend import active_dask_client, cluster_backend
-from distrib.parallel.multinomial import (
-    BlockRunner,
-    Journal,
-    LocalBlocks,
-    SoftmaxFit,
-    fit_softmax,
-    objective_weights,
-)
+from distrib.parallel.multinomial import Journal, SoftmaxFit, fit_softmax, objective_weights
 from distrib.parallel.reduce import reduce_fits
 from distrib.parallel.transfer import (
     ArrayFiles,
@@ -249,8 +243,8 @@ def fit_multinomial_rows(
             client,
             data,
             labels,
-            run_id=hooks.run_id,
             n_blocks=None if layout is None else int(layout["blocks"]),
+            **_block_options(hooks),
         )
     return fit_multinomial(runner, int(data.shape[1]), len(labels), weights, config, hooks)
 
@@ -323,21 +317,26 @@ def fit_dask_rows(
     hooks = hooks or FitHooks()
     weights = objective_weights(codes, n_classes, class_weight, sample_weight)
     runner = ClusterBlocks.from_dask_array(
-        client,
-        X,
-        codes,
-        np.arange(n_classes),
-        sample_weight=sample_weight,
-        run_id=hooks.run_id,
+        client, X, codes, np.arange(n_classes), sample_weight=sample_weight, **_block_options(hooks)
     )
     return fit_multinomial(
         runner, int(X.shape[1]), n_classes, weights, config, hooks, predict_rows=predict_rows
     )
 
 
+def _block_options(hooks: FitHooks) -> dict[str, Any]:
+    """`ClusterBlocks`' settings for a fit followed by ``hooks``: its name, where it says
+    that it waits on a silent host (and gives it up), and, for a resumed fit, the order of
+    the sums its first run fixed (`_keep_layout` checks the blocks are the same)."""
+    layout = hooks.journal.layout() if hooks.journal is not None else None
+    tree = None if layout is None else tuple(tuple(int(i) for i in g) for g in layout["tree"])
+    return {"run_id": hooks.run_id, "log": hooks.say, "tree": tree}
+
+
 def _keep_layout(runner: ClusterBlocks, journal: Journal) -> None:
     """A resumed fit sums its blocks in the order its first run did (whatever the workers
-    now); a new one records its order for a later resume."""
+    now: the runner has that order from `_block_options`); a new one records its order for
+    a later resume."""
     layout = journal.layout()
     if layout is not None:
         if int(layout["blocks"]) != len(runner.sources):
@@ -345,7 +344,6 @@ def _keep_layout(runner: ClusterBlocks, journal: Journal) -> None:
                 f"the fit being resumed cut its rows into {layout['blocks']} blocks, this one "
                 f"into {len(runner.sources)}: the rows differ; train into a new --out"
             )
-        runner.tree = tuple(tuple(int(i) for i in group) for group in layout["tree"])
     else:
         runner.wait_loaded()  # the order follows where the blocks are
         journal.save_layout(len(runner.sources), runner.fix_tree())
@@ -374,8 +372,6 @@ def fit_multinomial(
         if iteration % every == 0 or iteration in (1, config.max_iter):
             hooks.say(f"[{iteration}/{config.max_iter}] L-BFGS iteration, loss {loss:.6f}")
 
-    if isinstance(runner, ClusterBlocks):
-        runner.log = hooks.say  # waits on a silent host, and giving it up
     try:
         if isinstance(runner, ClusterBlocks) and hooks.journal is not None:
             _keep_layout(runner, hooks.journal)

@@ -23,7 +23,7 @@ from joblib._dask import DaskDistributedBackend, _TracebackCapturingWrapper
 from joblib.parallel import get_active_backend
 
 from distrib.errors import ClusterError
-from distrib.parallel.backup import BackupPolicy, late_tasks
+from distrib.parallel.deadlines import BackupPolicy, late_tasks
 from distrib.parallel.dispatch import ATTEMPT_TOPIC
 
 #: The joblib releases `ClusterBackend` was tested with (pyproject pins the same range).
@@ -101,7 +101,7 @@ class ClusterBackend(DaskDistributedBackend):
       (dask moves nothing off a worker it still lists). Every half second, once enough
       tasks have finished, the backend asks the scheduler where its pending tasks are and
       reads when each started (the tasks announce it, `ATTEMPT_TOPIC`); the tasks of a
-      worker whose running task is late (`distrib.parallel.backup.late_tasks`) are
+      worker whose running task is late (`distrib.parallel.deadlines.late_tasks`) are
       submitted again on the other workers. The first attempt to finish wins, the other is
       cancelled; `backups` records each (what, where, why, which attempt won).
 

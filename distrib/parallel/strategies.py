@@ -223,7 +223,7 @@ class Multinomial(Strategy):
     holds_row_blocks = True
 
     def worker_libraries(self, solver: str | None) -> WorkerLibraries:
-        return WorkerLibraries(("distrib.parallel.block_hosts",), ("softmax",))
+        return WorkerLibraries(("distrib.parallel.blocks.host",), ("softmax",))
 
     def memory_refusal(self, worker: WorkerMemory, nbytes: int, share: float) -> str | None:
         if share <= worker.available:

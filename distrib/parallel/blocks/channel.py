@@ -14,7 +14,7 @@ with the worker's certificate and requires the other end to present one of the c
 the token follows, inside TLS. The
 first thing a connection sends is the token; the host drops a connection that does not. The
 first connection is the driver's; hosts the driver asks to relay evaluations to this one
-(`distrib.parallel.partial_sums`) connect with the same token while it stays. The channel
+(`distrib.parallel.blocks.partial_sums`) connect with the same token while it stays. The channel
 lives as long as the driver's connection: when the driver closes it or goes away, the host's
 threads end.
 

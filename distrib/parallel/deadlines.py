@@ -1,4 +1,6 @@
-"""Which running tasks are late enough to get a backup attempt (one-vs-rest fits).
+"""Deadlines for workers that stop answering without dying: which running tasks are late
+enough to get a backup attempt (one-vs-rest fits), and when a silent block host is given
+up (multinomial fits: `silence_deadline`).
 
 A worker that stops answering without dying (paused, a frozen VM, a swap storm, a link that
 drops packets) keeps its tasks: the scheduler lists it until ``worker-ttl`` (5 minutes by
@@ -112,3 +114,32 @@ def late_tasks(
         if ran > deadline:
             late.update({k: (worker, ran) for k in mine})
     return late
+
+
+#: Evaluations to time before a silent host can be given up (the first ones set the pace).
+SILENCE_AFTER_EVALUATIONS = 3
+
+
+def silence_deadline(evaluation_seconds: list[float]) -> float | None:
+    """Seconds an evaluation may wait on a host that does not answer before the fit gives
+    that host up: ``factor`` times the median of the fit's evaluations so far, at least
+    ``minimum`` (dask config ``distrib.silent-host.factor``, default 10, and
+    ``distrib.silent-host.minimum``, default 2 s); None until `SILENCE_AFTER_EVALUATIONS`
+    evaluations have been timed."""
+    if len(evaluation_seconds) < SILENCE_AFTER_EVALUATIONS:
+        return None
+    factor = float(dask.config.get("distrib.silent-host.factor", 10))
+    minimum = parse_timedelta(dask.config.get("distrib.silent-host.minimum", "2s"))
+    return max(factor * float(np.median(evaluation_seconds)), float(minimum or 0.0))
+
+
+def heartbeats_stale(last_seen: float, now: float, waited: float) -> bool:
+    """Whether a worker last heard from at ``last_seen`` has stopped its heartbeats, for a
+    host that has not answered for ``waited`` seconds: nothing for half of that."""
+    return now - last_seen > waited / 2
+
+
+def silence_reason(waited: float, deadline: float, *, stale: bool) -> str:
+    """Why a host that answered nothing for ``waited`` seconds is given up."""
+    how = "nor its heartbeats" if stale else "though its heartbeats came"
+    return f"no answer in {waited:.1f} s, {how} (deadline {deadline:.1f} s)"
