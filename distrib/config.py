@@ -157,7 +157,9 @@ class TrainConfig:
     Parameters
     ----------
     strategy : {"ovr", "multinomial"}
-        ``ovr``: one binary `LogisticRegression` per class, each a task on some worker.
+        ``ovr``: one binary problem per class, as joblib tasks on the workers: with L-BFGS
+        and an L2 penalty (the default) a group of classes per task, fitted in lockstep;
+        otherwise a scikit-learn `LogisticRegression` per class.
         ``multinomial``: one softmax regression over row blocks held by the workers
         (`distrib.parallel.multinomial`); needs ``solver="lbfgs"`` and ``l1_ratio=0``.
     dataset : {"mnist", "digits"}

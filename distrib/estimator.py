@@ -2,9 +2,11 @@
 
 Two strategies fit the same kind of model (`distrib.linear.model.LinearModel`):
 
-* ``ovr``: one binary `LogisticRegression` per class, each a joblib task: on the Dask cluster
-  the caller chose with ``parallel_config(backend="dask")``, else on the current Dask client,
-  else on whatever joblib backend is active (in this process by default).
+* ``ovr``: one binary problem per class, as joblib tasks (lockstep groups of classes with
+  L-BFGS and an L2 penalty, the default; a `LogisticRegression` per class otherwise): on the
+  Dask cluster the caller chose with ``parallel_config(backend="dask")``, else on the
+  current Dask client, else on whatever joblib backend is active (in this process by
+  default).
 * ``multinomial``: one softmax regression; the rows are cut into blocks held by the workers
   and a driver-side L-BFGS sums their losses and gradients
   (`distrib.parallel.multinomial`). Without a Dask client it runs in this process.

@@ -2,10 +2,10 @@
 
 Layout: MNIST's pixel matrix is 81 % zeros. Stored as CSR (float32 values, int32 indices) it
 is 72 MB instead of 188 MB, and a binary fit reads 2.6x fewer bytes per pass: on two cores
-the dense fits are limited by memory bandwidth, the sparse ones are not (docs/design.md, "Layout").
+the dense fits are limited by memory bandwidth, the sparse ones are not.
 ``auto`` picks CSR when at most `AUTO_SPARSE_DENSITY` of the training pixels are non-zero.
 
-Transfer, two ways, chosen per run (DESIGN.md section 1):
+Transfer, two ways, chosen per run (ARCHITECTURE.md, step 4):
 
 * `ArrayFiles`: the training split is written once as ``.npy`` files; each task memory-maps
   them by path. Nothing crosses the network, workers on one host share the page cache, and
@@ -14,7 +14,8 @@ Transfer, two ways, chosen per run (DESIGN.md section 1):
 * `InMemoryArrays`: the arrays travel by value. The caller broadcasts the object to every
   worker once (``parallel_config(backend="dask", scatter=[data])``); each worker process then
   copies it once into aligned memory (arrays deserialized from the network are unaligned,
-  which makes BLAS up to 10x slower, DESIGN.md section 3) and reuses that copy for every class.
+  which makes BLAS up to 10x slower: dask/distributed issue 8985) and reuses that copy for every
+  class.
 """
 
 from __future__ import annotations

@@ -460,7 +460,12 @@ def _reduce(job: _Job, client: Client, fitted: _Fitted) -> None:
     """Phase ``reduce``: what the cluster's events say of each fit record (retries of a
     class, loads of a block)."""
     with job.phase("reduce"):
-        job.strategy.add_cluster_records(client, fitted.hooks.run_id, fitted.outcome)
+        try:
+            job.strategy.add_cluster_records(client, fitted.hooks.run_id, fitted.outcome)
+        except OSError as exc:  # the scheduler left after the fit: the model is whole
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            job.say(f"the cluster's events could not be read ({reason}): the records of the "
+                    "fit say nothing of retries or reloads")  # fmt: skip
 
 
 def _evaluate(

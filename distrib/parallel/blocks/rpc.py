@@ -170,10 +170,15 @@ class HostActors:
                 why = silence_reason(waited, silence, stale=stale)
                 raise HostLost(worker, self.give_up(worker, why))
 
-    def gone(self, workers: set[str]) -> dict[str, str]:
-        """Which of ``workers`` the scheduler saw leave (their host's task changed)."""
+    def check_scheduler(self) -> None:
+        """Raise OSError if the client has lost its scheduler (the direct channels work
+        without it, but nothing could replace a lost worker)."""
         if self.client.status != "running":
             raise OSError(f"the client lost its scheduler (client status: {self.client.status})")
+
+    def gone(self, workers: set[str]) -> dict[str, str]:
+        """Which of ``workers`` the scheduler saw leave (their host's task changed)."""
+        self.check_scheduler()
         status = {w: self.hosts[w].status for w in workers}
         return {
             w: f"its actor's task became {s}"

@@ -311,6 +311,9 @@ class ClusterBlocks:
         self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
     ) -> Evaluation:
         self.wait_loaded()
+        # every evaluation, not only one that waits: a fit over the direct channels would
+        # otherwise run to its end without the scheduler, and fail after it
+        self.actors.check_scheduler()
         started = time.perf_counter()
         request = EvaluationRequest(coef, intercept, class_weight, self.fix_tree())
         parts: dict[Node, PartialSum] = {}
