@@ -161,7 +161,7 @@ class TrainConfig:
         and an L2 penalty (the default) a group of classes per task, fitted in lockstep;
         otherwise a scikit-learn `LogisticRegression` per class.
         ``multinomial``: one softmax regression over row blocks held by the workers
-        (`distrib.parallel.multinomial`); needs ``solver="lbfgs"`` and ``l1_ratio=0``.
+        (`distrib.linear.multinomial`); needs ``solver="lbfgs"`` and ``l1_ratio=0``.
     dataset : {"mnist", "digits"}
         MNIST (70,000 x 784, from the local cache) or scikit-learn's 8x8 digits.
     data : str, optional

@@ -9,7 +9,7 @@ Two strategies fit the same kind of model (`distrib.linear.model.LinearModel`):
   default).
 * ``multinomial``: one softmax regression; the rows are cut into blocks held by the workers
   and a driver-side L-BFGS sums their losses and gradients
-  (`distrib.parallel.multinomial`). Without a Dask client it runs in this process.
+  (`distrib.linear.multinomial`). Without a Dask client it runs in this process.
 
 Prediction works on numpy arrays, SciPy sparse matrices and Dask arrays (lazy and chunked, so
 a test set larger than memory streams through the workers). Models are saved as

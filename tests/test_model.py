@@ -114,7 +114,7 @@ def test_ovr_probabilities_are_normalised_sigmoids_and_finite_far_from_every_cla
 
 
 def test_class_weights_and_the_total_weight_are_scikit_learns() -> None:
-    from distrib.parallel.multinomial import objective_weights
+    from distrib.linear.multinomial import objective_weights
 
     codes = np.repeat([0, 1, 2], [5, 1, 4])
     per_class, total = objective_weights(codes, 3, "balanced")

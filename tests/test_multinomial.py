@@ -7,10 +7,10 @@ import pytest
 from distributed import Client
 from sklearn.datasets import load_digits
 
+from distrib.linear.multinomial import busiest_worker_seconds
 from distrib.parallel.blocks.block import block_loss_grad, load_block
 from distrib.parallel.blocks.partial_sums import Timing, total
 from distrib.parallel.blocks.runner import ClusterBlocks
-from distrib.parallel.multinomial import busiest_worker_seconds
 from distrib.parallel.transfer import InMemoryArrays
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
+from distrib.linear.lbfgs import minimize_lbfgs
 from distrib.linear.softmax import Matrix, binary_loss_grad, prepare
 
 
@@ -116,8 +117,8 @@ def fit_binary_lbfgs(
 
     The objective and the solver's options are scikit-learn's for ``solver="lbfgs"``: the
     mean (sample-weighted) half binomial loss plus ``||coef||^2 / (2 C sum(weights))``,
-    minimised from zero by ``scipy.optimize.minimize(method="L-BFGS-B")`` with
-    ``maxiter=max_iter``, ``gtol=tol``, ``maxls=50``, ``ftol=64 * eps``.
+    minimised from zero by SciPy's L-BFGS-B with scikit-learn's options
+    (`distrib.linear.lbfgs`).
 
     Parameters
     ----------
@@ -161,17 +162,8 @@ def fit_binary_lbfgs(
 
     def solve(slot: int) -> None:
         try:
-            results[slot] = optimize.minimize(
-                lambda point: lockstep.ask(slot, point),
-                np.zeros(n_coef),
-                method="L-BFGS-B",
-                jac=True,
-                options={
-                    "maxiter": max_iter,
-                    "maxls": 50,
-                    "gtol": tol,
-                    "ftol": 64 * np.finfo(float).eps,
-                },
+            results[slot] = minimize_lbfgs(
+                lambda point: lockstep.ask(slot, point), n_coef, tol=tol, max_iter=max_iter
             )
         except BaseException as exc:
             results[slot] = exc

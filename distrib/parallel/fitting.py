@@ -12,7 +12,7 @@ a `FitOutcome` and keeps no state.
   default).
 * `fit_multinomial_rows` and `fit_dask_rows`: the rows cut into blocks held by the workers,
   a driver-side L-BFGS over their summed losses and gradients
-  (`distrib.parallel.multinomial`); in this process without a Dask client.
+  (`distrib.linear.multinomial`); in this process without a Dask client.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from joblib.parallel import get_active_backend
 
 from distrib.config import TrainConfig
 from distrib.errors import DataError
+from distrib.linear.multinomial import Journal, SoftmaxFit, fit_softmax, objective_weights
 from distrib.parallel.blocks.block import BlockRunner, LocalBlocks
 from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
 from distrib.parallel.joblib_backend import active_dask_client, cluster_backend
-from distrib.parallel.multinomial import Journal, SoftmaxFit, fit_softmax, objective_weights
 from distrib.parallel.reduce import reduce_fits
 from distrib.parallel.transfer import (
     ArrayFiles,
@@ -362,7 +362,7 @@ def fit_multinomial(
     """The multinomial fit over ``runner``'s blocks (released at the end).
 
     ``weights``: each class's weight and the rows' total
-    (`distrib.parallel.multinomial.objective_weights`); ``predict_rows``: also predict
+    (`distrib.linear.multinomial.objective_weights`); ``predict_rows``: also predict
     every row where it is held, before the blocks are released.
     """
     hooks = hooks or FitHooks()

@@ -29,9 +29,9 @@ from distrib.parallel.memory import OVR_COPIES, WorkerMemory
 if TYPE_CHECKING:
     from distributed import Client
 
+    from distrib.linear.multinomial import Journal
     from distrib.parallel.dispatch import BinaryFit
     from distrib.parallel.fitting import FitHooks, FitOutcome
-    from distrib.parallel.multinomial import Journal
     from distrib.parallel.transfer import ArrayFiles, TrainingData
 
 # The fits' machinery (numba's kernels, joblib, scikit-learn) is imported by the methods

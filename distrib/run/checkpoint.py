@@ -138,7 +138,7 @@ class Checkpoints:
 
 class EvaluationLog:
     """Every evaluation of a multinomial fit, appended as it is made, so that a resumed fit
-    replays them (`distrib.parallel.multinomial.Journal`).
+    replays them (`distrib.linear.multinomial.Journal`).
 
     Append-only, one record per evaluation with its own checksum, flushed as written: a
     driver killed mid-write leaves at most a torn last record, which is dropped (and cut

@@ -129,7 +129,7 @@ class BlockHost:
     def load(self, index: int, source: TrainingData, start: int, stop: int, **kw: Any) -> int:
         """Read rows ``start:stop`` of ``source`` as block ``index``; return its row count.
 
-        ``kw`` are `distrib.parallel.multinomial.load_block`'s (classes, run_id, offset, key).
+        ``kw`` are `distrib.parallel.blocks.block.load_block`'s (classes, run_id, offset, key).
         """
         self.blocks[index] = load_block(source, start, stop, **kw)
         release_free_memory()  # the load's temporaries: back to the system, not kept

@@ -1,24 +1,16 @@
-"""Data-parallel multinomial (softmax) logistic regression.
+"""The multinomial (softmax) solver: L-BFGS over summed row blocks, knowing nothing of Dask.
 
-The other way to distribute the same model (issue 8). One-vs-rest sends whole problems to
-workers: it cannot use more workers than classes, and every worker holds the whole matrix.
-Here the training rows are cut into blocks, one per worker thread; each block is loaded once
-onto its worker and kept there (no worker holds more than its rows). Each evaluation of the
-objective sends the current coefficients to every block; the worker returns its block's
-softmax loss and gradient (`distrib.linear.softmax`), summed in a fixed order
-(`distrib.parallel.blocks.partial_sums`); the driver adds the L2 term, and
-SciPy's L-BFGS takes the step, with scikit-learn's options and its ``C`` convention::
+The training rows are cut into blocks (`distrib.parallel.blocks`); an evaluator gives, for
+given coefficients, every block's softmax loss and gradient (`distrib.linear.softmax`)
+summed in a fixed order, wherever the blocks are (this process, or a cluster's workers).
+`fit_softmax` adds the L2 term and lets SciPy's L-BFGS take the step, with scikit-learn's
+options (`distrib.linear.lbfgs`) and its ``C`` convention::
 
     mean_i w_i * (logsumexp(z_i) - z_i[y_i]) + ||coef||^2 / (2 * C * sum_i w_i)
 
 (``w_i``: class weights, else 1; the intercept is not penalised). The optimum is scikit-learn's
 ``LogisticRegression(solver="lbfgs")`` multinomial fit. Two classes are fitted as the
 equivalent binomial problem (one row, as scikit-learn does).
-
-This module holds the solver; the blocks are `distrib.parallel.blocks`', and where they live
-is a `distrib.parallel.blocks.block.BlockRunner`'s business: `LocalBlocks` (this process) or
-`distrib.parallel.blocks.runner.ClusterBlocks` (actors on the workers of a Dask cluster,
-called directly at each evaluation).
 """
 
 from __future__ import annotations
@@ -31,11 +23,67 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from distrib.parallel.blocks.block import BlockRunner
-from distrib.parallel.blocks.partial_sums import Timing
+from distrib.linear.lbfgs import minimize_lbfgs
 
 if TYPE_CHECKING:  # the workers that evaluate blocks do without the optimizer
     import scipy.optimize
+
+
+class _Timing(Protocol):
+    """One block's evaluation: where it ran, when it started, how long it took."""
+
+    @property
+    def worker(self) -> str: ...
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def seconds(self) -> float: ...
+
+
+class _Sum(Protocol):
+    """The blocks' summed loss and gradient (gradient: classes x (features + 1), the
+    intercept's column last), and each block's timing."""
+
+    @property
+    def loss(self) -> float: ...
+
+    @property
+    def grad(self) -> np.ndarray: ...
+
+    @property
+    def timings(self) -> Sequence[_Timing]: ...
+
+
+class SummedEvaluation(Protocol):
+    """What a runner's evaluation gives the solver: the sum over every block, and what
+    coordinating it cost (messages read, and the driver's and relays' CPU seconds)."""
+
+    @property
+    def total(self) -> _Sum: ...
+
+    @property
+    def messages(self) -> int: ...
+
+    @property
+    def message_cpu(self) -> float: ...
+
+    @property
+    def relayed(self) -> int: ...
+
+    @property
+    def relay_cpu(self) -> float: ...
+
+
+class Evaluator(Protocol):
+    """Evaluates every block of a fit at given coefficients and sums them in a fixed order
+    (a `distrib.parallel.blocks.block.BlockRunner`: in this process, or on a cluster's
+    workers); the solver knows nothing else of where the blocks are."""
+
+    def evaluate(
+        self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
+    ) -> SummedEvaluation: ...
 
 
 class Journal(Protocol):
@@ -109,27 +157,7 @@ def _median_or_none(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def _minimize(
-    objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    size: int,
-    tol: float,
-    max_iter: int,
-    callback: Callable[[scipy.optimize.OptimizeResult], None],
-) -> scipy.optimize.OptimizeResult:
-    """L-BFGS from zero with scikit-learn's options for `LogisticRegression` (1.9)."""
-    import scipy.optimize
-
-    return scipy.optimize.minimize(
-        objective,
-        np.zeros(size),
-        method="L-BFGS-B",
-        jac=True,
-        options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
-        callback=callback,
-    )
-
-
-def busiest_worker_seconds(timings: Sequence[Timing]) -> float:
+def busiest_worker_seconds(timings: Sequence[_Timing]) -> float:
     """How long the busiest worker computed in one evaluation: from the start of its first
     block to the end of its last (blocks of one worker may run one after another or at once).
     The rest of the evaluation's wall time is coordination."""
@@ -180,7 +208,7 @@ def objective_weights(
 
 
 def fit_softmax(
-    runner: BlockRunner,
+    runner: Evaluator,
     *,
     n_features: int,
     n_classes: int,
@@ -197,7 +225,7 @@ def fit_softmax(
 
     Parameters
     ----------
-    runner : BlockRunner
+    runner : Evaluator
         Gives every block's loss and gradient at given coefficients.
     n_features, n_classes : int
     weight_sum : float
@@ -278,7 +306,9 @@ def fit_softmax(
     # The solver's own linear algebra is tiny; BLAS threads here would spin between steps
     # and take the CPU from the workers on this host (measured: block time 28 -> 45 ms).
     with threadpool_limits(limits=1, user_api="blas"):
-        result = _minimize(objective, n_classes * width, tol, max_iter, callback)
+        result = minimize_lbfgs(
+            objective, n_classes * width, tol=tol, max_iter=max_iter, callback=callback
+        )
     seconds = time.perf_counter() - t0
     coef, intercept = unpack(result.x)
     if binary:
