@@ -64,7 +64,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="distrib")
 def cli() -> None:
-    """Train one-vs-rest logistic regression on MNIST across a Dask cluster."""
+    """Train logistic regression (one-vs-rest or multinomial) across a Dask cluster."""
 
 
 def _tls_options(func: Any) -> Any:
