@@ -24,7 +24,7 @@ L1_SOLVERS = ("saga", "liblinear")
 CLASS_WEIGHTS = (None, "balanced")
 LAYOUTS = ("auto", "dense", "sparse")
 STRATEGIES = ("ovr", "multinomial")
-#: How training rows reach the workers (`distrib.parallel.transfer`).
+#: How training rows reach the workers (`distrib.parallel.rows`, `distrib.parallel.prepared`).
 TRANSFER_MODES = ("auto", "path", "scatter")
 PRESETS = ("notebook",)
 #: The most variants of each training image `distrib.data.grow` makes (the image and its

@@ -32,8 +32,8 @@ from distrib.config import ESTIMATOR_PARAMS, SETTINGS, TrainConfig
 from distrib.errors import DataError, OutputError
 from distrib.linear.model import LinearModel
 from distrib.parallel.fitting import FitOutcome, by_class_index, current_client, fit_dask_rows
+from distrib.parallel.rows import InMemoryArrays
 from distrib.parallel.strategies import fit_training_data, strategy_for
-from distrib.parallel.transfer import InMemoryArrays
 
 
 class DaskLogisticRegression(ClassifierMixin, BaseEstimator):

@@ -20,15 +20,14 @@ from distrib.data.split import split_arrays
 from distrib.linear.model import LinearModel
 from distrib.parallel.cluster import worker_infos
 from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
-from distrib.parallel.reduce import reduce_fits
-from distrib.parallel.transfer import (
-    InMemoryArrays,
+from distrib.parallel.prepared import (
     choose_layout,
     density_of,
-    load_in_memory,
     prepare_split_arrays,
     write_array_files,
 )
+from distrib.parallel.reduce import reduce_fits
+from distrib.parallel.rows import InMemoryArrays, load_in_memory
 
 from .conftest import REPO
 

@@ -22,7 +22,7 @@ from distrib.parallel.blocks.block import block_loss_grad, load_block
 from distrib.parallel.blocks.partial_sums import total
 from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.cluster import start_local_cluster
-from distrib.parallel.transfer import InMemoryArrays
+from distrib.parallel.rows import InMemoryArrays
 from distrib.run.checkpoint import Checkpoints
 
 from .conftest import REPO, DaskProcesses, run_cli

@@ -10,8 +10,8 @@ from sklearn.datasets import load_digits
 from distrib.config import TrainConfig
 from distrib.parallel.dispatch import BinaryFit
 from distrib.parallel.fitting import FitHooks
+from distrib.parallel.rows import InMemoryArrays
 from distrib.parallel.strategies import fit_training_data
-from distrib.parallel.transfer import InMemoryArrays
 
 
 @pytest.fixture(scope="module")

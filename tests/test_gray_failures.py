@@ -19,7 +19,7 @@ from distrib.parallel.blocks.partial_sums import total
 from distrib.parallel.blocks.runner import ClusterBlocks, worker_slots
 from distrib.parallel.cluster import start_local_cluster
 from distrib.parallel.deadlines import silence_deadline
-from distrib.parallel.transfer import InMemoryArrays
+from distrib.parallel.rows import InMemoryArrays
 
 
 def test_the_silence_deadline_follows_the_fits_own_pace() -> None:

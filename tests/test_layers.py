@@ -100,3 +100,38 @@ def test_architecture_lists_every_module_and_no_other() -> None:
     assert len(modules) > 40
     assert sorted(modules - listed) == [], "modules ARCHITECTURE.md's layout does not list"
     assert sorted(listed - modules) == [], "ARCHITECTURE.md lists modules that are gone"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the distrib modules it imports, at module level or inside functions."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found |= {m for m in (node.module, *(f"{node.module}.{a.name}" for a in node.names))
+                          if m in modules}  # fmt: skip
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name in modules}
+        graph[name] = found - {name, "distrib"}  # the front door re-exports; nothing imports it
+    return graph
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    graph = _import_graph()
+    circles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for imported in sorted(graph[module]):
+            if imported in path:
+                circles.append(" -> ".join([*path[path.index(imported) :], imported]))
+            elif imported not in done:
+                visit(imported, [*path, imported])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not circles, "import circles:\n" + "\n".join(circles)

@@ -11,7 +11,7 @@ from distrib.linear.multinomial import busiest_worker_seconds
 from distrib.parallel.blocks.block import block_loss_grad, load_block
 from distrib.parallel.blocks.partial_sums import Timing, total
 from distrib.parallel.blocks.runner import ClusterBlocks
-from distrib.parallel.transfer import InMemoryArrays
+from distrib.parallel.rows import InMemoryArrays
 
 
 def _result(worker: str, started: float, seconds: float) -> Timing:

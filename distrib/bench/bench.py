@@ -45,7 +45,8 @@ from distrib.files import write_json
 from distrib.parallel.cluster import connect, load_fit_libraries, package_versions, worker_infos
 from distrib.parallel.memory import matrix_bytes
 from distrib.parallel.strategies import strategy_for
-from distrib.parallel.transfer import choose_layout, density_of, matrix_nbytes
+from distrib.parallel.rows import matrix_nbytes
+from distrib.parallel.prepared import choose_layout, density_of
 from distrib.report.bench_format import BENCH_FORMAT_VERSION, STRATEGY_KEYS
 from distrib.bench.baselines import (
     BenchData,

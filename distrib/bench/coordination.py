@@ -24,7 +24,7 @@ from distributed import Client
 
 from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.cluster import worker_infos
-from distrib.parallel.transfer import InMemoryArrays
+from distrib.parallel.rows import InMemoryArrays
 
 MODES = ("direct", "relayed", "rpc")
 

@@ -24,7 +24,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from joblib.parallel import get_active_backend
 
-from distrib.parallel.transfer import TrainingData
+from distrib.parallel.rows import TrainingData
 
 
 @dataclass(frozen=True)

@@ -38,15 +38,14 @@ from distrib.parallel.blocks.block import BlockRunner, LocalBlocks
 from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
 from distrib.parallel.joblib_backend import active_dask_client, cluster_backend
+from distrib.parallel.prepared import workers_blind_to_paths, write_in_memory
 from distrib.parallel.reduce import reduce_fits
-from distrib.parallel.transfer import (
+from distrib.parallel.rows import (
     ArrayFiles,
     InMemoryArrays,
     TrainingData,
     matrix_nbytes,
     release_aligned,
-    workers_blind_to_paths,
-    write_in_memory,
 )
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from distrib.linear.multinomial import Journal
     from distrib.parallel.dispatch import BinaryFit
     from distrib.parallel.fitting import FitHooks, FitOutcome
-    from distrib.parallel.transfer import ArrayFiles, TrainingData
+    from distrib.parallel.rows import ArrayFiles, TrainingData
 
 # The fits' machinery (numba's kernels, joblib, scikit-learn) is imported by the methods
 # that run it, not here: ``distrib train`` asks its strategy what the workers load before
@@ -146,7 +146,7 @@ class OneVsRest(Strategy):
         )
 
     def rows_by_value(self, files: ArrayFiles) -> TrainingData:
-        from distrib.parallel.transfer import load_in_memory
+        from distrib.parallel.rows import load_in_memory
 
         return load_in_memory(files)  # every binary fit reads all rows: all of them, once
 
@@ -236,7 +236,7 @@ class Multinomial(Strategy):
         )
 
     def rows_by_value(self, files: ArrayFiles) -> TrainingData:
-        from distrib.parallel.transfer import RowsFromHere
+        from distrib.parallel.rows import RowsFromHere
 
         return RowsFromHere(files)  # each block's rows alone, from here
 
@@ -320,8 +320,8 @@ def fit_training_data(
     Parameters
     ----------
     data : TrainingData
-        `distrib.parallel.transfer.ArrayFiles` (workers open the files by path) or
-        `distrib.parallel.transfer.InMemoryArrays` (sent by value).
+        `distrib.parallel.rows.ArrayFiles` (workers open the files by path) or
+        `distrib.parallel.rows.InMemoryArrays` (sent by value).
     labels : ndarray
         The sorted values found in ``data``'s labels.
     config : TrainConfig

@@ -40,16 +40,15 @@ from distrib.parallel.fitting import (
     fit_dask_rows,
 )
 from distrib.parallel.memory import check_fits, matrix_bytes, worker_memory
-from distrib.parallel.strategies import Strategy, fit_training_data, strategy_for
-from distrib.parallel.transfer import (
-    ArrayFiles,
-    TrainingData,
+from distrib.parallel.prepared import (
     choose_layout,
     prepare_split_arrays,
     training_density,
     workers_blind_to,
     workers_blind_to_paths,
 )
+from distrib.parallel.rows import ArrayFiles, TrainingData
+from distrib.parallel.strategies import Strategy, fit_training_data, strategy_for
 from distrib.report.render import (
     MISCLASSIFIED_IMAGES,
     SAMPLE_IMAGES,
@@ -204,7 +203,7 @@ def train(
     home : path, optional
         The data cache folder (see `distrib.data.datasets.data_home`).
     transfer : {"auto", "path", "scatter"}
-        How the training arrays reach the workers (see `distrib.parallel.transfer`). ``auto`` uses
+        How the training arrays reach the workers (see `distrib.parallel.rows`). ``auto`` uses
         ``path`` when every worker sees the prepared files, else ``scatter``.
     resume : bool
         ``out`` holds an interrupted run: fit only the classes it has no checkpoint for.

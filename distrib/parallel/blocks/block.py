@@ -19,7 +19,7 @@ from distrib.errors import DataError
 from distrib.linear import softmax
 from distrib.linear.model import predict_codes
 from distrib.parallel.blocks.partial_sums import PartialSum, Timing
-from distrib.parallel.transfer import Matrix, TrainingData, aligned_copy
+from distrib.parallel.rows import Matrix, TrainingData, aligned_copy
 
 #: The workers' event topic of block loads (`distrib.parallel.fit_events.block_loads`).
 BLOCK_TOPIC = "distrib-block-load"

@@ -20,7 +20,7 @@ from distrib.linear.model import predict_codes
 from distrib.parallel.blocks.block import RowBlock, block_loss_grad, load_block
 from distrib.parallel.blocks.channel import Channel, ChannelServer, pack, receive_all
 from distrib.parallel.blocks.partial_sums import Node, PartialSum, SumTree, combine
-from distrib.parallel.transfer import InMemoryArrays, TrainingData
+from distrib.parallel.rows import InMemoryArrays, TrainingData
 
 #: How often a pending call checks that its worker is still there (the call itself returns
 #: as soon as its result arrives; this only bounds how long a lost worker goes unnoticed).

@@ -72,7 +72,7 @@ from distrib.parallel.blocks.sources import (
 )
 from distrib.parallel.cluster import worker_infos
 from distrib.parallel.deadlines import heartbeats_stale, silence_deadline, silence_reason
-from distrib.parallel.transfer import TrainingData
+from distrib.parallel.rows import TrainingData
 
 
 def worker_slots(client: Any) -> list[str]:
@@ -179,7 +179,7 @@ class ClusterBlocks:
         **options: Any,
     ) -> ClusterBlocks:
         """One block per worker thread (or ``n_blocks``), block ``i`` on the ``i``-th
-        thread's worker. `distrib.parallel.transfer.ArrayFiles` are read by path on the
+        thread's worker. `distrib.parallel.rows.ArrayFiles` are read by path on the
         workers; in-memory rows are sent to their worker directly, once. ``options``: the
         constructor's (timeout, direct, groups, relay, tree, log)."""
         slots = worker_slots(client)

@@ -5,7 +5,7 @@ that loads them (`BlockSource.load_call`), and says whether Dask makes its rows 
 first (``made_on_workers``: the runner computes that chunk where the block will live, and the
 host adopts it). Two kinds today:
 
-* `RowsSource`: rows of `distrib.parallel.transfer` training data: prepared ``.npy`` files
+* `RowsSource`: rows of `distrib.parallel.rows` training data: prepared ``.npy`` files
   read by path on the worker (memory-mapped), or rows held here, sent to their worker alone;
 * `ChunkSource`: a chunk of a Dask array, computed on a worker (rows grown with ``--grow``,
   the estimator's Dask input) and never gathered on the driver.
@@ -24,7 +24,7 @@ import numpy as np
 
 from distrib.linear import softmax
 from distrib.parallel.blocks.host import BlockHost
-from distrib.parallel.transfer import InMemoryArrays, RowsFromHere, TrainingData
+from distrib.parallel.rows import InMemoryArrays, RowsFromHere, TrainingData
 
 
 @dataclass(frozen=True)
