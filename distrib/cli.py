@@ -213,21 +213,7 @@ def train(
     from distrib.parallel.cluster import start_cluster
     from distrib.parallel.strategies import strategy_for
 
-    if settings["class_weight"] is not None:
-        settings["class_weight"] = parse_class_weight(settings["class_weight"])
-    else:
-        del settings["class_weight"]  # not given: the preset's or the run's own
-    if resume is not None:
-        if preset is not None:
-            raise ConfigError("--preset cannot be combined with --resume: the run keeps its own")
-        if out is not None and Path(out) != Path(resume):
-            raise ConfigError(f"--resume {resume} writes into that folder; drop --out {out}")
-        out = resume
-        from distrib.run.checkpoint import resume_config
-
-        config = resume_config(resume, **settings)
-    else:
-        config = TrainConfig.from_preset(preset, **settings)
+    config, out = _train_config(preset, resume, out, settings)
     cluster = ClusterConfig(
         scheduler=scheduler,
         workers=workers,
@@ -265,6 +251,75 @@ def train(
         f"test accuracy {m['test_accuracy']:.4f} (train {m['train_accuracy']:.4f}), "
         f"fit {m['timings']['fit']:.2f} s, total {m['timings']['total']:.2f} s -> {result.out}"
     )
+
+
+def _train_config(
+    preset: str | None, resume: str | None, out: str | None, settings: dict[str, Any]
+) -> tuple[TrainConfig, str | None]:
+    """The run's settings (a preset's with the flags given, or a resumed run's own) and
+    its folder."""
+    if settings["class_weight"] is not None:
+        settings["class_weight"] = parse_class_weight(settings["class_weight"])
+    else:
+        del settings["class_weight"]  # not given: the preset's or the run's own
+    if resume is None:
+        return TrainConfig.from_preset(preset, **settings), out
+    if preset is not None:
+        raise ConfigError("--preset cannot be combined with --resume: the run keeps its own")
+    if out is not None and Path(out) != Path(resume):
+        raise ConfigError(f"--resume {resume} writes into that folder; drop --out {out}")
+    from distrib.run.checkpoint import resume_config
+
+    return resume_config(resume, **settings), resume
+
+
+def _bench_summary(report: dict[str, Any]) -> list[str]:
+    """The lines ``distrib bench`` prints of its report: whole commands against the plain
+    scripts, each strategy's runs, the estimator, Spark and dask-ml."""
+    lines: list[str] = []
+    commands_run = report.get("commands", {})
+    for strategy, ratios in commands_run.get("over_baseline", {}).items():
+        for k, ratio in ratios.items():
+            run = commands_run["runs"][f"distrib {strategy}, {k} worker(s)"]
+            lines.append(
+                f"`distrib train --strategy {strategy}`, {k} worker(s), whole process: "
+                f"{run['median_wall']:.2f} s, {ratio:.2f}x "
+                f"{commands_run['baselines'][strategy]}"
+            )
+    for name, keys in STRATEGY_KEYS.items():
+        for k, run in report.get(keys.runs, {}).items():
+            scaling = report[keys.scaling][k]
+            lines.append(
+                f"{name}, {k} worker(s): wall {run['median_wall']:.2f} s, fit "
+                f"{run['median_fit']:.2f} s, speedup {scaling['speedup_wall']:.2f} "
+                f"(fit {scaling['speedup_fit']:.2f}), test accuracy {run['test_accuracy']:.4f}"
+            )
+    for k, ratios in report.get("estimator_over_sklearn", {}).items():
+        parts = ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items())
+        lines.append(f"estimator multinomial, {k} worker(s), fit over scikit-learn's: {parts}")
+    for k, ratio in report.get("sklearn_multinomial", {}).get("fit_over_sklearn", {}).items():
+        lines.append(f"distrib multinomial, {k} worker(s), fit over scikit-learn's: {ratio:.2f}x")
+    for k, spark in report.get("peers", {}).get("spark", {}).items():
+        for name, line in spark["lines"].items():
+            reached = spark["time_to_target"][name]
+            cap = reached["steps"][-1]["max_iter"]
+            target = (
+                f"{reached['target']} reached in {reached['wall']:.2f} s (maxIter "
+                f"{reached['max_iter']})"
+                if reached["reached"]
+                else f"{reached['target']} not reached by maxIter {cap}"
+            )
+            lines.append(
+                f"spark local[{k}], {name}: fit {line['wall']:.2f} s, {line['iterations']} "
+                f"iterations, test accuracy {line['test_accuracy']:.4f}; {target}"
+            )
+    for k, ratio in report.get("fit_vs_dask_ml", {}).items():
+        run = report[STRATEGY_KEYS["ovr"].runs][k]["dask_ml"]
+        lines.append(
+            f"dask-ml one-vs-rest, {k} worker(s): fit {run['median_fit']:.2f} s "
+            f"({ratio:.1f}x distrib ovr's), test accuracy {run['test_accuracy']:.4f}"
+        )
+    return lines
 
 
 @cli.command()
@@ -410,10 +465,9 @@ def bench(
     quiet: bool,
 ) -> None:
     """Time training against the number of workers, with baselines; write bench.json/png."""
-    from distrib.bench.bench import parse_workers, run_bench
+    from distrib.bench.bench import BenchRequest, parse_workers, run_bench
 
-    report = run_bench(
-        TrainConfig(dataset=dataset, grow=grow),
+    request = BenchRequest(
         workers=parse_workers(workers_text) if workers_text else None,
         repeat=repeat,
         warmup=warmup,
@@ -428,50 +482,12 @@ def bench(
         commands=commands,
         strategies=[part.strip() for part in strategies_text.split(",") if part.strip()],
         peers=[part.strip() for part in peers_text.split(",") if part.strip()],
-        log=None if quiet else _log,
     )
-    commands_run = report.get("commands", {})
-    for strategy, ratios in commands_run.get("over_baseline", {}).items():
-        for k, ratio in ratios.items():
-            run = commands_run["runs"][f"distrib {strategy}, {k} worker(s)"]
-            click.echo(
-                f"`distrib train --strategy {strategy}`, {k} worker(s), whole process: "
-                f"{run['median_wall']:.2f} s, {ratio:.2f}x "
-                f"{commands_run['baselines'][strategy]}"
-            )
-    for name, keys in STRATEGY_KEYS.items():
-        for k, run in report.get(keys.runs, {}).items():
-            scaling = report[keys.scaling][k]
-            click.echo(
-                f"{name}, {k} worker(s): wall {run['median_wall']:.2f} s, fit "
-                f"{run['median_fit']:.2f} s, speedup {scaling['speedup_wall']:.2f} "
-                f"(fit {scaling['speedup_fit']:.2f}), test accuracy {run['test_accuracy']:.4f}"
-            )
-    for k, ratios in report.get("estimator_over_sklearn", {}).items():
-        parts = ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items())
-        click.echo(f"estimator multinomial, {k} worker(s), fit over scikit-learn's: {parts}")
-    for k, ratio in report.get("sklearn_multinomial", {}).get("fit_over_sklearn", {}).items():
-        click.echo(f"distrib multinomial, {k} worker(s), fit over scikit-learn's: {ratio:.2f}x")
-    for k, spark in report.get("peers", {}).get("spark", {}).items():
-        for name, line in spark["lines"].items():
-            reached = spark["time_to_target"][name]
-            cap = reached["steps"][-1]["max_iter"]
-            target = (
-                f"{reached['target']} reached in {reached['wall']:.2f} s (maxIter "
-                f"{reached['max_iter']})"
-                if reached["reached"]
-                else f"{reached['target']} not reached by maxIter {cap}"
-            )
-            click.echo(
-                f"spark local[{k}], {name}: fit {line['wall']:.2f} s, {line['iterations']} "
-                f"iterations, test accuracy {line['test_accuracy']:.4f}; {target}"
-            )
-    for k, ratio in report.get("fit_vs_dask_ml", {}).items():
-        run = report[STRATEGY_KEYS["ovr"].runs][k]["dask_ml"]
-        click.echo(
-            f"dask-ml one-vs-rest, {k} worker(s): fit {run['median_fit']:.2f} s "
-            f"({ratio:.1f}x distrib ovr's), test accuracy {run['test_accuracy']:.4f}"
-        )
+    report = run_bench(
+        TrainConfig(dataset=dataset, grow=grow), request, log=None if quiet else _log
+    )
+    for line in _bench_summary(report):
+        click.echo(line)
 
 
 @cli.command()

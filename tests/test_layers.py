@@ -135,3 +135,19 @@ def test_no_module_imports_itself_through_others() -> None:
         if module not in done:
             visit(module, [module])
     assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+def test_classes_and_functions_stay_readable_sizes() -> None:
+    """No class over 300 lines; at most 3 functions over 80 (the kernels, the solver and the
+    report's one pass over its files may be among them)."""
+    big_classes, long_functions = [], []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            size = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            where = f"{_module_name(path)}.{getattr(node, 'name', '')} ({size} lines)"
+            if isinstance(node, ast.ClassDef) and size > 300:
+                big_classes.append(where)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > 80:
+                long_functions.append(where)
+    assert big_classes == []
+    assert len(long_functions) <= 3, long_functions

@@ -244,6 +244,46 @@ def _dask_ml_runs(
     return {"walls": walls, "median_fit": _median(walls), "test_accuracy": accuracy}
 
 
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One timed ``distrib train`` run: its wall, fit and transfer seconds, every phase, its
+    test accuracy, and what its fit did (each class's binary fit, or the solver's record,
+    the evaluation log's share of the fit and each row block)."""
+
+    wall: float
+    fit: float
+    transfer: float
+    phases: dict[str, Any]
+    test_accuracy: float
+    classes: list[dict[str, Any]] | None = None
+    solver: dict[str, Any] | None = None
+    checkpoint_share_of_fit: float | None = None
+    blocks: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any], holds_row_blocks: bool) -> RunRecord:
+        """The record of a run from its ``metrics.json``."""
+        t = metrics["timings"]
+        common = {"wall": t["total"], "fit": t["fit"], "transfer": t["transfer"], "phases": t,
+                  "test_accuracy": metrics["test_accuracy"]}  # fmt: skip
+        if not holds_row_blocks:
+            keys = ("label", "seconds", "worker", "n_iter", "converged")
+            return cls(**common, classes=[{k: f[k] for k in keys} for f in metrics["fits"]])
+        solver = metrics["solver"]
+        keys = ("start", "rows", "worker", "copies", "calls")
+        return cls(
+            **common,
+            solver={k: v for k, v in solver.items() if k != "per_evaluation"},
+            # what the evaluation log (--resume's checkpoint) costs the fit
+            checkpoint_share_of_fit=solver.get("checkpoint_seconds", 0.0) / t["fit"],
+            blocks=[{k: b[k] for k in keys} for b in metrics["fits"]],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """As ``bench.json`` holds it (what this kind of fit has no record of left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
 def _distrib_runs(
     config: TrainConfig,
     workers: int,
@@ -259,7 +299,7 @@ def _distrib_runs(
     dask_ml_inputs: EstimatorInputs | None = None,
 ) -> dict[str, Any]:
     strategy = strategy_for(config.strategy)
-    runs: list[dict[str, Any]] = []
+    runs: list[RunRecord] = []
     estimator: dict[str, Any] = {}
     dask_ml: dict[str, Any] = {}
     relay: dict[str, float] = {}
@@ -276,30 +316,8 @@ def _distrib_runs(
                 f"wall {t['total']:.2f} s, fit {t['fit']:.2f} s, "
                 f"test accuracy {result.metrics['test_accuracy']:.4f}"
             )
-            if i < warmup:
-                continue
-            run: dict[str, Any] = {
-                "wall": t["total"],
-                "fit": t["fit"],
-                "transfer": t["transfer"],
-                "phases": t,
-                "test_accuracy": result.metrics["test_accuracy"],
-            }
-            if not strategy.holds_row_blocks:
-                run["classes"] = [
-                    {k: f[k] for k in ("label", "seconds", "worker", "n_iter", "converged")}
-                    for f in result.metrics["fits"]
-                ]
-            else:
-                solver = result.metrics["solver"]
-                run["solver"] = {k: v for k, v in solver.items() if k != "per_evaluation"}
-                # what the evaluation log (--resume's checkpoint) costs the fit
-                run["checkpoint_share_of_fit"] = solver.get("checkpoint_seconds", 0.0) / t["fit"]
-                run["blocks"] = [
-                    {k: b[k] for k in ("start", "rows", "worker", "copies", "calls")}
-                    for b in result.metrics["fits"]
-                ]
-            runs.append(run)
+            if i >= warmup:
+                runs.append(RunRecord.from_metrics(result.metrics, strategy.holds_row_blocks))
         peak_rss = client.run(_peak_rss_bytes)
         if strategy.holds_row_blocks and present >= 2:
             relay = relay_level(client)
@@ -311,15 +329,15 @@ def _distrib_runs(
             estimator = _estimator_runs(client, config, estimator_inputs, repeat, warmup, say)
         if dask_ml_inputs is not None:
             dask_ml = _dask_ml_runs(client, config, dask_ml_inputs, DASK_ML_REPEAT, say)
-    shares = [r["checkpoint_share_of_fit"] for r in runs if "checkpoint_share_of_fit" in r]
+    shares = [r.checkpoint_share_of_fit for r in runs if r.checkpoint_share_of_fit is not None]
     return {
         "workers": present,
         "cluster_start_seconds": startup,
-        "runs": runs,
-        "median_wall": _median([r["wall"] for r in runs]),
-        "median_fit": _median([r["fit"] for r in runs]),
-        "median_transfer": _median([r["transfer"] for r in runs]),
-        "test_accuracy": runs[-1]["test_accuracy"],
+        "runs": [r.to_json() for r in runs],
+        "median_wall": _median([r.wall for r in runs]),
+        "median_fit": _median([r.fit for r in runs]),
+        "median_transfer": _median([r.transfer for r in runs]),
+        "test_accuracy": runs[-1].test_accuracy,
         "layout": result.metrics["layout"],
         "transfer_mode": result.metrics["transfer"],
         "worker_memory": {
@@ -504,31 +522,12 @@ def project_multinomial(runs_by_workers: dict[int, dict[str, Any]]) -> dict[str,
     }
 
 
-def run_bench(
-    config: TrainConfig | None = None,
-    *,
-    workers: Sequence[int] | None = None,
-    repeat: int = 3,
-    warmup: int = 1,
-    scheduler: str | None = None,
-    tls: dict[str, str | None] | None = None,
-    home: str | os.PathLike[str] | None = None,
-    out: str | os.PathLike[str] = "bench",
-    baselines: bool = True,
-    notebook: bool = False,
-    strategies: Sequence[str] = ("ovr",),
-    estimators: bool = True,
-    dask_ml: bool = False,
-    commands: bool = True,
-    peers: Sequence[str] = (),
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Benchmark `distrib train` against worker count; write ``bench.json`` and ``bench.png``.
+@dataclasses.dataclass(frozen=True)
+class BenchRequest:
+    """What `run_bench` times, and where.
 
-    Parameters
+    Attributes
     ----------
-    config : TrainConfig, optional
-        The job to time (defaults: MNIST, notebook split, distrib's defaults).
     workers : sequence of int, optional
         Worker counts (default ``1..cores``). Ignored with ``scheduler``, whose workers are
         used as they are.
@@ -543,44 +542,83 @@ def run_bench(
         The data cache folder.
     out : path
         Folder for ``bench.json`` and ``bench.png``.
+    strategies : sequence of {"ovr", "multinomial"}
+        Which strategies to time. ``ovr`` results are under ``distrib``, ``multinomial``
+        under ``multinomial`` (with scikit-learn's multinomial fit as its baseline).
     baselines : bool
         Also time scikit-learn's `OneVsRestClassifier` in one process and with loky for each
         worker count.
     notebook : bool
         Also time the notebook's own settings in one process (minutes on MNIST).
-    dask_ml : bool
-        Also time dask-ml's one-vs-rest on each cluster, once (minutes on MNIST).
-    strategies : sequence of {"ovr", "multinomial"}
-        Which strategies to time. ``ovr`` results are under ``distrib``, ``multinomial``
-        under ``multinomial`` (with scikit-learn's multinomial fit as its baseline).
     estimators : bool
         With ``multinomial``: also time `DaskLogisticRegression` given the training matrix in
         memory (numpy, CSR) and as a Dask array, on each cluster, against scikit-learn on
         the same matrix.
+    dask_ml : bool
+        Also time dask-ml's one-vs-rest on each cluster, once (minutes on MNIST).
     commands : bool
         Also time whole ``distrib train`` processes for each strategy and worker count, as a
-        user times the command, beside the plain scikit-learn scripts (`distrib.bench.commands`;
-        not for grown data or an existing scheduler).
+        user times the command, beside the plain scikit-learn scripts
+        (`distrib.bench.commands`; not for grown data or an existing scheduler).
     peers : sequence of {"spark"}
         Other tools to time on the same split, on as many cores as each worker count:
         ``spark``, Apache Spark's ``LogisticRegression`` (`distrib.bench.peers`; needs
         the ``spark`` extra). Not for grown data.
+    """
+
+    workers: Sequence[int] | None = None
+    repeat: int = 3
+    warmup: int = 1
+    scheduler: str | None = None
+    tls: dict[str, str | None] | None = None
+    home: str | os.PathLike[str] | None = None
+    out: str | os.PathLike[str] = "bench"
+    strategies: Sequence[str] = ("ovr",)
+    baselines: bool = True
+    notebook: bool = False
+    estimators: bool = True
+    dask_ml: bool = False
+    commands: bool = True
+    peers: Sequence[str] = ()
+
+    def worker_counts(self) -> list[int]:
+        """The worker counts to time (one, on an existing scheduler)."""
+        counts = list(self.workers or range(1, (os.cpu_count() or 1) + 1))
+        return counts[:1] if self.scheduler else counts
+
+
+def run_bench(
+    config: TrainConfig | None = None,
+    request: BenchRequest | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark `distrib train` against worker count; write ``bench.json`` and ``bench.png``.
+
+    Parameters
+    ----------
+    config : TrainConfig, optional
+        The job to time (defaults: MNIST, notebook split, distrib's defaults).
+    request : BenchRequest, optional
+        What to time beside it, how often, and where (default: `BenchRequest`'s defaults).
     log : callable, optional
         Receives a progress line per run.
+
+    Returns
+    -------
+    dict
+        The report, as written to ``bench.json`` (`distrib.report.bench_format`).
     """
     config = config or TrainConfig()
-    _check_request(strategies, repeat, warmup, peers)
-    counts = list(workers or range(1, (os.cpu_count() or 1) + 1))
-    if scheduler:
-        counts = counts[:1]
+    request = request or BenchRequest()
+    _check_request(request.strategies, request.repeat, request.warmup, request.peers)
     say = log or (lambda _msg: None)
-    folder = Path(out)
+    folder = Path(request.out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the bench folder {folder}: {exc}") from exc
-
-    data = _bench_data(config, home, say)
+    data = _bench_data(config, request.home, say)
     if data.grown:
         # Grown rows are made on the workers by `distrib train`; here only scikit-learn's
         # fit needs them, made a chunk at a time after distrib's runs. The baselines that
@@ -590,68 +628,15 @@ def run_bench(
             f"grown data ({config.grow} variants, {data.n_rows:,} rows): timing "
             "distrib and scikit-learn's multinomial fit in one process only"
         )
-        estimators = baselines = notebook = dask_ml = False
-    report = _header(config, data, repeat, warmup, scheduler)
-    timing = Timing(repeat, warmup, say)
-    by_strategy = _time_distrib(
-        config,
-        data,
-        strategies,
-        counts,
-        timing,
-        scheduler=scheduler,
-        tls=tls,
-        home=home,
-        estimators=estimators,
-        dask_ml=dask_ml,
-    )
-    if commands and not data.grown and not scheduler:
-        with tempfile.TemporaryDirectory(prefix="distrib-commands-") as scratch:
-            report["commands"] = time_commands(
-                config,
-                strategies=[s for s in STRATEGIES if s in strategies],
-                workers=counts,
-                repeat=repeat,
-                scratch=Path(scratch),
-                home=None if home is None else str(home),
-                log=say,
-            )
-    for strategy, runs in by_strategy.items():
-        keys = STRATEGY_KEYS[strategy]
-        report[keys.runs] = {str(k): v for k, v in runs.items()}
-        report[keys.scaling] = speedups(runs)
-        report[keys.memory] = _memory(
-            runs, report["training_matrix_bytes"], report["dense_matrix_bytes"]
+        request = dataclasses.replace(
+            request, estimators=False, baselines=False, notebook=False, dask_ml=False
         )
-    distrib_runs = by_strategy.get("ovr", {})
-    if baselines and distrib_runs:
-        report.update(ovr_baselines(config, data, counts, distrib_runs, timing))
-    if any("dask_ml" in r for r in distrib_runs.values()):
-        report["fit_vs_dask_ml"] = {
-            str(k): r["dask_ml"]["median_fit"] / r["median_fit"]
-            for k, r in distrib_runs.items()
-            if "dask_ml" in r
-        }
-    if "spark" in peers and data.X_fit is not None:
-        report["peers"] = {"spark": spark_lines(config, data, counts, say)}
-    if "multinomial" in by_strategy:
-        report.update(
-            multinomial_baselines(
-                config,
-                data,
-                by_strategy["multinomial"],
-                timing,
-                estimators,
-                report["training_matrix_bytes"],
-            )
-        )
-        report[STRATEGY_KEYS["multinomial"].projection] = project_multinomial(
-            by_strategy["multinomial"]
-        )
-    if notebook and distrib_runs and data.X_dense is not None:
-        report["notebook"] = notebook_line(config, data, home, distrib_runs, say)
-    if distrib_runs:
-        report[STRATEGY_KEYS["ovr"].projection] = project(distrib_runs)
+    report = _header(config, data, request.repeat, request.warmup, request.scheduler)
+    timing = Timing(request.repeat, request.warmup, say)
+    by_strategy = _time_distrib(config, data, request, timing)
+    _add_commands(report, config, data, request, say)
+    _add_distrib_results(report, by_strategy)
+    _add_baselines(report, config, data, request, by_strategy, timing)
 
     from distrib.report.plots import plot_bench
 
@@ -659,6 +644,79 @@ def run_bench(
     plot_bench(report, folder / "bench.png")
     say(f"wrote {folder / 'bench.json'} and {folder / 'bench.png'}")
     return report
+
+
+def _add_commands(
+    report: dict[str, Any],
+    config: TrainConfig,
+    data: BenchData,
+    request: BenchRequest,
+    say: Callable[[str], None],
+) -> None:
+    """Whole ``distrib train`` processes beside the plain scripts (``commands``)."""
+    if not request.commands or data.grown or request.scheduler:
+        return
+    with tempfile.TemporaryDirectory(prefix="distrib-commands-") as scratch:
+        report["commands"] = time_commands(
+            config,
+            strategies=[s for s in STRATEGIES if s in request.strategies],
+            workers=request.worker_counts(),
+            repeat=request.repeat,
+            scratch=Path(scratch),
+            home=None if request.home is None else str(request.home),
+            log=say,
+        )
+
+
+def _add_distrib_results(
+    report: dict[str, Any], by_strategy: dict[str, dict[int, dict[str, Any]]]
+) -> None:
+    """distrib's runs of each strategy, their speedups and memory, and their projections."""
+    for strategy, runs in by_strategy.items():
+        keys = STRATEGY_KEYS[strategy]
+        report[keys.runs] = {str(k): v for k, v in runs.items()}
+        report[keys.scaling] = speedups(runs)
+        report[keys.memory] = _memory(
+            runs, report["training_matrix_bytes"], report["dense_matrix_bytes"]
+        )
+    if "multinomial" in by_strategy:
+        report[STRATEGY_KEYS["multinomial"].projection] = project_multinomial(
+            by_strategy["multinomial"]
+        )
+    if by_strategy.get("ovr"):
+        report[STRATEGY_KEYS["ovr"].projection] = project(by_strategy["ovr"])
+
+
+def _add_baselines(
+    report: dict[str, Any],
+    config: TrainConfig,
+    data: BenchData,
+    request: BenchRequest,
+    by_strategy: dict[str, dict[int, dict[str, Any]]],
+    timing: Timing,
+) -> None:
+    """Each strategy's baselines measured in this run, and the peers."""
+    counts, say = request.worker_counts(), timing.say
+    distrib_runs = by_strategy.get("ovr", {})
+    if request.baselines and distrib_runs:
+        report.update(ovr_baselines(config, data, counts, distrib_runs, timing))
+    if any("dask_ml" in r for r in distrib_runs.values()):
+        report["fit_vs_dask_ml"] = {
+            str(k): r["dask_ml"]["median_fit"] / r["median_fit"]
+            for k, r in distrib_runs.items()
+            if "dask_ml" in r
+        }
+    if "spark" in request.peers and data.X_fit is not None:
+        report["peers"] = {"spark": spark_lines(config, data, counts, say)}
+    if "multinomial" in by_strategy:
+        matrix_bytes = report["training_matrix_bytes"]
+        report.update(
+            multinomial_baselines(
+                config, data, by_strategy["multinomial"], timing, request.estimators, matrix_bytes
+            )
+        )
+    if request.notebook and distrib_runs and data.X_dense is not None:
+        report["notebook"] = notebook_line(config, data, request.home, distrib_runs, say)
 
 
 def _check_request(
@@ -724,21 +782,12 @@ def _header(
 
 
 def _time_distrib(
-    config: TrainConfig,
-    data: BenchData,
-    strategies: Sequence[str],
-    counts: list[int],
-    timing: Timing,
-    *,
-    scheduler: str | None,
-    tls: dict[str, str | None] | None,
-    home: str | os.PathLike[str] | None,
-    estimators: bool,
-    dask_ml: bool,
+    config: TrainConfig, data: BenchData, request: BenchRequest, timing: Timing
 ) -> dict[str, dict[int, dict[str, Any]]]:
     """distrib's runs per strategy and worker count, each on a fresh cluster (with the
     estimator and dask-ml lines measured on the same clusters where asked)."""
     inputs = None
+    estimators, dask_ml = request.estimators, request.dask_ml
     if (estimators or dask_ml) and data.X_dense is not None:
         inputs = EstimatorInputs(
             inputs={
@@ -752,18 +801,18 @@ def _time_distrib(
         )
     by_strategy: dict[str, dict[int, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="distrib-bench-") as scratch:
-        for strategy in (s for s in STRATEGIES if s in strategies):
+        for strategy in (s for s in STRATEGIES if s in request.strategies):
             job = dataclasses.replace(config, strategy=strategy)
             blocks = strategy_for(strategy).holds_row_blocks
             by_strategy[strategy] = {
                 k: _distrib_runs(
                     job,
                     k,
-                    scheduler=scheduler,
-                    tls=tls,
+                    scheduler=request.scheduler,
+                    tls=request.tls,
                     repeat=timing.repeat,
                     warmup=timing.warmup,
-                    home=home,
+                    home=request.home,
                     scratch=Path(scratch),
                     say=timing.say,
                     # the estimator's Dask-array path keeps rows as blocks; dask-ml's binary
@@ -771,6 +820,6 @@ def _time_distrib(
                     estimator_inputs=inputs if estimators and blocks else None,
                     dask_ml_inputs=inputs if dask_ml and not blocks else None,
                 )
-                for k in counts
+                for k in request.worker_counts()
             }
     return by_strategy

@@ -65,6 +65,55 @@ def _time_to_target(fit: Callable[[int], dict[str, Any]], target: float) -> dict
     return reached
 
 
+def _session(builder_of: Any, cores: int) -> Any:
+    """A local Spark session on ``cores`` cores, without its web UI or console progress."""
+    return (
+        builder_of.builder.master(f"local[{cores}]")
+        .appName("distrib-bench")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "4g")
+        .config("spark.sql.shuffle.partitions", str(cores))
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+
+
+def _reached(line: dict[str, Any], target: float) -> str:
+    """How long a line took to reach the ``target`` accuracy, or that it did not."""
+    if line["reached"]:
+        return f"test accuracy {target} reached in {line['wall']:.2f} s (maxIter {line['max_iter']})"
+    return f"test accuracy {target} not reached by maxIter {ITERATION_STEPS[-1]}"
+
+
+def _fit_line(
+    estimator_of: Any,
+    train: Any,
+    test: Any,
+    accuracy: Any,
+    reg: float,
+    iterations: int,
+    standardization: bool,
+) -> dict[str, Any]:
+    """One Spark fit on ``train`` (``iterations`` at most): its wall time, iterations and
+    test accuracy."""
+    estimator = estimator_of(
+        regParam=reg,
+        elasticNetParam=0.0,
+        standardization=standardization,
+        maxIter=iterations,
+        family="multinomial",
+    )
+    t0 = time.perf_counter()
+    model = estimator.fit(train)
+    wall = time.perf_counter() - t0
+    return {
+        "wall": wall,
+        "max_iter": iterations,
+        "iterations": int(model.summary.totalIterations),
+        "test_accuracy": float(accuracy.evaluate(model.transform(test))),
+    }
+
+
 def spark_runs(
     X_train: Any,
     y_train: np.ndarray,
@@ -91,15 +140,7 @@ def spark_runs(
     _write_libsvm(X_test, y_test, test_path)
     n_features = int(X_train.shape[1])
     started = time.perf_counter()
-    spark = (
-        SparkSession.builder.master(f"local[{cores}]")
-        .appName("distrib-bench")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "4g")
-        .config("spark.sql.shuffle.partitions", str(cores))
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
+    spark = _session(SparkSession, cores)
     spark.sparkContext.setLogLevel("ERROR")
     session = time.perf_counter() - started
     try:
@@ -112,24 +153,7 @@ def spark_runs(
         accuracy = MulticlassClassificationEvaluator(metricName="accuracy")
         reg = 1.0 / (C * len(y_train))
 
-        def fit(iterations: int, standardization: bool) -> dict[str, Any]:
-            estimator = LogisticRegression(
-                regParam=reg,
-                elasticNetParam=0.0,
-                standardization=standardization,
-                maxIter=iterations,
-                family="multinomial",
-            )
-            t0 = time.perf_counter()
-            model = estimator.fit(train)
-            wall = time.perf_counter() - t0
-            score = float(accuracy.evaluate(model.transform(test)))
-            return {
-                "wall": wall,
-                "max_iter": iterations,
-                "iterations": int(model.summary.totalIterations),
-                "test_accuracy": score,
-            }
+        fit = functools.partial(_fit_line, LogisticRegression, train, test, accuracy, reg)
 
         lines: dict[str, Any] = {}
         for name, standardization in LINES.items():
@@ -144,14 +168,7 @@ def spark_runs(
             for name, standardization in LINES.items()
         }
         for name, line in reached.items():
-            say(
-                f"[spark local[{cores}], {name}] test accuracy {target} "
-                + (
-                    f"reached in {line['wall']:.2f} s (maxIter {line['max_iter']})"
-                    if line["reached"]
-                    else f"not reached by maxIter {ITERATION_STEPS[-1]}"
-                )
-            )
+            say(f"[spark local[{cores}], {name}] {_reached(line, target)}")
         import pyspark
 
         return {

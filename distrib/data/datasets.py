@@ -433,6 +433,25 @@ _SOURCE_LABELS = {
 }
 
 
+def _cache_mnist(
+    paths: dict[str, Path], X: np.ndarray, y: np.ndarray, source: str, seconds: float
+) -> dict[str, Any]:
+    """Write verified MNIST arrays into the cache, its metadata last (its presence marks a
+    complete cache); return the metadata."""
+    write_npy(paths["X"], X)
+    write_npy(paths["y"], y)
+    meta = {
+        "source": source,
+        "shape": list(X.shape),
+        "X_sha256": MNIST_X_SHA256,
+        "y_sha256": MNIST_Y_SHA256,
+        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "fetch_seconds": round(seconds, 3),
+    }
+    write_json(paths["meta"], meta)
+    return meta
+
+
 def fetch_mnist(
     home: str | os.PathLike[str] | None = None,
     *,
@@ -499,17 +518,7 @@ def fetch_mnist(
             continue
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        write_npy(paths["X"], X)
-        write_npy(paths["y"], y)
-        meta = {
-            "source": label,
-            "shape": list(X.shape),
-            "X_sha256": MNIST_X_SHA256,
-            "y_sha256": MNIST_Y_SHA256,
-            "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "fetch_seconds": round(time.perf_counter() - started, 3),
-        }
-        write_json(paths["meta"], meta)  # written last: its presence marks a complete cache
+        meta = _cache_mnist(paths, X, y, label, time.perf_counter() - started)
         say(f"cached MNIST in {paths['folder']} ({meta['fetch_seconds']} s)")
         return meta
     raise DataError(

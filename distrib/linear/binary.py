@@ -102,6 +102,40 @@ class _Lockstep:
         self._changed.notify_all()
 
 
+def _solution(
+    result: optimize.OptimizeResult | BaseException | None,
+    positive: int,
+    seconds: float,
+    n_features: int,
+    fit_intercept: bool,
+    max_iter: int,
+) -> BinarySolution:
+    """One problem's `BinarySolution` from its L-BFGS result (raising what it raised)."""
+    if isinstance(result, BaseException):
+        raise result
+    assert result is not None
+    return BinarySolution(
+        positive=int(positive),
+        coef=np.asarray(result.x[:n_features], dtype=np.float64),
+        intercept=float(result.x[n_features]) if fit_intercept else 0.0,
+        n_iter=min(int(result.nit), max_iter),
+        converged=int(result.status) == 0,
+        seconds=seconds,
+    )
+
+
+def _run_threads(target: Callable[[int], None], names: list[str]) -> None:
+    """Run ``target(slot)`` for every slot, each in a thread of its own (named), and wait
+    for them all."""
+    threads = [
+        threading.Thread(target=target, args=(slot,), name=name) for slot, name in enumerate(names)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def fit_binary_lbfgs(
     X: Matrix,
     codes: np.ndarray,
@@ -171,27 +205,8 @@ def fit_binary_lbfgs(
             seconds[slot] = time.perf_counter() - started
             lockstep.leave()
 
-    threads = [
-        threading.Thread(target=solve, args=(slot,), name=f"distrib-lbfgs-{positive}")
-        for slot, positive in enumerate(positives)
+    _run_threads(solve, [f"distrib-lbfgs-{positive}" for positive in positives])
+    return [
+        _solution(result, positive, seconds[slot], n_features, fit_intercept, max_iter)
+        for slot, (result, positive) in enumerate(zip(results, positives, strict=True))
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    solutions = []
-    for slot, result in enumerate(results):
-        if isinstance(result, BaseException):
-            raise result
-        assert result is not None
-        solutions.append(
-            BinarySolution(
-                positive=int(positives[slot]),
-                coef=np.asarray(result.x[:n_features], dtype=np.float64),
-                intercept=float(result.x[n_features]) if fit_intercept else 0.0,
-                n_iter=min(int(result.nit), max_iter),
-                converged=int(result.status) == 0,
-                seconds=seconds[slot],
-            )
-        )
-    return solutions

@@ -74,6 +74,53 @@ def check_images(
     return X
 
 
+def _predict_test_split(
+    estimator: DaskLogisticRegression, data: dict[str, Any], home: Any
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Predict the saved run's test split, rebuilt from the cache (or the user's arrays):
+    the predictions, the true labels, and what was predicted."""
+    own = data["dataset"] == "data"  # arrays of the user's own, from data["source"]
+    dataset = load_arrays(data["source"]) if own else load_dataset(data["dataset"], home)
+    if dataset.X_sha256 != data.get("X_sha256"):
+        raise DataError(
+            f"the cached {dataset.name} differs from the data this model was trained on "
+            "(sha256): pass --input with your own images"
+        )
+    parts = split_arrays(dataset, data["split"], data["scale"])
+    pred = estimator.predict(parts.X_test).compute(scheduler="threads")
+    (y,) = parts.local("y_test")
+    return pred, y, f"{dataset.name} {data['split']} test split"
+
+
+def _predict_images(
+    estimator: DaskLogisticRegression,
+    data: dict[str, Any],
+    input_path: str | os.PathLike[str],
+    labels_path: str | os.PathLike[str] | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predict the raw images of a ``.npy`` file, scaled as the model's training pixels
+    were; the predictions, and the true labels if a labels file is given (checked)."""
+    own = data["dataset"] == "data"
+    X = check_images(
+        _load_npy(input_path, "input"),
+        str(input_path),
+        estimator.n_features_in_,
+        tuple(data.get("image_shape") or ()),
+        None if own else float(data.get("pixel_max", 255)),
+    )
+    X_scaled = scale_pixels(X, float(data.get("pixel_max", 255)), data["scale"])
+    pred = estimator.predict(np.asarray(X_scaled))
+    if labels_path is None:
+        return pred, None
+    y = _load_npy(labels_path, "labels")
+    if y.shape != (len(X),):
+        raise DataError(
+            f"labels file {labels_path} has shape {y.shape}, expected ({len(X)},) "
+            f"to match {input_path}"
+        )
+    return pred, y
+
+
 def predict_saved(
     model_dir: str | os.PathLike[str],
     *,
@@ -107,40 +154,12 @@ def predict_saved(
     data = meta.get("data")
     if not isinstance(data, dict) or not {"dataset", "split", "scale"} <= set(data):
         raise OutputError(f"{Path(model_dir) / 'model.json'} lacks its 'data' section")
-    image_shape = tuple(data.get("image_shape") or ())
-    pixel_max = float(data.get("pixel_max", 255))
-    own = data["dataset"] == "data"  # arrays of the user's own, from data["source"]
     y: np.ndarray | None
     if input_path is None:
-        dataset = load_arrays(data["source"]) if own else load_dataset(data["dataset"], home)
-        if dataset.X_sha256 != data.get("X_sha256"):
-            raise DataError(
-                f"the cached {dataset.name} differs from the data this model was trained on "
-                "(sha256): pass --input with your own images"
-            )
-        parts = split_arrays(dataset, data["split"], data["scale"])
-        pred = estimator.predict(parts.X_test).compute(scheduler="threads")
-        (y,) = parts.local("y_test")
-        source = f"{dataset.name} {data['split']} test split"
+        pred, y, source = _predict_test_split(estimator, data, home)
     else:
-        X = check_images(
-            _load_npy(input_path, "input"),
-            str(input_path),
-            estimator.n_features_in_,
-            image_shape,
-            None if own else pixel_max,
-        )
-        X_scaled = scale_pixels(X, pixel_max, data["scale"])
-        pred = estimator.predict(np.asarray(X_scaled))
-        y = None
+        pred, y = _predict_images(estimator, data, input_path, labels_path)
         source = str(input_path)
-        if labels_path is not None:
-            y = _load_npy(labels_path, "labels")
-            if y.shape != (len(X),):
-                raise DataError(
-                    f"labels file {labels_path} has shape {y.shape}, expected ({len(X)},) "
-                    f"to match {input_path}"
-                )
     if output is not None:
         try:
             write_npy(output, pred)
