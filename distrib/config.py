@@ -24,6 +24,11 @@ L1_SOLVERS = ("saga", "liblinear")
 CLASS_WEIGHTS = (None, "balanced")
 LAYOUTS = ("auto", "dense", "sparse")
 STRATEGIES = ("ovr", "multinomial")
+#: What one row of each strategy's coefficient matrix is (the report's coefficient images).
+COEFFICIENT_ROWS = {
+    "ovr": "one-vs-rest classifier",
+    "multinomial": "class's row of the softmax model",
+}
 #: How training rows reach the workers (`distrib.parallel.rows`, `distrib.parallel.prepared`).
 TRANSFER_MODES = ("auto", "path", "scatter")
 PRESETS = ("notebook",)

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from distrib.config import COEFFICIENT_ROWS
 from distrib.files import write_bytes
 from distrib.report.bench_format import STRATEGY_KEYS
 
@@ -284,8 +285,7 @@ def plot_coefficients(
             label="coefficient (red: votes for the class)",
         )
     note = f" ({clipped} weights beyond ±{scale:.2g} clipped)" if clipped else ""
-    what = "one-vs-rest classifier" if strategy == "ovr" else "class's row of the softmax model"
-    fig.suptitle(f"What each {what} learned{note}")
+    fig.suptitle(f"What each {COEFFICIENT_ROWS[strategy]} learned{note}")
     return fig
 
 
