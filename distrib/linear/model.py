@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from distrib.config import STRATEGIES
 from distrib.errors import ConfigError, DataError, OutputError
-from distrib.files import write_json, write_npz
+from distrib.files import storage_error, write_json, write_npz
 
 MODEL_FORMAT = "distrib-linear-model"
 MODEL_FORMAT_VERSION = 2
@@ -211,8 +211,13 @@ class LinearModel:
             "classes": self.classes.tolist(),
             "arrays_sha256": {name: _digest(a) for name, a in arrays.items()},
         }
-        write_npz(folder / "model.npz", **arrays)
-        write_json(folder / "model.json", {**header, **(metadata or {})})
+        try:
+            write_npz(folder / "model.npz", **arrays)
+            write_json(folder / "model.json", {**header, **(metadata or {})})
+        except OSError as exc:
+            raise storage_error(
+                "the model in", folder, exc, "free space there, or save it elsewhere"
+            ) from exc
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> tuple[LinearModel, dict[str, Any]]:

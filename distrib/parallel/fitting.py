@@ -33,6 +33,7 @@ from joblib.parallel import get_active_backend
 
 from distrib.config import TrainConfig
 from distrib.errors import DataError
+from distrib.files import is_storage_error
 from distrib.linear.multinomial import Journal, SoftmaxFit, fit_softmax, objective_weights
 from distrib.parallel.blocks.block import BlockRunner, LocalBlocks
 from distrib.parallel.blocks.runner import ClusterBlocks
@@ -130,24 +131,36 @@ def inside_a_dask_task() -> bool:
 
 
 @contextlib.contextmanager
-def _shared_rows(client: Any, data: TrainingData) -> Iterator[ArrayFiles | None]:
+def _shared_rows(
+    client: Any, data: TrainingData, log: Callable[[str], None] | None = None
+) -> Iterator[ArrayFiles | None]:
     """In-memory rows written once to a temporary folder, if every worker of ``client``
     sees that folder as this process does (workers on this machine): tasks then open them
-    by path, as ``distrib train`` does, instead of receiving them. None otherwise; the
-    folder is removed on exit."""
+    by path, as ``distrib train`` does, instead of receiving them. None otherwise, and
+    where the temporary folder cannot take them (full, read-only: said to ``log``, and the
+    rows are sent by value); the folder is removed on exit."""
     if not isinstance(data, InMemoryArrays) or not data.try_paths:
         yield None
         return
-    folder = Path(tempfile.mkdtemp(prefix="distrib-rows-"))
+    files: ArrayFiles | None = None
+    folder: Path | None = None
     try:
+        folder = Path(tempfile.mkdtemp(prefix="distrib-rows-"))
         probe = folder / "probe"  # the rows are written only for workers that will read them
         probe.write_bytes(b"distrib")
-        if workers_blind_to_paths(client, [str(probe)]):
-            yield None
-        else:
-            yield write_in_memory(data, folder)
+        if not workers_blind_to_paths(client, [str(probe)]):
+            files = write_in_memory(data, folder)
+    except OSError as exc:
+        if not is_storage_error(exc):
+            raise
+        if log is not None:
+            where = folder if folder is not None else tempfile.gettempdir()
+            log(f"rows not written to {where} ({exc.strerror}): sent to the workers instead")
+    try:
+        yield files
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -173,7 +186,7 @@ def _ovr_backend(
     if client is None:
         yield data, "here"
         return
-    with _shared_rows(client, data) as files:
+    with _shared_rows(client, data, log) as files:
         if files is not None:
             with parallel_config(backend=cluster_backend(client, log=log)):
                 yield files, "path"

@@ -16,6 +16,7 @@ import hashlib
 import json
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from distrib.config import LAYOUTS
-from distrib.errors import ConfigError, OutputError
-from distrib.files import atomic_path, write_json
+from distrib.errors import ConfigError
+from distrib.files import atomic_path, storage_error, write_json, write_npy_chunks
 
 if TYPE_CHECKING:  # dask.array stays out of the workers that only read prepared rows
     import dask.array as da
@@ -78,18 +79,19 @@ def choose_layout(layout: str, density: float) -> str:
 
 
 def write_in_memory(data: InMemoryArrays, folder: Path) -> ArrayFiles:
-    """Write in-memory rows as `ArrayFiles` in ``folder`` (for workers that can open them)."""
+    """Write in-memory rows as `ArrayFiles` in ``folder`` (for workers that can open them;
+    a temporary folder: not synced to the disk)."""
     X = data.X
     layout = "sparse" if sp.issparse(X) else "dense"
     if layout == "sparse":
         csr = sp.csr_matrix(X)
         for part in SPARSE_PARTS:
-            _store_npy(folder / f"X_{part}.npy", np.ascontiguousarray(getattr(csr, part)))
+            _store_npy(folder / f"X_{part}.npy", np.ascontiguousarray(getattr(csr, part)), False)
     else:
-        _store_npy(folder / "X.npy", np.ascontiguousarray(X))
-    _store_npy(folder / "y.npy", np.asarray(data.y))
+        _store_npy(folder / "X.npy", np.ascontiguousarray(X), False)
+    _store_npy(folder / "y.npy", np.asarray(data.y), False)
     if data.sample_weight is not None:
-        _store_npy(folder / "w.npy", np.asarray(data.sample_weight, dtype=np.float64))
+        _store_npy(folder / "w.npy", np.asarray(data.sample_weight, dtype=np.float64), False)
     return ArrayFiles(str(folder), data.shape, layout)
 
 
@@ -99,17 +101,15 @@ def prepared_folder(root: Path, key_parts: dict[str, Any]) -> Path:
     return root / "prepared" / digest
 
 
-def _store_npy(path: Path, array: da.Array | np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=array.dtype, shape=array.shape)
-        if isinstance(array, np.ndarray):
-            out[...] = array
-        else:  # a Dask array, a chunk at a time
-            import dask.array as da
-
-            da.store(array, out, lock=False, scheduler="threads")
-        out.flush()
-        del out
+def _store_npy(path: Path, array: da.Array | np.ndarray, durable: bool = True) -> None:
+    """``array`` as a ``.npy`` file, a row chunk at a time for a Dask array, with ordinary
+    writes (`distrib.files.write_npy_chunks`); ``durable``: synced before it is renamed."""
+    if isinstance(array, np.ndarray):
+        chunks: Iterator[np.ndarray] = iter([array])
+    else:
+        rows = array.rechunk({i: -1 for i in range(1, array.ndim)})
+        chunks = (np.asarray(c.compute(scheduler="threads")) for c in rows.to_delayed().ravel())
+    write_npy_chunks(path, chunks, array.dtype, tuple(int(n) for n in array.shape), durable)
 
 
 def _store_csr(X: da.Array, folder: Path) -> None:
@@ -190,9 +190,13 @@ def write_array_files(
         _store_npy(folder / "y.npy", y)
         write_json(folder / "key.json", {**key_parts, "layout": layout, "shape": list(shape)})
     except OSError as exc:
-        raise OutputError(
-            f"cannot write the prepared training arrays in {folder}: {exc}; "
-            "point --data-home at a writable folder"
+        dense = shape[0] * shape[1] * np.dtype(X.dtype).itemsize
+        raise storage_error(
+            "the prepared training arrays in",
+            folder,
+            exc,
+            "free space there, or point --data-home at another folder",
+            needed=dense + int(y.nbytes),  # at most: CSR where it is smaller
         ) from exc
     return ArrayFiles(str(folder), shape, layout)
 
@@ -210,9 +214,13 @@ def training_density(parts: SplitArrays, root: Path, key_parts: dict[str, Any]) 
         folder.mkdir(parents=True, exist_ok=True)
         write_json(density_path, {"density": density})
     except OSError as exc:
-        raise OutputError(
-            f"cannot write the prepared training arrays in {folder}: {exc}; "
-            "point --data-home at a writable folder"
+        n_rows, n_features = (int(n) for n in parts.X_train.shape)
+        raise storage_error(
+            "the prepared training arrays in",
+            folder,
+            exc,
+            "free space there, or point --data-home at another folder",
+            needed=n_rows * n_features * 4,  # at most: float32, dense
         ) from exc
     return density
 

@@ -10,6 +10,7 @@ import numpy as np
 from distributed import Client, KilledWorker
 
 from distrib.errors import ClusterError, DistribError
+from distrib.files import is_storage_error, storage_error
 from distrib.parallel.fitting import FitHooks, FitOutcome
 from distrib.parallel.strategies import FitStore, Strategy
 
@@ -37,10 +38,20 @@ def fit_naming_failures(
         raise ClusterError(f"{exc}; {strategy.kept(store, folder)}") from exc
     except DistribError:  # already says what happened (OutputError is an OSError)
         raise
-    except (CancelledError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        address = getattr(client.scheduler, "address", "?")
-        raise ClusterError(
-            f"lost the Dask scheduler at {address} during the fit ({reason}); "
-            f"{strategy.kept(store, folder)} once it is back"
-        ) from exc
+    except OSError as exc:
+        if is_storage_error(exc):  # a write of this process, not the scheduler
+            where = exc.filename or folder
+            raise storage_error("to", where, exc, strategy.kept(store, folder)) from exc
+        raise _scheduler_lost(client, exc, strategy.kept(store, folder)) from exc
+    except CancelledError as exc:
+        raise _scheduler_lost(client, exc, strategy.kept(store, folder)) from exc
+
+
+def _scheduler_lost(client: Client, exc: BaseException, kept: str) -> ClusterError:
+    """The error of a fit whose scheduler went away (its connection broke, or its futures
+    were cancelled with it)."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    address = getattr(client.scheduler, "address", "?")
+    return ClusterError(
+        f"lost the Dask scheduler at {address} during the fit ({reason}); {kept} once it is back"
+    )

@@ -23,7 +23,7 @@ import numpy as np
 
 from distrib.config import TrainConfig
 from distrib.errors import ConfigError, OutputError
-from distrib.files import read_json, write_json, write_npz
+from distrib.files import read_json, storage_error, write_json, write_npz
 from distrib.parallel.dispatch import BinaryFit
 
 CHECKPOINT_DIR = "checkpoints"
@@ -53,6 +53,11 @@ def _describe_difference(saved: Any, wanted: Any, prefix: str = "") -> list[str]
     if saved != wanted:
         return [f"{prefix.rstrip('.')}: checkpoint has {saved!r}, this run {wanted!r}"]
     return []
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """How a run stopped by its storage goes on once there is space again."""
+    return f"free space there, then `distrib train --resume {run_dir}` goes on from what is kept"
 
 
 class Checkpoints:
@@ -103,12 +108,18 @@ class Checkpoints:
 
     def save(self, fit: BinaryFit) -> None:
         """Checkpoint one finished class (atomically)."""
-        write_npz(
-            self.folder / f"class-{fit.label}.npz",
-            coef=fit.coef,
-            intercept=np.array([fit.intercept]),
-            record=np.array(json.dumps(fit.record())),
-        )
+        path = self.folder / f"class-{fit.label}.npz"
+        try:
+            write_npz(
+                path,
+                coef=fit.coef,
+                intercept=np.array([fit.intercept]),
+                record=np.array(json.dumps(fit.record())),
+            )
+        except OSError as exc:
+            raise storage_error(
+                "a checkpoint", path, exc, _resume_hint(self.folder.parent)
+            ) from exc
 
     def load(self) -> dict[int, BinaryFit]:
         """Every checkpointed class; an unreadable file is skipped (that class is refit)."""
@@ -223,8 +234,12 @@ class EvaluationLog:
                 np.ascontiguousarray(grad, dtype="<f8").tobytes(),
             )
         )
-        self._file.write(_RECORD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload)
-        self._file.flush()
+        try:
+            self._file.write(_RECORD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload)
+            self._file.flush()
+        except OSError as exc:  # a torn record is dropped on resume
+            hint = _resume_hint(self.path.parent.parent)
+            raise storage_error("the evaluation log", self.path, exc, hint) from exc
         self.append_seconds += time.perf_counter() - started
 
     @property
@@ -248,10 +263,22 @@ class EvaluationLog:
     def save_layout(self, blocks: int, tree: Any) -> None:
         """Record the fit's blocks and the order of their sums (kept when resuming)."""
         if self.layout() is None:
-            write_json(self._layout_path, {"blocks": blocks, "tree": [list(g) for g in tree]})
+            layout = {"blocks": blocks, "tree": [list(g) for g in tree]}
+            try:
+                write_json(self._layout_path, layout)
+            except OSError as exc:
+                raise storage_error(
+                    "the evaluation log's layout", self._layout_path, exc, "free space there"
+                ) from exc
 
     def close(self) -> None:
-        self._file.close()
+        """Close the log. A record whose write failed (a full disk: `append` said so) may
+        still sit in the buffer; it is dropped, as a torn record is on resume."""
+        try:
+            self._file.close()
+        except OSError:
+            if not self._file.closed:
+                raise
 
 
 def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:

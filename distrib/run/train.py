@@ -22,7 +22,7 @@ from distrib.data.datasets import Dataset, data_home, load_dataset
 from distrib.data.grow import check_grow
 from distrib.data.split import SplitArrays, check_labels, split_arrays
 from distrib.errors import ConfigError, OutputError
-from distrib.files import write_json
+from distrib.files import storage_error, write_json
 from distrib.linear.model import LinearModel
 from distrib.parallel.cluster import (
     ClusterConfig,
@@ -557,7 +557,11 @@ def _report(
             "layout": ready.layout,
             "timings": job.phase.report(),
         }
-        write_json(folder / "metrics.json", metrics)
+        try:
+            write_json(folder / "metrics.json", metrics)
+        except OSError as exc:
+            fix = "free space there, or train into another --out"
+            raise storage_error("the metrics in", folder / "metrics.json", exc, fix) from exc
         Checkpoints(folder).remove()
         say(f"wrote {folder}/model.npz, model.json, metrics.json; rendering the report")
         try:
