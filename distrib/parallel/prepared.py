@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # dask.array stays out of the workers that only read prepared
 
     from distrib.data.split import SplitArrays
 
+from distrib.parallel.checksums import file_checksums
 from distrib.parallel.rows import (
     SPARSE_PARTS,
     ArrayFiles,
@@ -154,7 +155,9 @@ def open_array_files(folder: Path, shape: tuple[int, int], layout: str) -> Array
     if not (folder / "key.json").exists():  # written last: marks a complete folder
         return None
     try:
-        X, y = files.arrays()
+        if files.checksums() is None:  # written before files carried checksums: anew
+            return None
+        X, y = files.arrays()  # checked: a damaged folder is written anew
     except (OSError, ValueError, EOFError):
         return None
     return files if X.shape == shape and y.shape == shape[:1] else None
@@ -188,7 +191,10 @@ def write_array_files(
         else:
             _store_csr(X, folder)
         _store_npy(folder / "y.npy", y)
-        write_json(folder / "key.json", {**key_parts, "layout": layout, "shape": list(shape)})
+        names = [Path(p).name for p in ArrayFiles(str(folder), shape, layout).paths()]
+        checksums = {name: file_checksums(folder / name) for name in names}
+        key = {**key_parts, "layout": layout, "shape": list(shape), "checksums": checksums}
+        write_json(folder / "key.json", key)
     except OSError as exc:
         dense = shape[0] * shape[1] * np.dtype(X.dtype).itemsize
         raise storage_error(

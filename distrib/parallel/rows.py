@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import uuid
@@ -26,6 +27,7 @@ import scipy.sparse as sp
 
 from distrib.errors import DataError
 from distrib.linear import softmax
+from distrib.parallel.checksums import check_csr, damaged, verify_range
 
 SPARSE_PARTS = ("data", "indices", "indptr")
 
@@ -80,13 +82,18 @@ def file_signatures(paths: list[str]) -> list[tuple[int, int] | None]:
     return [file_signature(p) for p in paths]
 
 
-def _read_npy_range(path: Path, start: int, stop: int, dtype: Any = None) -> np.ndarray:
+def _read_npy_range(
+    path: Path, start: int, stop: int, dtype: Any = None, checksums: list[int] | None = None
+) -> np.ndarray:
     """Rows ``start:stop`` (first axis) of a C-ordered ``.npy`` file, read into new memory;
-    as ``dtype`` if given, converted a chunk at a time (no full copy in the file's type)."""
+    as ``dtype`` if given, converted a chunk at a time (no full copy in the file's type).
+    With the file's ``checksums``, those bytes are checked first (`verify_range`)."""
     header = load_npy(path)  # a map: only its shape, dtype and offset are used, no page is read
     row = int(np.prod(header.shape[1:], dtype=np.int64))
     offset = int(getattr(header, "offset", 0)) + start * row * header.dtype.itemsize
     count = (stop - start) * row
+    if checksums is not None:
+        verify_range(path, checksums, offset, offset + count * header.dtype.itemsize)
     if dtype is None or np.dtype(dtype) == header.dtype:
         out = np.fromfile(path, dtype=header.dtype, count=count, offset=offset)
     else:  # through one small buffer, reused (no allocation per chunk)
@@ -119,8 +126,42 @@ _CHUNK = 1 << 20  # entries converted at a time by `_read_npy_range`
 
 
 def load_npy(path: Path) -> np.ndarray:
-    # np.save puts the data at a 64-byte-aligned offset, so the map is aligned.
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    """``path`` memory-mapped (np.save puts the data at a 64-byte-aligned offset, so the
+    map is aligned); a file that is no whole ``.npy`` raises `DataError`."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError) as exc:  # cut short, or not an .npy file
+        raise damaged(path, f"cannot be read as an array ({exc})") from exc
+
+
+# Per process: folder -> (key.json's mtime, its checksums); folders whose CSR was checked.
+_MANIFESTS: dict[str, tuple[int, dict[str, list[int]] | None]] = {}
+_CSR_CHECKED: set[tuple[str, int]] = set()
+
+
+def _manifest_checksums(folder: Path) -> dict[str, list[int]] | None:
+    """The checksums a prepared folder's ``key.json`` holds (None without one)."""
+    key = folder / "key.json"
+    try:
+        mtime = os.stat(key).st_mtime_ns
+    except FileNotFoundError:
+        return None
+    known = _MANIFESTS.get(str(folder))
+    if known is None or known[0] != mtime:
+        try:
+            sums = json.loads(key.read_text()).get("checksums")
+        except (OSError, ValueError) as exc:
+            raise damaged(key, f"cannot be read ({exc})") from exc
+        known = _MANIFESTS[str(folder)] = (mtime, sums)
+    return known[1]
+
+
+def _check_csr_once(folder: Path, indptr: Any, indices: Any, n_features: int) -> None:
+    """`check_csr` on a folder's whole arrays, once per process."""
+    key = (str(folder), os.stat(folder / "X_indices.npy").st_mtime_ns)
+    if key not in _CSR_CHECKED:
+        check_csr(np.asarray(indptr), np.asarray(indices), n_features, folder / "X_indices.npy")
+        _CSR_CHECKED.add(key)
 
 
 @dataclass(frozen=True)
@@ -139,30 +180,54 @@ class ArrayFiles:
         names = ["X"] if self.layout == "dense" else [f"X_{p}" for p in SPARSE_PARTS]
         return [os.path.join(self.folder, f"{name}.npy") for name in [*names, "y"]]
 
+    def checksums(self) -> dict[str, list[int]] | None:
+        """The files' checksums, from ``key.json`` (a prepared split's; None for rows
+        written for one fit only, which are not checked)."""
+        return _manifest_checksums(Path(self.folder))
+
     def arrays(self) -> tuple[Matrix, np.ndarray]:
+        """The whole arrays, memory-mapped (checked once per process: every file's
+        checksums, and the CSR structure)."""
         folder = Path(self.folder)
+        sums = self.checksums()
+        if sums is not None:
+            for path in map(Path, self.paths()):
+                verify_range(path, sums.get(path.name, []), 0, os.stat(path).st_size)
         y = np.asarray(load_npy(folder / "y.npy"))
         if self.layout == "dense":
             return load_npy(folder / "X.npy"), y
         data, indices, indptr = (load_npy(folder / f"X_{p}.npy") for p in SPARSE_PARTS)
+        _check_csr_once(folder, indptr, indices, self.shape[1])
         return sp.csr_matrix((data, indices, indptr), shape=self.shape, copy=False), y
 
     def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
-        """Rows ``start:stop`` read from the files into fresh memory, as a block holds them.
+        """Rows ``start:stop`` read from the files into fresh memory, as a block holds them
+        (the bytes read checked against the files' checksums, the CSR structure checked).
 
         Read, not memory-mapped: only the copy counts in this process's memory (mapped pages
         of the file would count too while the copy is made).
         """
         folder = Path(self.folder)
-        y = _read_npy_range(folder / "y.npy", start, stop)
+        sums = self.checksums()
+
+        def of(name: str) -> list[int] | None:
+            return None if sums is None else sums.get(name, [])
+
+        y = _read_npy_range(folder / "y.npy", start, stop, checksums=of("y.npy"))
         if self.layout == "dense":
-            return _read_npy_range(folder / "X.npy", start, stop), y
-        indptr = np.array(load_npy(folder / "X_indptr.npy")[start : stop + 1], dtype=np.int64)
+            return _read_npy_range(folder / "X.npy", start, stop, checksums=of("X.npy")), y
+        indptr = _read_npy_range(
+            folder / "X_indptr.npy", start, stop + 1, np.int64, of("X_indptr.npy")
+        )
         lo, hi = int(indptr[0]), int(indptr[-1])
-        data = _read_npy_range(folder / "X_data.npy", lo, hi)
+        if hi < lo:
+            raise damaged(folder / "X_indptr.npy", "decreases")
+        data = _read_npy_range(folder / "X_data.npy", lo, hi, checksums=of("X_data.npy"))
         # column indices straight into the block kernel's type (uint16 for MNIST)
         index = softmax.index_dtype(self.shape[1])
-        indices = _read_npy_range(folder / "X_indices.npy", lo, hi, index)
+        path = folder / "X_indices.npy"
+        indices = _read_npy_range(path, lo, hi, index, of("X_indices.npy"))
+        check_csr(indptr, indices, self.shape[1], path, first=lo)
         shape = (stop - start, self.shape[1])
         return softmax.block_csr(shape, data, indices, indptr - lo), y
 
