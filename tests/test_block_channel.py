@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distrib.parallel.blocks.channel import Channel, ChannelServer, pack, receive_all
+from distrib.parallel.blocks.channel import (
+    TOKEN_SECONDS,
+    Channel,
+    ChannelServer,
+    pack,
+    receive_all,
+)
 
 from .conftest import REPO
 
@@ -76,6 +82,28 @@ def test_a_connection_without_the_token_is_dropped_and_the_driver_still_gets_in(
         results, _, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
         np.testing.assert_array_equal(results["w"], [2.0, 2.0])
     finally:
+        channels["w"].close()
+
+
+def test_idle_connections_hold_up_neither_the_driver_nor_each_other() -> None:
+    """Twenty connections that never send their token delayed the driver's by 10 s each
+    (one accept thread, a 10 s token timeout): 200 s of silence before a fit's first
+    evaluation. Each proves itself in a thread of its own now."""
+    server = ChannelServer("127.0.0.1", _double)
+    idle = [socket.create_connection(server.address, timeout=5) for _ in range(20)]
+    try:
+        started = time.monotonic()
+        channels = {"w": Channel(server.address, server.token)}
+        channels["w"].send(pack(np.ones(2)))
+        results, _, _ = receive_all(channels, _never_lost, 0.05, time.monotonic() + 10)
+        assert time.monotonic() - started < 2.0, "the driver waited on idle connections"
+        np.testing.assert_array_equal(results["w"], [2.0, 2.0])
+        for conn in idle[:3]:  # dropped once their time to present the token is up
+            conn.settimeout(TOKEN_SECONDS + 5)
+            assert conn.recv(1) == b""
+    finally:
+        for conn in idle:
+            conn.close()
         channels["w"].close()
 
 

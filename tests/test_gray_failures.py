@@ -25,12 +25,16 @@ from distrib.parallel.rows import InMemoryArrays
 def test_the_silence_deadline_follows_the_fits_own_pace() -> None:
     import dask
 
-    assert silence_deadline([0.05, 0.05]) is None  # too few evaluations to know the pace
+    # too few evaluations to know the pace: distrib.silent-host.first (a host silent from
+    # the first evaluation on is given up too; it was waited on forever)
+    assert silence_deadline([]) == silence_deadline([0.05, 0.05]) == 60.0
     assert silence_deadline([0.05, 0.04, 0.06]) == 2.0  # 10 x 0.05 s, at least 2 s
     assert silence_deadline([0.5, 0.4, 0.6, 9.0]) == pytest.approx(5.5)  # 10 x the median
     with dask.config.set({"distrib.silent-host.factor": 4, "distrib.silent-host.minimum": "1s"}):
         assert silence_deadline([0.5, 0.4, 0.6]) == pytest.approx(2.0)
         assert silence_deadline([0.01, 0.01, 0.01]) == 1.0
+    with dask.config.set({"distrib.silent-host.first": "5s"}):
+        assert silence_deadline([0.05]) == 5.0
 
 
 @pytest.mark.slow

@@ -120,14 +120,16 @@ def late_tasks(
 SILENCE_AFTER_EVALUATIONS = 3
 
 
-def silence_deadline(evaluation_seconds: list[float]) -> float | None:
+def silence_deadline(evaluation_seconds: list[float]) -> float:
     """Seconds an evaluation may wait on a host that does not answer before the fit gives
     that host up: ``factor`` times the median of the fit's evaluations so far, at least
     ``minimum`` (dask config ``distrib.silent-host.factor``, default 10, and
-    ``distrib.silent-host.minimum``, default 2 s); None until `SILENCE_AFTER_EVALUATIONS`
-    evaluations have been timed."""
+    ``distrib.silent-host.minimum``, default 2 s); before `SILENCE_AFTER_EVALUATIONS`
+    evaluations have set the pace, ``distrib.silent-host.first`` (default 60 s), so that a
+    host silent from the first evaluation on is given up too."""
     if len(evaluation_seconds) < SILENCE_AFTER_EVALUATIONS:
-        return None
+        first = parse_timedelta(dask.config.get("distrib.silent-host.first", "60s"))
+        return float(first or 0.0)
     factor = float(dask.config.get("distrib.silent-host.factor", 10))
     minimum = parse_timedelta(dask.config.get("distrib.silent-host.minimum", "2s"))
     return max(factor * float(np.median(evaluation_seconds)), float(minimum or 0.0))

@@ -12,8 +12,10 @@ port, evaluations go through distributed as before) and hands its address and a 
 to the driver through Dask (`BlockHost.channel`). On a TLS cluster the channel speaks TLS
 with the worker's certificate and requires the other end to present one of the cluster's CA;
 the token follows, inside TLS. The
-first thing a connection sends is the token; the host drops a connection that does not. The
-first connection is the driver's; hosts the driver asks to relay evaluations to this one
+first thing a connection sends is the token; the host drops a connection that does not
+within `TOKEN_SECONDS`. Each new connection proves itself (handshake, token) in a thread of
+its own, so idle or hostile connections hold up no other. The first connection to present
+the token is the driver's; hosts the driver asks to relay evaluations to this one
 (`distrib.parallel.blocks.partial_sums`) connect with the same token while it stays. The channel
 lives as long as the driver's connection: when the driver closes it or goes away, the host's
 threads end.
@@ -44,6 +46,10 @@ TOKEN_BYTES = 32
 _LENGTH = struct.Struct("!Q")
 #: Seconds a host waits for its driver to connect before it closes the channel.
 ACCEPT_SECONDS = 120.0
+#: Seconds a new connection has to present the token (after its TLS handshake, if any).
+TOKEN_SECONDS = 5.0
+#: Connections proving themselves at once; more are closed as they come.
+MAX_PENDING = 64
 
 
 def pack(value: Any) -> bytes:
@@ -125,13 +131,17 @@ class ChannelServer:
         self._listener = socket.create_server((host, 0))
         self.address: tuple[str, int] = (host, self._listener.getsockname()[1])
         self._connections: list[socket.socket] = []
+        self._owner: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self._closed = threading.Event()
         threading.Thread(target=self._accept_all, name="distrib-channel", daemon=True).start()
 
     def _authenticated(self, conn: socket.socket) -> socket.socket | None:
-        """The connection (over TLS where the server speaks it) if it presents the token."""
+        """The connection (over TLS where the server speaks it) if it presents the token
+        within `TOKEN_SECONDS`."""
         try:
-            conn.settimeout(10.0)
+            conn.settimeout(TOKEN_SECONDS)
             if self._ssl is not None:
                 conn = self._ssl.wrap_socket(conn, server_side=True)
             token = _recv_exact(conn, TOKEN_BYTES)
@@ -145,29 +155,53 @@ class ChannelServer:
         return None
 
     def _accept_all(self) -> None:
-        """Accept the owner within `ACCEPT_SECONDS`, then others while the owner stays."""
+        """Accept connections while the server is open; the owner must come within
+        `ACCEPT_SECONDS`. Each connection proves itself in a thread of its own (TLS
+        handshake, token), so none can hold up another: at most `MAX_PENDING` at once, more
+        are closed at once."""
         deadline = time.monotonic() + ACCEPT_SECONDS
-        owner = True
         with self._listener:
             self._listener.settimeout(0.25)
-            while not self._closed.is_set() and not (owner and time.monotonic() > deadline):
+            while not self._closed.is_set():
+                with self._lock:
+                    if self._owner is None and time.monotonic() > deadline:
+                        break  # nobody came: close (under the lock: no owner joins now)
                 try:
                     accepted, _ = self._listener.accept()
                 except TimeoutError:
                     continue
                 except OSError:
                     break
-                conn = self._authenticated(accepted)
-                if conn is None:
+                if not self._pending.acquire(blocking=False):
+                    accepted.close()
                     continue
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._connections.append(conn)
                 threading.Thread(
-                    target=self._serve, args=(conn, owner), name="distrib-channel", daemon=True
+                    target=self._admit, args=(accepted,), name="distrib-channel", daemon=True
                 ).start()
-                owner = False
-        if owner:  # nobody came
+        with self._lock:
+            nobody = self._owner is None
+        if nobody:
             self.close()
+
+    def _admit(self, accepted: socket.socket) -> None:
+        """Authenticate one connection; serve it if it proves itself (the first to do so
+        is the owner's)."""
+        try:
+            conn = self._authenticated(accepted)
+        finally:
+            self._pending.release()
+        if conn is None:
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            if self._closed.is_set():
+                conn.close()
+                return
+            owner = self._owner is None
+            if owner:
+                self._owner = conn
+            self._connections.append(conn)
+        self._serve(conn, owner)
 
     def _serve(self, conn: socket.socket, owner: bool) -> None:
         def upstream_open() -> bool:
@@ -198,9 +232,11 @@ class ChannelServer:
 
     def close(self) -> None:
         """Stop accepting and close every connection (their threads end)."""
-        self._closed.set()
-        self._handler = None  # nothing of the host stays referenced by the threads
-        for conn in self._connections:
+        with self._lock:
+            self._closed.set()
+            self._handler = None  # nothing of the host stays referenced by the threads
+            connections = list(self._connections)
+        for conn in connections:
             _shut(conn)
 
 

@@ -228,7 +228,8 @@ class _Watch:
 
     def _say_waiting(self, pending: set[str], waited: float) -> None:
         blocks, routes = self.blocks, self.routes
-        typical = float(np.median(blocks.evaluation_seconds))
+        done = blocks.evaluation_seconds
+        pace = f"evaluations take {np.median(done):.2f} s" if done else "the first evaluation"
         hosts = ", ".join(
             w + (f" (relaying for {', '.join(routes[w])})" if routes.get(w) else "")
             for w in sorted(pending)
@@ -236,6 +237,6 @@ class _Watch:
         assert blocks.log is not None and self.silence is not None
         blocks.log(
             f"evaluation {len(blocks.evaluation_seconds) + 1}: waiting {waited:.1f} s on "
-            f"{hosts} (evaluations take {typical:.2f} s; giving up on a silent host "
+            f"{hosts} ({pace}; giving up on a silent host "
             f"at {self.silence:.1f} s)"
         )
