@@ -31,6 +31,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from distrib.config import ESTIMATOR_PARAMS, SETTINGS, TrainConfig
 from distrib.errors import DataError, OutputError
 from distrib.linear.model import LinearModel
+from distrib.linear.multinomial import refuse_weightless_classes
 from distrib.parallel.fitting import FitOutcome, by_class_index, current_client, fit_dask_rows
 from distrib.parallel.rows import InMemoryArrays
 from distrib.parallel.strategies import fit_training_data, strategy_for
@@ -169,6 +170,11 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
             raise DataError(f"Expected a 2D array, got a Dask array of shape {X.shape}")
         if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
             raise DataError(f"X must hold numbers, got dtype {X.dtype}")
+        if np.isnan(X.shape[0]):
+            raise DataError(
+                "X is a Dask array whose chunk sizes are unknown (a boolean mask or a "
+                "filter made them): call X.compute_chunk_sizes() before fit"
+            )
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != X.shape[0]:
             raise DataError(f"y has shape {y.shape}, X has {X.shape[0]} rows: they must match")
@@ -177,6 +183,9 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
         if client is None:
             X = X.compute()
             return self.fit(X, y, sample_weight)
+        weights = self._check_weights(sample_weight, np.empty((len(y), 0)))
+        if self.class_weight == "balanced" and weights is not None:
+            refuse_weightless_classes(encoded, len(classes), weights, classes)
         outcome = fit_dask_rows(
             X,
             encoded,
@@ -184,7 +193,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
             self._config(),
             client=client,
             class_weight=by_class_index(self.class_weight, classes),
-            sample_weight=self._check_weights(sample_weight, np.empty((len(y), 0))),
+            sample_weight=weights,
         )
         self._take(outcome, classes, int(X.shape[1]))
         return self

@@ -56,8 +56,8 @@ def test_canonical_split_needs_mnist() -> None:
 
 
 def test_labels_the_model_cannot_learn_are_refused() -> None:
-    with pytest.raises(DataError, match=r"training split holds 1 class\(es\) \[3\]"):
-        check_labels(np.array([3, 3, 3]), np.array([3]))
+    with pytest.raises(DataError, match=r"training split holds 1 class\(es\) \[3\]; a classifier"):
+        check_labels(np.array([3, 3, 3]), np.array([3]))  # either strategy, not "one-vs-rest"
     with pytest.raises(DataError, match=r"test split holds label\(s\) \[9\]"):
         check_labels(np.array([0, 1, 1]), np.array([0, 9]))
     with pytest.raises(DataError, match=r"test split has no sample of class\(es\) \[2\]"):

@@ -118,12 +118,13 @@ def split_arrays(
 
 
 def check_labels(y_train: np.ndarray, y_test: np.ndarray) -> np.ndarray:
-    """The classes to fit; refuses splits that cannot give a one-vs-rest model."""
+    """The classes to fit; refuses splits that cannot give a classifier (of either
+    strategy)."""
     classes = np.unique(y_train)
     if classes.size < 2:
         raise DataError(
-            f"the training split holds {classes.size} class(es) {classes.tolist()}; "
-            "one-vs-rest needs at least 2"
+            f"the training split holds {classes.size} class(es) {classes.tolist()}; a "
+            "classifier needs at least 2: give --data rows of two classes or more"
         )
     unseen = np.setdiff1d(np.unique(y_test), classes)
     if unseen.size:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from distrib.errors import DataError
 from distrib.linear.lbfgs import minimize_lbfgs
 
 if TYPE_CHECKING:  # the workers that evaluate blocks do without the optimizer
@@ -168,6 +169,23 @@ def busiest_worker_seconds(timings: Sequence[_Timing]) -> float:
     return max((last - first for first, last in spans.values()), default=0.0)
 
 
+def refuse_weightless_classes(
+    codes: np.ndarray, n_classes: int, sample_weight: np.ndarray, labels: np.ndarray | None = None
+) -> None:
+    """Refuse ``class_weight="balanced"`` where a class of the rows has a total sample
+    weight of zero: its balanced weight would be infinite (scikit-learn's fit then ends
+    after 0 iterations on NaN weights). ``labels`` names the classes (default: indices)."""
+    totals = np.bincount(codes, weights=np.asarray(sample_weight, float), minlength=n_classes)
+    present = np.bincount(codes, minlength=n_classes) > 0
+    weightless = np.flatnonzero(present & (totals <= 0))
+    if len(weightless):
+        named = (weightless if labels is None else np.asarray(labels)[weightless]).tolist()
+        raise DataError(
+            f'class_weight="balanced" needs every class to weigh something, but the sample '
+            f"weights of class(es) {named} are all zero: give them weight, or drop their rows"
+        )
+
+
 def objective_weights(
     codes: np.ndarray,
     n_classes: int,
@@ -193,6 +211,8 @@ def objective_weights(
         ``sum_i sample_weight_i * per_class[codes_i]``: the objective's denominator.
     """
     per_class = None
+    if class_weight == "balanced" and sample_weight is not None:
+        refuse_weightless_classes(codes, n_classes, sample_weight)
     if class_weight is not None:
         # imported here: the workers that hold blocks unpickle this module's types and
         # need no scikit-learn (~0.9 s of imports per worker)

@@ -34,7 +34,13 @@ from joblib.parallel import get_active_backend
 from distrib.config import TrainConfig
 from distrib.errors import DataError
 from distrib.files import is_storage_error
-from distrib.linear.multinomial import Journal, SoftmaxFit, fit_softmax, objective_weights
+from distrib.linear.multinomial import (
+    Journal,
+    SoftmaxFit,
+    fit_softmax,
+    objective_weights,
+    refuse_weightless_classes,
+)
 from distrib.parallel.blocks.block import BlockRunner, LocalBlocks
 from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
@@ -242,7 +248,10 @@ def fit_multinomial_rows(
     y = np.asarray(data.arrays()[1])
     codes = np.searchsorted(labels, y)
     by_index = by_class_index(class_weight, labels)
-    weights = objective_weights(codes, len(labels), by_index, data.weights(0, len(codes)))
+    sample_weight = data.weights(0, len(codes))
+    if class_weight == "balanced" and sample_weight is not None:
+        refuse_weightless_classes(codes, len(labels), sample_weight, labels)
+    weights = objective_weights(codes, len(labels), by_index, sample_weight)
     runner: BlockRunner
     if client is None or inside_a_dask_task():
         # Nested in a task (a search run by the dask joblib backend): its thread is the one
@@ -271,6 +280,10 @@ def fit_ovr(
 ) -> FitOutcome:
     """One binary fit per class of ``labels`` not yet in ``hooks.done``, as joblib tasks on
     ``client`` (`_ovr_backend`), reduced with the done ones into one model."""
+    weights = data.weights(0, int(data.shape[0]))
+    if class_weight == "balanced" and weights is not None:
+        codes = np.searchsorted(labels, np.asarray(data.arrays()[1]))
+        refuse_weightless_classes(codes, len(labels), weights, labels)
     positives = [int(labels[1])] if len(labels) == 2 else [int(c) for c in labels]
     todo = [c for c in positives if c not in hooks.done]
     fits: list[BinaryFit] = []

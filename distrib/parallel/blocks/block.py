@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import scipy.sparse as sp
 
 from distrib.errors import DataError
 from distrib.linear import softmax
@@ -86,6 +87,12 @@ def load_block(
             },
         )
     X, y = source.rows(start, stop)  # a fresh copy of just these rows
+    values = X.data if sp.issparse(X) else X
+    if not np.isfinite(np.sum(values, dtype=np.float64)) and not np.all(np.isfinite(values)):
+        raise DataError(
+            f"rows {offset}:{offset + stop - start} of X hold NaN or infinity: remove or "
+            "impute them before fit"
+        )
     codes = np.searchsorted(classes, y)
     codes[codes == len(classes)] = 0
     if not np.array_equal(classes[codes], y):

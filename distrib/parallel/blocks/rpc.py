@@ -112,11 +112,19 @@ class HostActors:
         self, calls: dict[str, HostCall], silence: float | None
     ) -> dict[str, tuple[Any, str | None]]:
         workers = list(calls)
+        # every call ends before an error is raised: none is left running (and failing
+        # unheard when the cluster closes)
         answers = await asyncio.wait_for(
-            asyncio.gather(*(self._answer(w, call, silence) for w, call in calls.items())),
+            asyncio.gather(
+                *(self._answer(w, call, silence) for w, call in calls.items()),
+                return_exceptions=True,
+            ),
             self.timeout,
         )
-        return dict(zip(workers, answers, strict=True))
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return dict(zip(workers, answers, strict=True))  # type: ignore[arg-type]
 
     async def _answer(
         self, worker: str, call: HostCall, silence: float | None
