@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -64,3 +68,19 @@ def test_balanced_weights_with_a_weightless_class_are_refused_by_name(
         pytest.raises(DataError, match=r"sample weights of class\(es\) \[3\] are all zero"),
     ):
         estimator.fit(X_in, y, sample_weight=weights)
+
+
+def test_an_address_that_is_no_scheduler_is_named_at_once(tmp_path) -> None:
+    """``--scheduler banana`` printed its error, then hung 20 s in the half-made client's
+    finalizer and ended with its traceback."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "distrib", "train", "--dataset", "digits", "--scheduler",
+         "banana", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "'banana' is not a Dask scheduler address" in proc.stderr
+    assert "host:port" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert time.monotonic() - started < 15

@@ -147,7 +147,25 @@ def describe(client: Client) -> dict[str, Any]:
     }
 
 
+def _check_address(address: str) -> None:
+    """Refuse what is no scheduler address before a client is made of it (a client that
+    fails to connect hangs ~20 s in its finalizer, then prints a traceback)."""
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{address!r} is not a Dask scheduler address ({exc}): give one as host:port or "
+            "tcp://host:port (tls://host:port with certificates), as `dask scheduler` prints it"
+        ) from exc
+
+
 def _connect_to(address: str, timeout: float, security: Any = None) -> Client:
+    _check_address(address)
     try:
         return Client(address, timeout=timeout, set_as_default=False, security=security)
     except (OSError, TimeoutError, ValueError, TypeError) as exc:
