@@ -381,6 +381,10 @@ class ClusterConfig:
             memory_limit_bytes(self.memory_limit)  # raises on a spelling dask cannot read
 
 
+#: The least memory limit a worker can start a fit under (its libraries take ~350 MB).
+MIN_WORKER_MEMORY = 300 * 10**6
+
+
 def memory_limit_bytes(text: str) -> int | None:
     """A worker memory limit as dask spells it, in bytes (None for ``"auto"``)."""
     if str(text).strip().lower() == "auto":
@@ -393,6 +397,10 @@ def memory_limit_bytes(text: str) -> int | None:
         raise ConfigError(
             f"memory limit {text!r} is not a size: write it as dask does, e.g. 2GiB, 500MB or auto"
         ) from exc
-    if value <= 0:
-        raise ConfigError(f"memory limit must be > 0 bytes, got {text!r}")
+    if value < MIN_WORKER_MEMORY:
+        raise ConfigError(
+            f"memory limit {text!r} is below what a worker needs before any data "
+            f"(~{MIN_WORKER_MEMORY // 10**6} MB: Python, dask, scikit-learn, the kernels): "
+            "give each worker more, e.g. 2GiB, or auto"
+        )
     return value

@@ -84,3 +84,14 @@ def test_an_address_that_is_no_scheduler_is_named_at_once(tmp_path) -> None:
     assert "host:port" in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("limit", ["1KB", "0", "-5MB"])
+def test_a_memory_limit_no_worker_can_start_under_is_refused(limit: str) -> None:
+    """``--memory-limit 1KB`` started workers that died loading their libraries, then
+    closing the cluster raised a raw CommClosedError over the message."""
+    from distrib.config import ClusterConfig
+    from distrib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"below what a worker needs .* e.g. 2GiB"):
+        ClusterConfig(memory_limit=limit)

@@ -360,7 +360,11 @@ class Connection:
             client = self._client.result()
         except BaseException:  # raised by `client` already, or nobody asked: nothing opened
             client = None
-        if client is None or not quiet:
+        if client is None:  # what failed was said (raised) already: closing adds nothing
+            with contextlib.suppress(Exception):  # e.g. a worker that died as it started
+                self._stack.close()
+            return
+        if not quiet:
             self._stack.close()
             return
         # a worker that was still starting (or sending a heartbeat) as its cluster closes
