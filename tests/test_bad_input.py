@@ -95,3 +95,30 @@ def test_a_memory_limit_no_worker_can_start_under_is_refused(limit: str) -> None
 
     with pytest.raises(ConfigError, match=r"below what a worker needs .* e.g. 2GiB"):
         ClusterConfig(memory_limit=limit)
+
+
+def test_a_run_stopped_between_its_model_and_its_metrics_resumes(
+    cluster_client: Client, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after ``model.npz`` but before ``metrics.json`` left a folder that
+    ``--resume`` refused as finished (and a new run refused as taken)."""
+    import distrib.run.train as run_train
+    from distrib import TrainConfig, train
+
+    config = TrainConfig(dataset="digits", max_iter=30)
+    whole = train(config, client=cluster_client, out=tmp_path / "whole", home=tmp_path / "home")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # as Ctrl-C would, right after model.npz and model.json
+
+    with monkeypatch.context() as patched:
+        patched.setattr(run_train, "_report", stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, client=cluster_client, out=tmp_path / "run", home=tmp_path / "home")
+    assert (tmp_path / "run" / "model.npz").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    resumed = train(
+        config, client=cluster_client, out=tmp_path / "run", home=tmp_path / "home", resume=True
+    )
+    np.testing.assert_array_equal(resumed.model.coef, whole.model.coef)
+    assert (tmp_path / "run" / "metrics.json").exists()

@@ -38,10 +38,11 @@ RUN_FILES = ("model.npz", "model.json", "metrics.json")
 
 
 def refuse_finished(run_dir: str | Path) -> None:
-    """Raise `OutputError` when ``run_dir`` already holds a finished run's files."""
-    taken = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
-    if taken:
-        raise OutputError(f"{run_dir} is a finished run ({', '.join(taken)}): nothing to resume")
+    """Raise `OutputError` when ``run_dir`` holds a finished run: its ``metrics.json``,
+    written last (a run stopped between ``model.npz`` and ``metrics.json`` still has its
+    checkpoints, and resumes)."""
+    if (Path(run_dir) / RUN_FILES[-1]).exists():
+        raise OutputError(f"{run_dir} is a finished run ({RUN_FILES[-1]}): nothing to resume")
 
 
 def _describe_difference(saved: Any, wanted: Any, prefix: str = "") -> list[str]:

@@ -91,9 +91,9 @@ def prepare_out_dir(out: str | os.PathLike[str] | None, resume: bool = False) ->
     if existed and not folder.is_dir():
         raise OutputError(f"--out {folder} is a file, not a folder: choose another path")
     if resume:
-        refuse_finished(folder)
+        refuse_finished(folder)  # a model written before a stop is written again
     taken = [name for name in RUN_FILES if (folder / name).exists()]
-    if taken:
+    if taken and not resume:
         raise OutputError(
             f"{folder} already holds a run ({', '.join(taken)}): choose another --out "
             "or remove that folder"
