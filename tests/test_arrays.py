@@ -125,6 +125,8 @@ def _bad(tmp_path: Path, name: str) -> Path:
         np.savez(tmp_path / "d.npz", X=X, y=y)
     elif name == "fractional labels":
         np.savez(tmp_path / "d.npz", X=X, y=y + 0.5)
+    elif name == "labels past int64":  # were merged into 2 classes without a word
+        np.savez(tmp_path / "d.npz", X=X, y=np.array([0.0, 1e300, 2e300, 3e300])[y % 4])
     elif name == "one row of a class":
         y[0] = 9
         np.savez(tmp_path / "d.npz", X=X, y=y)
@@ -149,6 +151,7 @@ BAD_INPUT = {
     "NaN in X": r"X\[17, 3\] is nan: every value must be finite",
     "inf in X": r"X\[33, 0\] is inf: every value must be finite",
     "fractional labels": "not whole numbers",
+    "labels past int64": r"labels too large to be told apart .* number the classes 0, 1, 2",
     "one row of a class": r"class\(es\) \{9: 1\}.*fewer than 2 rows",
     "not an archive": "is not a readable .npz",
     "a plain file": r"is not a \.npz holding X and y",

@@ -241,6 +241,13 @@ def _labels(path: Path, y: np.ndarray) -> np.ndarray:
                 f"{y[~np.isfinite(y) | (y != np.round(y))][:3].tolist()}): labels must be "
                 "class numbers"
             )
+        big = np.abs(y) > 2.0**53  # past this, floats are no longer every whole number
+        if np.any(big):
+            raise DataError(
+                f"--data {path}: y holds labels too large to be told apart as class numbers "
+                f"(e.g. {y[big][:3].tolist()}; beyond 2**53 a float skips whole numbers, and "
+                "int64 ends at 2**63): number the classes 0, 1, 2, ..."
+            )
         y = y.astype(np.int64)
     elif y.dtype == bool:
         y = y.astype(np.int64)
