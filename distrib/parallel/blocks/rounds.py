@@ -186,7 +186,7 @@ class _Watch:
         self,
         round_: EvaluationRound,
         routes: dict[str, list[str]],
-        silence: float | None,
+        silence: float,
         lost: dict[str, str],
         abandoned: set[str],
     ) -> None:
@@ -202,8 +202,6 @@ class _Watch:
     def __call__(self, pending: set[str]) -> dict[str, str]:
         stop = self._gone(pending)
         waited = time.monotonic() - self.asked
-        if self.silence is None:
-            return stop
         if not self.said and waited > self.silence / 4 and self.blocks.log is not None:
             self.said = True
             self._say_waiting(pending, waited)
@@ -234,7 +232,7 @@ class _Watch:
             w + (f" (relaying for {', '.join(routes[w])})" if routes.get(w) else "")
             for w in sorted(pending)
         )
-        assert blocks.log is not None and self.silence is not None
+        assert blocks.log is not None
         blocks.log(
             f"evaluation {len(blocks.evaluation_seconds) + 1}: waiting {waited:.1f} s on "
             f"{hosts} ({pace}; giving up on a silent host "

@@ -139,7 +139,6 @@ class ClusterBlocks:
     ) -> None:
         self.client = client
         self.groups = groups
-        self.relay = relay
         self.tree = tree
         self.sources = sources
         self.classes = np.asarray(classes)
