@@ -151,18 +151,19 @@ def _shared_rows(
     files: ArrayFiles | None = None
     folder: Path | None = None
     try:
-        folder = Path(tempfile.mkdtemp(prefix="distrib-rows-"))
-        probe = folder / "probe"  # the rows are written only for workers that will read them
-        probe.write_bytes(b"distrib")
-        if not workers_blind_to_paths(client, [str(probe)]):
-            files = write_in_memory(data, folder)
-    except OSError as exc:
-        if not is_storage_error(exc):
-            raise
-        if log is not None:
-            where = folder if folder is not None else tempfile.gettempdir()
-            log(f"rows not written to {where} ({exc.strerror}): sent to the workers instead")
-    try:
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="distrib-rows-"))
+            probe = folder / "probe"  # the rows are written only for workers that read them
+            probe.write_bytes(b"distrib")
+            if not workers_blind_to_paths(client, [str(probe)]):
+                files = write_in_memory(data, folder)
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            if log is not None:
+                where = folder if folder is not None else tempfile.gettempdir()
+                log(f"rows not written to {where} ({exc.strerror}): sent to the workers instead")
+            files = None
         yield files
     finally:
         if folder is not None:
