@@ -191,6 +191,7 @@ def objective_weights(
     n_classes: int,
     class_weight: str | dict[int, float] | None = None,
     sample_weight: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, float]:
     """Each class's weight and the total weight of the rows, as scikit-learn weighs them.
 
@@ -203,6 +204,8 @@ def objective_weights(
         As scikit-learn's, a dict keyed by class index (classes it omits weigh 1);
         ``balanced`` counts rows by their sample weights.
     sample_weight : ndarray of shape (n_rows,), optional
+    labels : ndarray of shape (n_classes,), optional
+        The classes' labels, to name one that ``balanced`` cannot weigh (default: indices).
 
     Returns
     -------
@@ -212,7 +215,7 @@ def objective_weights(
     """
     per_class = None
     if class_weight == "balanced" and sample_weight is not None:
-        refuse_weightless_classes(codes, n_classes, sample_weight)
+        refuse_weightless_classes(codes, n_classes, sample_weight, labels)
     if class_weight is not None:
         # imported here: the workers that hold blocks unpickle this module's types and
         # need no scikit-learn (~0.9 s of imports per worker)

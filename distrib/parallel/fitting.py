@@ -250,9 +250,7 @@ def fit_multinomial_rows(
     codes = np.searchsorted(labels, y)
     by_index = by_class_index(class_weight, labels)
     sample_weight = data.weights(0, len(codes))
-    if class_weight == "balanced" and sample_weight is not None:
-        refuse_weightless_classes(codes, len(labels), sample_weight, labels)
-    weights = objective_weights(codes, len(labels), by_index, sample_weight)
+    weights = objective_weights(codes, len(labels), by_index, sample_weight, labels)
     runner: BlockRunner
     if client is None or inside_a_dask_task():
         # Nested in a task (a search run by the dask joblib backend): its thread is the one
