@@ -90,6 +90,11 @@ class Evaluator(Protocol):
 class Journal(Protocol):
     """A log of a fit's evaluations that lets a resumed fit replay them (`fit_softmax`)."""
 
+    @property
+    def logged(self) -> Sequence[Any]:
+        """The evaluations it holds from an earlier run (replayed first)."""
+        ...
+
     def replay(self, index: int, w: np.ndarray) -> tuple[float, np.ndarray] | None:
         """The logged objective and gradient of evaluation ``index`` (refusing a ``w`` other
         than the logged one), or None past the log's end."""

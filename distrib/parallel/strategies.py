@@ -263,10 +263,9 @@ class Multinomial(Strategy):
     ) -> None:
         journal = hooks.journal = store.evaluation_log(resume)
         if resume:
-            logged = len(getattr(journal, "logged", ()))
             hooks.say(
-                f"resuming: {logged} evaluation(s) logged; replaying them, then going on with "
-                "the cluster"
+                f"resuming: {len(journal.logged)} evaluation(s) logged; replaying them, then "
+                "going on with the cluster"
             )
         hooks.say(f"fitting one multinomial model on {n_workers} workers")
 
