@@ -10,7 +10,8 @@ import scipy.sparse as sp
 from sklearn._loss.loss import HalfMultinomialLoss
 from sklearn.linear_model._linear_loss import LinearModelLoss
 
-from distrib.linear.softmax import LANES, PART_ROWS, loss_grad, prepare
+from distrib.errors import DataError
+from distrib.linear.softmax import LANES, PART_ROWS, CodedCSR, PassSums, loss_grad, prepare
 
 from .conftest import REPO
 
@@ -284,3 +285,57 @@ def test_the_passes_load_from_numbas_cache_in_a_new_process(tmp_path) -> None:  
     first, second = ([tuple(int(n) for n in line.split()) for line in run] for run in runs)
     assert all(misses > 0 for _, misses in first)  # compiled, and written to the cache
     assert all(hits > 0 and misses == 0 for hits, misses in second), second
+
+
+def _pixel_rows(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One-byte pixels (~19 % non-zero, as MNIST's) and their float32 table (pixel / 255)."""
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((n_rows, 40)) < 0.19) * rng.integers(1, 256, (n_rows, 40))
+    table = np.arange(256, dtype=np.float32) / np.float32(255)
+    return pixels.astype(np.uint8), table
+
+
+def _coded(pixels: np.ndarray, table: np.ndarray) -> CodedCSR:
+    csr = sp.csr_matrix(pixels)
+    indices, indptr = csr.indices.astype(np.uint16), csr.indptr.astype(np.int64)
+    return CodedCSR(csr.shape, csr.data, indices, indptr, table)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_coded_rows_give_the_bits_of_their_decoded_floats(weighted: bool) -> None:
+    pixels, table = _pixel_rows(3000)
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 10, len(pixels))
+    coef, intercept = rng.normal(size=(10, 40)), rng.normal(size=10)
+    weights = rng.random(len(pixels)) if weighted else None
+    coded = _coded(pixels, table)
+    loss, grad = loss_grad(coded, codes, coef, intercept, weights)
+    floats = prepare(sp.csr_matrix(table[pixels]))
+    assert floats.dtype == np.float32
+    expected_loss, expected_grad = loss_grad(floats, codes, coef, intercept, weights)
+    assert loss == expected_loss
+    assert np.array_equal(grad, expected_grad)
+    assert np.array_equal(coded.decoded().toarray(), table[pixels])
+
+
+def test_a_pass_in_pieces_of_whole_parts_gives_the_bits_of_one_pass() -> None:
+    n_rows = 2 * PART_ROWS + 700
+    pixels, table = _pixel_rows(n_rows, seed=2)
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 10, n_rows)
+    coef, intercept = rng.normal(size=(10, 40)), rng.normal(size=10)
+    loss, grad = loss_grad(_coded(pixels, table), codes, coef, intercept)
+    sums = PassSums(coef, intercept, np.float32)
+    for start in range(0, n_rows, PART_ROWS):
+        stop = min(n_rows, start + PART_ROWS)
+        sums.add(_coded(pixels[start:stop], table), codes[start:stop])
+    losses, pieces_grad = sums.result()
+    assert losses[0] == loss
+    assert np.array_equal(pieces_grad, grad)
+    # a piece that ends inside a part is only allowed last: the bits would differ
+    ragged = PassSums(coef, intercept, np.float32)
+    ragged.add(_coded(pixels[:100], table), codes[:100])
+    with pytest.raises(ValueError, match=f"multiple of {PART_ROWS} rows"):
+        ragged.add(_coded(pixels[100:200], table), codes[100:200])
+    with pytest.raises(DataError, match="rows of float64 in a pass of float32 rows"):
+        PassSums(coef, intercept, np.float32).add(np.ones((2, 40)), codes[:2])

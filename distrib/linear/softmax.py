@@ -31,6 +31,7 @@ import functools
 import math
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias
 
 import numba
@@ -39,7 +40,7 @@ import scipy.sparse as sp
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from distrib.errors import DataError
 
@@ -282,6 +283,19 @@ def _kernel(func: Any = None, *, inline: bool = False) -> Any:
         return numba.njit(cache=False, **options)(func)
 
 
+def _entry(data, table, p):  # pragma: no cover - numba compiles the overload below
+    """Entry ``p`` of a CSR matrix's values: ``data[p]``, or ``table[data[p]]`` where the
+    values are one-byte codes into a table (`CodedCSR`)."""
+    raise NotImplementedError
+
+
+@overload(_entry, inline="always")
+def _entry_impl(data, table, p):  # type: ignore[no-untyped-def]  # numba: no annotations
+    if isinstance(data.dtype, types.Integer):  # codes: the table holds all 256 values
+        return lambda data, table, p: table[data[p]]
+    return lambda data, table, p: data[p]
+
+
 @_kernel(inline=True)
 def _softmax_row(scores, intercept, code, weight):
     """Turn one row's scores into its weighted residual in place; return its loss.
@@ -380,11 +394,24 @@ def _make_passes(n_lanes: int, softmax: bool) -> _Passes:
 
     @_kernel
     def _csr_pass(
-        data, indices, indptr, codes, weights, positives, W, intercept, G, G_total, g0, losses
+        data,
+        indices,
+        indptr,
+        table,
+        codes,
+        weights,
+        positives,
+        W,
+        intercept,
+        G,
+        G_total,
+        g0,
+        losses,
     ):
         """Rows of a CSR matrix: add their loss to ``losses``, their gradient to ``G_total``
         (features x classes, float64) and their intercept gradient to ``g0`` (the softmax loss,
-        or one binary problem per class of ``positives``).
+        or one binary problem per class of ``positives``). Values are ``data``, or
+        ``table[data]`` where ``data`` holds one-byte codes (`_entry`).
 
         ``W`` holds the coefficients (padded classes are 0) in the data's precision; ``G``,
         of the same layout and dtype, sums the gradient of up to `PART_ROWS` rows before it
@@ -410,11 +437,13 @@ def _make_passes(n_lanes: int, softmax: bool) -> _Passes:
                 for p in range(lo, hi - 1, 2):
                     p &= _NON_NEGATIVE
                     j, j2 = indices[p] & _NON_NEGATIVE, indices[p + 1] & _NON_NEGATIVE
-                    _add_scaled(lanes, 0, W, (base + j) * n_lanes, data[p], n_lanes)
-                    _add_scaled(odd, 0, W, (base + j2) * n_lanes, data[p + 1], n_lanes)
+                    x, x2 = _entry(data, table, p), _entry(data, table, p + 1)
+                    _add_scaled(lanes, 0, W, (base + j) * n_lanes, x, n_lanes)
+                    _add_scaled(odd, 0, W, (base + j2) * n_lanes, x2, n_lanes)
                 if (hi - lo) % 2:
                     j = indices[hi - 1] & _NON_NEGATIVE
-                    _add_scaled(lanes, 0, W, (base + j) * n_lanes, data[hi - 1], n_lanes)
+                    x = _entry(data, table, hi - 1)
+                    _add_scaled(lanes, 0, W, (base + j) * n_lanes, x, n_lanes)
                 for k in range(n_lanes):
                     scores[group + k] = lanes[k] + odd[k]
             weight = weights[i] if weights.shape[0] else 1.0
@@ -431,7 +460,7 @@ def _make_passes(n_lanes: int, softmax: bool) -> _Passes:
                 for p in range(lo, hi):
                     p &= _NON_NEGATIVE
                     j = indices[p] & _NON_NEGATIVE
-                    _add_scaled(G, (base + j) * n_lanes, lanes, 0, data[p], n_lanes)
+                    _add_scaled(G, (base + j) * n_lanes, lanes, 0, _entry(data, table, p), n_lanes)
         _flush(G, G_total, n_lanes)
 
     @_kernel
@@ -535,6 +564,50 @@ def block_csr(
     return csr
 
 
+@dataclass(frozen=True, eq=False)
+class CodedCSR:
+    """CSR rows whose values are one-byte codes into a table of 256 floats.
+
+    MNIST's pixels take 256 values: a value as its code is 1 byte instead of 4, and with
+    uint16 column indices an entry costs 3 bytes to read instead of 6 (float32 CSR) or 8
+    (float32 with int32 indices). The passes look each code up in the table (it stays in
+    the L1 cache) and compute with the table's value: the same bits as the decoded rows.
+
+    Attributes
+    ----------
+    shape : (n_rows, n_features)
+    data : ndarray of uint8
+        Each stored entry's code.
+    indices, indptr : ndarray
+        As a CSR matrix's (uint16 or int32 indices, int64 ``indptr``).
+    table : ndarray of shape (256,)
+        float32 or float64: the value of each code.
+    """
+
+    shape: tuple[int, int]
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    table: np.ndarray
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The rows' precision: the table's."""
+        return self.table.dtype
+
+    @property
+    def nnz(self) -> int:
+        return len(self.data)
+
+    def decoded(self) -> sp.csr_matrix:
+        """The rows as a CSR matrix of the table's floats."""
+        return block_csr(self.shape, self.table[self.data], self.indices, self.indptr)
+
+
+#: What the passes take: dense rows, CSR rows, or CSR rows with coded values.
+Rows: TypeAlias = np.ndarray | sp.csr_matrix | CodedCSR
+
+
 def _dense_to_csr(X: np.ndarray) -> sp.csr_matrix:
     """``sp.csr_matrix(X)`` in two compiled passes (scipy's takes 0.4 s for 30,000 MNIST
     rows here; this ~30 ms)."""
@@ -586,11 +659,13 @@ def _run(kernel: Any, *args: Any) -> Any:
     return kernel(*args)
 
 
-def prepare(X: Matrix) -> Matrix:
+def prepare(X: Rows) -> Rows:
     """``X`` as `loss_grad` takes it best: float32 or float64, C-ordered, and CSR unless
     more than `DENSE_ABOVE` of its entries are non-zero (the CSR pass skips zeros, the dense
-    pass reads no indices). A copy only where needed; blocks of rows convert once, when
-    they are loaded."""
+    pass reads no indices); a `CodedCSR` as it is. A copy only where needed; blocks of rows
+    convert once, when they are loaded."""
+    if isinstance(X, CodedCSR):
+        return X
     if sp.issparse(X):
         given: Any = X
         if given.format == "csr" and given.indices.dtype == np.uint16 and X.dtype in _FLOATS:
@@ -623,8 +698,104 @@ def _aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return raw[skip : skip + int(np.prod(shape)) * itemsize].view(dtype).reshape(shape)
 
 
+class PassSums:
+    """The loss and gradient sums of one pass over rows that come in consecutive pieces.
+
+    `loss_grad` gives all the rows as one piece; a block streamed from disk gives them a
+    piece at a time (`add`), and gets the same bits where every piece but the last holds a
+    multiple of `PART_ROWS` rows: the pass flushes its low-precision partial gradient at
+    the same rows either way.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_classes, n_features)
+    intercept : ndarray of shape (n_classes,)
+    dtype : float32 or float64
+        The rows' precision (a `CodedCSR`'s table's): the products' and the coefficients'.
+    positives : ndarray of shape (n_classes,), optional
+        One class-versus-rest problem per row of ``coef`` (its positive class); None: the
+        softmax loss.
+    """
+
+    def __init__(
+        self,
+        coef: np.ndarray,
+        intercept: np.ndarray,
+        dtype: Any,
+        positives: np.ndarray | None = None,
+    ) -> None:
+        n_classes, n_features = coef.shape
+        self.n_classes, self.n_features = n_classes, n_features
+        if positives is None:
+            self.positives = np.empty(0, dtype=np.intp)
+            self.losses = np.zeros(1)
+            self.passes, n_lanes = _SOFTMAX, LANES
+        else:
+            self.positives = np.ascontiguousarray(positives, dtype=np.intp)
+            if self.positives.shape != (n_classes,):
+                raise DataError(
+                    f"{self.positives.size} positive classes for {n_classes} rows of coef: one each"
+                )
+            self.losses = np.zeros(n_classes)
+            self.passes, n_lanes = _BINARY, BINARY_LANES
+        self.intercept = np.ascontiguousarray(intercept, dtype=np.float64)
+        n_groups = -(-n_classes // n_lanes)
+        W = _aligned_zeros((n_groups, n_features, n_lanes), dtype)
+        for group in range(n_groups):  # groups x features x lanes: see `_make_passes`
+            classes = coef[group * n_lanes : (group + 1) * n_lanes]
+            W[group, :, : len(classes)] = classes.T
+        self.W = W.reshape(-1)
+        self.G = _aligned_zeros(self.W.shape, dtype)
+        self.G_total = np.zeros((n_features, n_classes))
+        self.g0 = np.zeros(n_classes)
+        self._ragged = False  # a piece ended inside a part of `PART_ROWS` rows
+
+    def add(self, X: Rows, codes: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Add the rows of ``X`` (the next piece: `prepare`'s output or a `CodedCSR`), their
+        class indices ``codes`` and their weights (None: 1 each)."""
+        X = prepare(X)
+        n_classes, n_features = self.n_classes, self.n_features
+        if X.shape != (len(codes), n_features) or (
+            weights is not None and len(weights) != len(codes)
+        ):
+            raise DataError(
+                f"X has shape {X.shape}, codes {np.shape(codes)}, weights "
+                f"{None if weights is None else np.shape(weights)} and coef "
+                f"{(n_classes, n_features)}: they must agree (rows, features)"
+            )
+        if X.dtype != self.W.dtype:
+            raise DataError(f"rows of {X.dtype} in a pass of {self.W.dtype} rows")
+        if self._ragged:
+            raise ValueError(f"only the last piece of a pass may hold other than a multiple "
+                             f"of {PART_ROWS} rows")  # fmt: skip
+        self._ragged = len(codes) % PART_ROWS != 0
+        codes = np.ascontiguousarray(codes, dtype=np.intp)
+        if not self.positives.size and codes.size and (codes.min() < 0 or codes.max() >= n_classes):
+            raise DataError(f"class indices must lie in 0..{n_classes - 1} (one row of coef each)")
+        weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
+        sums = (self.positives, self.W, self.intercept, self.G, self.G_total, self.g0, self.losses)
+        if isinstance(X, CodedCSR):
+            _run(self.passes.csr, X.data, X.indices, X.indptr, X.table, codes, weights, *sums)
+        elif sp.issparse(X):
+            csr: Any = X
+            table = _NO_TABLE[csr.dtype.type]
+            _run(self.passes.csr, csr.data, csr.indices, csr.indptr, table, codes, weights, *sums)
+        else:
+            _run(self.passes.dense, X, codes, weights, *sums)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """The losses (one, or one per problem) and the gradient as (classes, features + 1)."""
+        grad = np.empty((self.n_classes, self.n_features + 1))
+        grad[:, :-1] = self.G_total.T
+        grad[:, -1] = self.g0
+        return self.losses.copy(), grad
+
+
+_NO_TABLE = {dtype: np.zeros(0, dtype=dtype) for dtype in _FLOATS}
+
+
 def _evaluate(
-    X: Matrix,
+    X: Rows,
     codes: np.ndarray,
     coef: np.ndarray,
     intercept: np.ndarray,
@@ -634,53 +805,13 @@ def _evaluate(
     """One pass over the rows: the softmax loss (``positives`` None, one loss) or one
     binary loss per row of ``coef``, and the gradient as (classes, features + 1)."""
     X = prepare(X)
-    n_classes, n_features = coef.shape
-    if X.shape != (len(codes), n_features) or (weights is not None and len(weights) != len(codes)):
-        raise DataError(
-            f"X has shape {X.shape}, codes {np.shape(codes)}, weights "
-            f"{None if weights is None else np.shape(weights)} and coef {coef.shape}: "
-            "they must agree (rows, features)"
-        )
-    codes = np.ascontiguousarray(codes, dtype=np.intp)
-    if positives is None:
-        if codes.size and (codes.min() < 0 or codes.max() >= n_classes):
-            raise DataError(f"class indices must lie in 0..{n_classes - 1} (one row of coef each)")
-        positives = np.empty(0, dtype=np.intp)
-        losses = np.zeros(1)
-        passes, n_lanes = _SOFTMAX, LANES
-    else:
-        positives = np.ascontiguousarray(positives, dtype=np.intp)
-        if positives.shape != (n_classes,):
-            raise DataError(
-                f"{positives.size} positive classes for {n_classes} rows of coef: one each"
-            )
-        losses = np.zeros(n_classes)
-        passes, n_lanes = _BINARY, BINARY_LANES
-    weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
-    intercept = np.ascontiguousarray(intercept, dtype=np.float64)
-    n_groups = -(-n_classes // n_lanes)
-    W = _aligned_zeros((n_groups, n_features, n_lanes), X.dtype)
-    for group in range(n_groups):  # groups x features x lanes: see `_make_passes`
-        classes = coef[group * n_lanes : (group + 1) * n_lanes]
-        W[group, :, : len(classes)] = classes.T
-    W = W.reshape(-1)
-    G = _aligned_zeros(W.shape, X.dtype)
-    G_total = np.zeros((n_features, n_classes))
-    g0 = np.zeros(n_classes)
-    sums = (positives, W, intercept, G, G_total, g0, losses)
-    if sp.issparse(X):
-        csr: Any = X
-        _run(passes.csr, csr.data, csr.indices, csr.indptr, codes, weights, *sums)
-    else:
-        _run(passes.dense, X, codes, weights, *sums)
-    grad = np.empty((n_classes, n_features + 1))
-    grad[:, :-1] = G_total.T
-    grad[:, -1] = g0
-    return losses, grad
+    sums = PassSums(coef, intercept, X.dtype, positives)
+    sums.add(X, codes, weights)
+    return sums.result()
 
 
 def loss_grad(
-    X: Matrix,
+    X: Rows,
     codes: np.ndarray,
     coef: np.ndarray,
     intercept: np.ndarray,
@@ -690,7 +821,7 @@ def loss_grad(
 
     Parameters
     ----------
-    X : ndarray or csr_matrix of shape (n_rows, n_features)
+    X : ndarray, csr_matrix or CodedCSR of shape (n_rows, n_features)
         float32 or float64 (`prepare` converts anything else, once if you keep the result).
     codes : ndarray of shape (n_rows,)
         Each row's class index, 0 .. n_classes - 1.
@@ -770,3 +901,8 @@ def warm_up(
             evaluate(block_csr(eye.shape, eye.data, indices, indptr))
         _dense_to_csr(np.zeros((1, 2), dtype=dtype))
         evaluate(np.ones((2, 2), dtype=dtype))
+        if "softmax" in losses:  # rows streamed from disk: codes into a table
+            eye = sp.csr_matrix(np.eye(2, dtype=np.uint8))
+            indices, indptr = eye.indices.astype(np.uint16), eye.indptr.astype(np.int64)
+            table = np.arange(256, dtype=dtype)
+            loss_grad(CodedCSR(eye.shape, eye.data, indices, indptr, table), codes, zeros, zeros[0])
