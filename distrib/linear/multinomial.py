@@ -42,6 +42,12 @@ class _Timing(Protocol):
     @property
     def seconds(self) -> float: ...
 
+    @property
+    def read_bytes(self) -> int: ...
+
+    @property
+    def read_wait(self) -> float: ...
+
 
 class _Sum(Protocol):
     """The blocks' summed loss and gradient (gradient: classes x (features + 1), the
@@ -155,6 +161,9 @@ class SoftmaxFit:
                 "loss": [e["loss"] for e in self.evaluations],
                 "seconds": walls.tolist() if live else [],
                 "slowest_block_seconds": compute.tolist() if live else [],
+                # rows streamed from disk: bytes read, and the longest wait of a block
+                "read_bytes": [e.get("read_bytes", 0) for e in live],
+                "read_wait_seconds": [e.get("read_wait", 0.0) for e in live],
             },
         }
 
@@ -311,6 +320,8 @@ def fit_softmax(
                 "compute_sum": float(np.sum([t.seconds for t in timings])),
                 "cpu_per_message": evaluation.message_cpu / max(1, evaluation.messages),
                 "cpu_per_relayed": evaluation.relay_cpu / max(1, evaluation.relayed),
+                "read_bytes": int(sum(t.read_bytes for t in timings)),
+                "read_wait": max((t.read_wait for t in timings), default=0.0),
             }
         )
         loss = evaluation.total.loss / weight_sum

@@ -246,7 +246,7 @@ def fit_multinomial_rows(
     """The multinomial fit on ``data``'s rows: cut into blocks held by ``client``'s workers
     (in this process without a client, or inside a Dask task); ``class_weight`` keyed by
     ``labels``' values."""
-    y = np.asarray(data.arrays()[1])
+    y = data.labels()
     codes = np.searchsorted(labels, y)
     by_index = by_class_index(class_weight, labels)
     sample_weight = data.weights(0, len(codes))
@@ -281,7 +281,7 @@ def fit_ovr(
     ``client`` (`_ovr_backend`), reduced with the done ones into one model."""
     weights = data.weights(0, int(data.shape[0]))
     if class_weight == "balanced" and weights is not None:
-        codes = np.searchsorted(labels, np.asarray(data.arrays()[1]))
+        codes = np.searchsorted(labels, data.labels())
         refuse_weightless_classes(codes, len(labels), weights, labels)
     positives = [int(labels[1])] if len(labels) == 2 else [int(c) for c in labels]
     todo = [c for c in positives if c not in hooks.done]

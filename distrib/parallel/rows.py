@@ -44,6 +44,10 @@ class TrainingData(Protocol):
 
     def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]: ...
 
+    def labels(self) -> np.ndarray:
+        """Every row's label (without reading the rows)."""
+        ...
+
     def weights(self, start: int, stop: int) -> np.ndarray | None:
         """The sample weights of rows ``start:stop`` (None: every row weighs 1)."""
         ...
@@ -231,6 +235,13 @@ class ArrayFiles:
         shape = (stop - start, self.shape[1])
         return softmax.block_csr(shape, data, indices, indptr - lo), y
 
+    def labels(self) -> np.ndarray:
+        sums = self.checksums()
+        path = Path(self.folder) / "y.npy"
+        if sums is not None:
+            verify_range(path, sums.get(path.name, []), 0, os.stat(path).st_size)
+        return np.array(load_npy(path))
+
     def weights(self, start: int, stop: int) -> np.ndarray | None:
         path = Path(self.folder) / "w.npy"
         if not path.exists():  # prepared splits carry none
@@ -295,6 +306,9 @@ class InMemoryArrays:
         """Rows ``start:stop`` as an aligned copy."""
         return _row_slice(self.X, self.y, start, stop)
 
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.y)
+
     def weights(self, start: int, stop: int) -> np.ndarray | None:
         if self.sample_weight is None:
             return None
@@ -328,6 +342,9 @@ class RowsFromHere:
 
     def rows(self, start: int, stop: int) -> tuple[Matrix, np.ndarray]:
         return self.files.rows(start, stop)
+
+    def labels(self) -> np.ndarray:
+        return self.files.labels()
 
     def weights(self, start: int, stop: int) -> np.ndarray | None:
         return self.files.weights(start, stop)

@@ -20,6 +20,7 @@ from distrib.errors import DataError
 from distrib.linear import softmax
 from distrib.linear.model import predict_codes
 from distrib.parallel.blocks.partial_sums import PartialSum, Timing
+from distrib.parallel.row_store import PassReads
 from distrib.parallel.rows import Matrix, TrainingData, aligned_copy
 
 #: The workers' event topic of block loads (`distrib.parallel.fit_events.block_loads`).
@@ -38,6 +39,35 @@ class RowBlock:
     @property
     def n_rows(self) -> int:
         return len(self.codes)
+
+    def loss_grad(
+        self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
+    ) -> tuple[float, np.ndarray, PassReads]:
+        """The rows' summed loss and gradient (`distrib.linear.softmax.loss_grad`), and
+        what the pass read from disk (nothing: the rows are in memory)."""
+        weights = None if class_weight is None else class_weight[self.codes]
+        if self.weights is not None:
+            weights = self.weights if weights is None else weights * self.weights
+        loss, grad = softmax.loss_grad(self.X, self.codes, coef, intercept, weights)
+        return loss, grad, PassReads()
+
+    def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """Each row's predicted class index."""
+        return predict_codes(self.X, coef, intercept)
+
+
+class Block(Protocol):
+    """What a host does with a block: rows in memory (`RowBlock`) or streamed from disk
+    (`distrib.parallel.blocks.streamed.StreamedBlock`)."""
+
+    @property
+    def n_rows(self) -> int: ...
+
+    def loss_grad(
+        self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
+    ) -> tuple[float, np.ndarray, PassReads]: ...
+
+    def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -106,7 +136,7 @@ def load_block(
 
 
 def block_loss_grad(
-    block: RowBlock,
+    block: Block,
     coef: np.ndarray,
     intercept: np.ndarray,
     class_weight: np.ndarray | None,
@@ -117,11 +147,8 @@ def block_loss_grad(
     ``worker`` names where it ran, in its timing."""
     started = time.time()
     t0 = time.perf_counter()
-    weights = None if class_weight is None else class_weight[block.codes]
-    if block.weights is not None:
-        weights = block.weights if weights is None else weights * block.weights
-    loss, grad = softmax.loss_grad(block.X, block.codes, coef, intercept, weights)
-    timing = Timing(worker, started, time.perf_counter() - t0)
+    loss, grad, reads = block.loss_grad(coef, intercept, class_weight)
+    timing = Timing(worker, started, time.perf_counter() - t0, reads.bytes, reads.wait)
     return PartialSum(loss, grad, (timing,))
 
 
@@ -163,7 +190,7 @@ class LocalBlocks:
         """Loaded already, in this process."""
 
     def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-        return predict_codes(self.block.X, coef, intercept)
+        return self.block.predict(coef, intercept)
 
     def release(self) -> None:
         """Nothing to release: the block lives in this process."""

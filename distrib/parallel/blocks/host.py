@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from distrib.linear.model import predict_codes
-from distrib.parallel.blocks.block import RowBlock, block_loss_grad, load_block
+from distrib.parallel.blocks.block import Block, block_loss_grad, load_block
 from distrib.parallel.blocks.channel import Channel, ChannelServer, pack, receive_all
 from distrib.parallel.blocks.partial_sums import Node, PartialSum, SumTree, combine
+from distrib.parallel.blocks.streamed import open_streamed_block
+from distrib.parallel.row_store import RowStore
 from distrib.parallel.rows import InMemoryArrays, TrainingData
 
 #: How often a pending call checks that its worker is still there (the call itself returns
@@ -98,7 +99,7 @@ class BlockHost:
         from distributed import get_worker
 
         self.worker = str(get_worker().address)  # the actor starts in its worker's task
-        self.blocks: dict[int, RowBlock] = {}
+        self.blocks: dict[int, Block] = {}
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="distrib-blocks")
         self._server: ChannelServer | None = None
         self._tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None  # (listen, connect)
@@ -133,6 +134,12 @@ class BlockHost:
         """
         self.blocks[index] = load_block(source, start, stop, **kw)
         release_free_memory()  # the load's temporaries: back to the system, not kept
+        return self.blocks[index].n_rows
+
+    def open_stream(self, index: int, store: RowStore, start: int, stop: int, **kw: Any) -> int:
+        """Make rows ``start:stop`` of the row store ``store`` block ``index``, streamed:
+        read a piece at a time by every evaluation, never held. ``kw`` as `load`'s."""
+        self.blocks[index] = open_streamed_block(store, start, stop, **kw)
         return self.blocks[index].n_rows
 
     def adopt(
@@ -170,7 +177,7 @@ class BlockHost:
         self, indices: list[int], coef: np.ndarray, intercept: np.ndarray
     ) -> dict[int, np.ndarray]:
         """Each row's predicted class index, for each block in ``indices``."""
-        return {i: predict_codes(self.blocks[i].X, coef, intercept) for i in indices}
+        return {i: self.blocks[i].predict(coef, intercept) for i in indices}
 
     def _answer(
         self,

@@ -35,6 +35,8 @@ class Timing:
     worker: str
     started: float  # wall clock (time.time) at the start
     seconds: float
+    read_bytes: int = 0  # read from disk (a streamed block), and
+    read_wait: float = 0.0  # the seconds its kernel waited for them
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,12 @@
 A source knows its rows' place in the training matrix (``start``, ``stop``) and the host call
 that loads them (`BlockSource.load_call`), and says whether Dask makes its rows on a worker
 first (``made_on_workers``: the runner computes that chunk where the block will live, and the
-host adopts it). Two kinds today:
+host adopts it). Three kinds:
 
 * `RowsSource`: rows of `distrib.parallel.rows` training data: prepared ``.npy`` files
   read by path on the worker (memory-mapped), or rows held here, sent to their worker alone;
+* `StreamSource`: rows of a row store (`distrib.parallel.row_store`), left on disk and
+  streamed by every pass (`distrib.parallel.blocks.streamed`);
 * `ChunkSource`: a chunk of a Dask array, computed on a worker (rows grown with ``--grow``,
   the estimator's Dask input) and never gathered on the driver.
 """
@@ -24,6 +26,7 @@ import numpy as np
 
 from distrib.linear import softmax
 from distrib.parallel.blocks.host import BlockHost
+from distrib.parallel.row_store import RowStore
 from distrib.parallel.rows import InMemoryArrays, RowsFromHere, TrainingData
 
 
@@ -78,6 +81,21 @@ class RowsSource(BlockSource):
 
 
 @dataclass(frozen=True, eq=False)
+class StreamSource(BlockSource):
+    """Rows ``start:stop`` of a row store, streamed from disk by the host at every pass
+    (`distrib.parallel.blocks.streamed`): the worker holds a few pieces, not the rows."""
+
+    start: int
+    stop: int
+    store: RowStore
+    made_on_workers: ClassVar[bool] = False
+
+    def load_call(self, index: int, common: dict[str, Any], chunk_key: str = "") -> HostCall:
+        args = (index, self.store, self.start, self.stop)
+        return HostCall(BlockHost.open_stream, args, dict(common, offset=self.start))
+
+
+@dataclass(frozen=True, eq=False)
 class ChunkSource(BlockSource):
     """A chunk of a Dask array's rows (``chunk``: a Delayed that makes it), computed on a
     worker; ``codes`` are its rows' class indices, ``weights`` their sample weights."""
@@ -101,8 +119,12 @@ def block_bounds(n_rows: int, n_blocks: int) -> list[tuple[int, int]]:
 
 
 def rows_sources(data: TrainingData, n_blocks: int) -> list[BlockSource]:
-    """``data``'s rows cut into ``n_blocks`` blocks."""
-    return [RowsSource(a, b, data) for a, b in block_bounds(data.shape[0], n_blocks)]
+    """``data``'s rows cut into ``n_blocks`` blocks: streamed from a row store, else
+    loaded into memory."""
+    bounds = block_bounds(data.shape[0], n_blocks)
+    if isinstance(data, RowStore):
+        return [StreamSource(a, b, data) for a, b in bounds]
+    return [RowsSource(a, b, data) for a, b in bounds]
 
 
 def chunk_sources(

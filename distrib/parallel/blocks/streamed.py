@@ -1,0 +1,92 @@
+"""A block whose rows stay on disk: every pass reads them a piece at a time.
+
+`StreamedBlock` holds its rows' class indices and where they are in a row store
+(`distrib.parallel.row_store`); each evaluation streams the pieces through one
+`distrib.linear.softmax.PassSums`, reading the next piece while the kernel runs on this one.
+The pieces are whole parts of the kernel's sums, so the loss and gradient are the bits of the
+same rows held in memory (`distrib.parallel.blocks.block.RowBlock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from distrib.errors import DataError
+from distrib.linear import softmax
+from distrib.linear.model import predict_codes
+from distrib.parallel.blocks.block import BLOCK_TOPIC
+from distrib.parallel.row_store import PIECE_ROWS, PassReads, RowStore
+
+
+@dataclass(frozen=True, eq=False)
+class StreamedBlock:
+    """Rows ``first:first + n_rows`` of ``store``, block of the training matrix from row
+    ``start``; ``codes``: each row's class index (the smallest integer type that holds
+    them: 1 byte a row is all a streamed block keeps per row)."""
+
+    store: RowStore
+    first: int
+    codes: np.ndarray
+    start: int
+    piece_rows: int = PIECE_ROWS
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.codes)
+
+    def loss_grad(
+        self, coef: np.ndarray, intercept: np.ndarray, class_weight: np.ndarray | None
+    ) -> tuple[float, np.ndarray, PassReads]:
+        """One pass over the rows, streamed: their summed loss, its gradient, and what the
+        pass read."""
+        sums = softmax.PassSums(coef, intercept, self.store.dtype)
+        reads: list[PassReads] = []
+        stop = self.first + self.n_rows
+        for row, piece in self.store.pieces(self.first, stop, self.piece_rows, reads):
+            at = row - self.first
+            codes = self.codes[at : at + piece.shape[0]].astype(np.intp)
+            sums.add(piece, codes, None if class_weight is None else class_weight[codes])
+        losses, grad = sums.result()
+        return float(losses[0]), grad, reads[0] if reads else PassReads()
+
+    def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """Each row's predicted class index, a piece at a time."""
+        stop = self.first + self.n_rows
+        found = [np.zeros(0, dtype=np.intp)]
+        for _, piece in self.store.pieces(self.first, stop, self.piece_rows):
+            rows = piece.decoded() if isinstance(piece, softmax.CodedCSR) else piece
+            found.append(predict_codes(rows, coef, intercept))
+        return np.concatenate(found)
+
+
+def open_streamed_block(
+    store: RowStore,
+    start: int,
+    stop: int,
+    classes: np.ndarray,
+    run_id: str = "",
+    offset: int | None = None,
+    key: str = "",
+) -> StreamedBlock:
+    """Rows ``start:stop`` of ``store`` as a streamed block (on a worker, or here): only
+    their labels are read now, as class indices into the sorted ``classes``; ``offset``
+    and ``key`` as `distrib.parallel.blocks.block.load_block`'s."""
+    offset = start if offset is None else offset
+    with contextlib.suppress(ImportError, ValueError):
+        from distributed import get_worker
+
+        worker = get_worker()
+        event = {"run_id": run_id, "key": key, "start": offset, "worker": worker.address,
+                 "time": time.time(), "streamed": True}  # fmt: skip
+        worker.log_event(BLOCK_TOPIC, event)
+    y = store.labels(start, stop)
+    codes = np.searchsorted(classes, y)
+    codes[codes == len(classes)] = 0
+    if not np.array_equal(classes[codes], y):
+        raise DataError(f"rows {start}:{stop} hold labels outside the classes {classes.tolist()}")
+    small = np.uint8 if len(classes) <= 2**8 else np.uint16 if len(classes) <= 2**16 else np.intp
+    return StreamedBlock(store, start, codes.astype(small), offset)

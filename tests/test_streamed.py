@@ -1,0 +1,141 @@
+"""Rows streamed from disk: the row store's format, streamed blocks, and a streamed fit on a
+real cluster that gives the model of the same rows held in memory, bit for bit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from distributed import Client
+
+from distrib.config import TrainConfig
+from distrib.errors import DataError
+from distrib.linear.softmax import PART_ROWS, CodedCSR
+from distrib.parallel.blocks.block import load_block
+from distrib.parallel.blocks.streamed import open_streamed_block
+from distrib.parallel.prepared import write_in_memory
+from distrib.parallel.row_store import RowStore, open_row_store, write_row_store
+from distrib.parallel.rows import InMemoryArrays
+from distrib.parallel.strategies import fit_training_data
+
+N_FEATURES = 40
+
+
+def _pixels(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One-byte pixels (~19 % non-zero, as MNIST's) and labels 0..9 that depend on them."""
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((n_rows, N_FEATURES)) < 0.19) * rng.integers(1, 256, (n_rows, 40))
+    y = (pixels[:, :10].argmax(axis=1) + (pixels.sum(axis=1) % 3 == 0)) % 10
+    return pixels.astype(np.uint8), y
+
+
+def _floats(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.float32) / np.float32(255)
+
+
+def _store(folder: Path, X: Any, y: np.ndarray, chunk: int = 1000) -> RowStore:
+    def chunks():  # type: ignore[no-untyped-def]
+        return ((X[a : a + chunk], y[a : a + chunk]) for a in range(0, X.shape[0], chunk))
+
+    return write_row_store(chunks, folder, X.shape[1], {"made_by": "a test"})
+
+
+def test_a_store_keeps_its_rows_coded_where_they_take_256_values(tmp_path: Path) -> None:
+    pixels, y = _pixels(3000)
+    X = _floats(pixels)
+    store = _store(tmp_path / "store", sp.csr_matrix(X), y)
+    assert store.coded and store.dtype == np.float32
+    assert open_row_store(tmp_path / "store") == store
+    rows, labels = store.rows(0, 3000)
+    assert np.array_equal(rows.toarray(), X) and np.array_equal(labels, y)
+    nnz = int(np.count_nonzero(X))
+    on_disk = os.path.getsize(tmp_path / "store" / "values.bin")
+    assert on_disk == nnz  # one byte an entry
+    assert os.path.getsize(tmp_path / "store" / "indices.bin") == 2 * nnz  # uint16 columns
+    # values past 256 distinct ones: the floats themselves
+    noisy = X + np.float32(1e-3) * (X != 0) * np.arange(3000, dtype=np.float32)[:, None]
+    floats = _store(tmp_path / "floats", noisy, y)
+    assert not floats.coded and floats.dtype == np.float32
+    assert np.array_equal(floats.rows(0, 3000)[0].toarray(), noisy)
+    assert open_row_store(tmp_path / "nothing") is None
+
+
+def test_a_store_refuses_nan_and_names_the_rows(tmp_path: Path) -> None:
+    pixels, y = _pixels(3000)
+    X = _floats(pixels)
+    X[2500, 3] = np.nan
+    with pytest.raises(DataError, match=r"rows 2000:3000 of X hold NaN or infinity"):
+        _store(tmp_path / "store", X, y)
+    assert not (tmp_path / "store").exists()
+    assert not list(tmp_path.iterdir())  # no half-written folder left behind
+
+
+def test_a_damaged_store_fails_naming_the_file(tmp_path: Path) -> None:
+    pixels, y = _pixels(3000)
+    store = _store(tmp_path / "store", _floats(pixels), y)
+    path = tmp_path / "store" / "values.bin"
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    block = open_streamed_block(store, 0, 3000, np.arange(10))
+    with pytest.raises(DataError, match=r"values\.bin bytes 0\.\.4,194,304 fail their checksum"):
+        block.loss_grad(np.zeros((10, N_FEATURES)), np.zeros(10), None)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_streamed_block_gives_the_bits_of_the_block_in_memory(
+    tmp_path: Path, weighted: bool
+) -> None:
+    n_rows = 3 * PART_ROWS + 500
+    pixels, y = _pixels(n_rows, seed=1)
+    X = _floats(pixels)
+    store = _store(tmp_path / "store", X, y, chunk=777)
+    classes = np.arange(10)
+    start, stop = 300, n_rows - 100  # a block inside the store
+    streamed = open_streamed_block(store, start, stop, classes, offset=12)
+    streamed = type(streamed)(store, start, streamed.codes, 12, piece_rows=PART_ROWS)
+    in_memory = load_block(InMemoryArrays(sp.csr_matrix(X), y), start, stop, classes)
+    rng = np.random.default_rng(2)
+    coef, intercept = rng.normal(size=(10, N_FEATURES)), rng.normal(size=10)
+    class_weight = rng.random(10) if weighted else None
+    loss, grad, reads = streamed.loss_grad(coef, intercept, class_weight)
+    expected_loss, expected_grad, _ = in_memory.loss_grad(coef, intercept, class_weight)
+    assert loss == expected_loss and np.array_equal(grad, expected_grad)
+    assert reads.bytes == 3 * int(np.count_nonzero(X[start:stop])) + 8 * (stop - start + 1)
+    assert np.array_equal(streamed.predict(coef, intercept), in_memory.predict(coef, intercept))
+    assert streamed.codes.dtype == np.uint8 and streamed.start == 12
+
+
+def test_streamed_fit_on_a_cluster_is_the_in_memory_fit(
+    cluster_client: Client, tmp_path: Path
+) -> None:
+    """The same rows as a row store (streamed: the workers read them a piece at a time)
+    and as prepared files (loaded into the workers' memory): the same model, bit for bit."""
+    pixels, y = _pixels(20_000, seed=3)
+    X = sp.csr_matrix(_floats(pixels))
+    store = _store(tmp_path / "store", X, y, chunk=4096)
+    (tmp_path / "files").mkdir()
+    files = write_in_memory(InMemoryArrays(X, y), tmp_path / "files")
+    config = TrainConfig(dataset="digits", strategy="multinomial", max_iter=40)
+    labels = np.arange(10)
+    streamed = fit_training_data(store, labels, config, client=cluster_client)
+    in_memory = fit_training_data(files, labels, config, client=cluster_client)
+    assert np.array_equal(streamed.coef, in_memory.coef)
+    assert np.array_equal(streamed.intercept, in_memory.intercept)
+    assert streamed.solver["n_evaluations"] == in_memory.solver["n_evaluations"]
+    reads = streamed.solver["per_evaluation"]["read_bytes"]
+    assert reads and all(r == 3 * X.nnz + 8 * (20_000 + 2) for r in reads)
+    assert not any(in_memory.solver["per_evaluation"]["read_bytes"])
+    assert len(streamed.records) == 2
+
+
+def test_coded_pieces_are_coded_csr(tmp_path: Path) -> None:
+    pixels, y = _pixels(100)
+    store = _store(tmp_path / "store", _floats(pixels), y)
+    ((first, piece),) = list(store.pieces(0, 100))
+    assert first == 0 and isinstance(piece, CodedCSR)
+    assert np.array_equal(piece.decoded().toarray(), _floats(pixels))
