@@ -23,6 +23,7 @@ SOLVERS = ("lbfgs", "liblinear", "newton-cg", "newton-cholesky", "sag", "saga")
 L1_SOLVERS = ("saga", "liblinear")
 CLASS_WEIGHTS = (None, "balanced")
 LAYOUTS = ("auto", "dense", "sparse")
+ROWS = ("auto", "memory", "disk")
 STRATEGIES = ("ovr", "multinomial")
 #: What one row of each strategy's coefficient matrix is (the report's coefficient images).
 COEFFICIENT_ROWS = {
@@ -102,6 +103,14 @@ SETTINGS: dict[str, Setting] = {
         "auto",
         "Training matrix as dense or CSR; auto: CSR when <= 25% of pixels are non-zero.",
         LAYOUTS,
+    ),
+    "rows": Setting(
+        "auto",
+        "Where a multinomial fit's training rows are: memory (loaded once into the workers' "
+        "memory), disk (kept on disk as compact CSR and streamed by every pass: a worker "
+        "holds a few pieces, not its rows), auto: memory where they fit under the workers' "
+        "memory limits, else disk.",
+        ROWS,
     ),
 }
 #: The settings of the model itself: `DaskLogisticRegression`'s keyword arguments.
@@ -191,6 +200,12 @@ class TrainConfig:
         How the training matrix is stored for the fits: ``sparse`` is CSR, ``auto`` picks it
         when at most a quarter of the pixels are non-zero (MNIST: 19 %). Both give the same
         model up to the solver's tolerance.
+    rows : {"auto", "memory", "disk"}
+        Where a multinomial fit's training rows are while it runs: ``memory``, loaded once
+        by the workers; ``disk``, a row store (`distrib.parallel.row_store`) that every pass
+        streams, a piece at a time (the same model, bit for bit); ``auto``, memory where the
+        rows fit under the workers' memory limits, else disk. One-vs-rest holds them in
+        memory.
     """
 
     strategy: str = SETTINGS["strategy"].default
@@ -208,6 +223,7 @@ class TrainConfig:
     class_weight: str | dict[Any, float] | None = SETTINGS["class_weight"].default
     random_state: int | None = SETTINGS["random_state"].default
     layout: str = SETTINGS["layout"].default
+    rows: str = SETTINGS["rows"].default
     preset: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -251,6 +267,11 @@ class TrainConfig:
                 f"strategy 'multinomial' is fitted with L-BFGS and an L2 penalty, got solver "
                 f"{self.solver!r} and l1_ratio={self.l1_ratio}: use --solver lbfgs --l1-ratio 0, "
                 "or --strategy ovr"
+            )
+        if self.rows == "disk" and self.strategy != "multinomial":
+            raise ConfigError(
+                "rows streamed from disk (rows 'disk') are trained by the multinomial fit: "
+                "use --strategy multinomial, or --rows memory"
             )
         if not _positive_number(self.tol):
             raise ConfigError(f"tol must be a positive number, got {self.tol!r}")

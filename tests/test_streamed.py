@@ -3,6 +3,7 @@ real cluster that gives the model of the same rows held in memory, bit for bit."
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ import pytest
 import scipy.sparse as sp
 from distributed import Client
 
+from distrib import train
 from distrib.config import TrainConfig
-from distrib.errors import DataError
+from distrib.errors import ConfigError, DataError
 from distrib.linear.softmax import PART_ROWS, CodedCSR
 from distrib.parallel.blocks.block import load_block
 from distrib.parallel.blocks.streamed import open_streamed_block
@@ -139,3 +141,37 @@ def test_coded_pieces_are_coded_csr(tmp_path: Path) -> None:
     ((first, piece),) = list(store.pieces(0, 100))
     assert first == 0 and isinstance(piece, CodedCSR)
     assert np.array_equal(piece.decoded().toarray(), _floats(pixels))
+
+
+def test_train_streams_its_rows_and_gives_the_in_memory_model(
+    cluster_client: Client, tmp_path: Path
+) -> None:
+    """`distrib train --rows disk`: the split's training rows become a row store under the
+    data home, the workers stream them, and the model is the in-memory fit's, bit for bit
+    (both CSR: --layout sparse); the training accuracy comes from the blocks."""
+    settings = {"dataset": "digits", "strategy": "multinomial", "layout": "sparse", "max_iter": 50}
+    lines: list[str] = []
+    home = tmp_path / "home"
+    disk = train(TrainConfig(**settings, rows="disk"), client=cluster_client,
+                 out=tmp_path / "disk", home=home, log=lines.append)  # fmt: skip
+    memory = train(TrainConfig(**settings, rows="memory"), client=cluster_client,
+                   out=tmp_path / "memory", home=home)  # fmt: skip
+    assert np.array_equal(disk.model.coef, memory.model.coef)
+    assert np.array_equal(disk.model.intercept, memory.model.intercept)
+    assert disk.metrics["train_accuracy"] == memory.metrics["train_accuracy"]
+    assert disk.metrics["test_accuracy"] == memory.metrics["test_accuracy"]
+    assert any(line == "transfer: streamed" or line.startswith("transfer: streamed (")
+               for line in lines), lines  # fmt: skip
+    stores = list(home.glob("prepared/*/stream/train/key.json"))
+    assert len(stores) == 1
+    store = open_row_store(stores[0].parent)
+    assert store is not None and store.coded and store.shape == (1347, 64)
+    reads = disk.metrics["solver"]["per_evaluation"]["read_bytes"]
+    assert len(reads) == disk.metrics["solver"]["n_evaluations"] and min(reads) > 0
+    saved = json.loads((tmp_path / "disk" / "model.json").read_text())
+    assert saved["settings"]["rows"] == "disk"
+
+
+def test_ovr_refuses_rows_on_disk_naming_the_strategy() -> None:
+    with pytest.raises(ConfigError, match="use --strategy multinomial, or --rows memory"):
+        TrainConfig(dataset="digits", rows="disk")

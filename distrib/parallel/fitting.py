@@ -47,6 +47,7 @@ from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
 from distrib.parallel.joblib_backend import active_dask_client, cluster_backend
 from distrib.parallel.prepared import workers_blind_to_paths, write_in_memory
 from distrib.parallel.reduce import reduce_fits
+from distrib.parallel.row_store import RowStore
 from distrib.parallel.rows import (
     ArrayFiles,
     InMemoryArrays,
@@ -266,7 +267,11 @@ def fit_multinomial_rows(
             n_blocks=None if layout is None else int(layout["blocks"]),
             **_block_options(hooks),
         )
-    return fit_multinomial(runner, int(data.shape[1]), len(labels), weights, config, hooks)
+    # streamed rows are predicted where they are read (here they would be decoded whole)
+    predict_rows = isinstance(data, RowStore)
+    return fit_multinomial(
+        runner, int(data.shape[1]), len(labels), weights, config, hooks, predict_rows=predict_rows
+    )
 
 
 def fit_ovr(

@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
 import numpy as np
 import scipy.sparse as sp
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # dask.array stays out of the workers that only read prepared
     from distrib.data.split import SplitArrays
 
 from distrib.parallel.checksums import file_checksums
+from distrib.parallel.row_store import RowStore, open_row_store, write_row_store
 from distrib.parallel.rows import (
     SPARSE_PARTS,
     ArrayFiles,
@@ -275,3 +278,44 @@ def prepare_split_arrays(
         parts.X_test, parts.y_test, folder / chosen / "test", key_parts, chosen
     )
     return train, test, density
+
+
+def prepare_row_store(
+    parts: SplitArrays,
+    root: Path,
+    key_parts: dict[str, Any],
+    log: Callable[[str], None] | None = None,
+) -> RowStore:
+    """The training part of a split as a row store (`distrib.parallel.row_store`), for a
+    fit that streams its rows: written once under ``root/prepared``, a chunk of rows at a
+    time (never the whole matrix in memory here), then reused while complete.
+
+    ``log`` receives a progress line about every 10 seconds while it is written.
+    """
+    name, train_key = "train", key_parts
+    if parts.grow != 1:
+        name, train_key = f"train-grow-{parts.grow}", {**key_parts, "grow": parts.grow}
+    folder = prepared_folder(root, key_parts) / "stream" / name
+    n_rows, n_features = (int(n) for n in parts.X_train.shape)
+    existing = open_row_store(folder)
+    if existing is not None and existing.shape == (n_rows, n_features):
+        return existing
+    X = parts.X_train.rechunk({1: -1})
+    y = parts.y_train.rechunk(X.chunks[0])
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for rows, labels in zip(X.to_delayed().ravel(), y.to_delayed().ravel(), strict=True):
+            yield dask.compute(rows, labels, scheduler="threads")
+
+    started = time.perf_counter()
+    said = [started]
+
+    def progress(done: int) -> None:
+        now = time.perf_counter()
+        if log is not None and (now - said[0] >= 10 or done == n_rows):
+            said[0] = now
+            rate = done / max(now - started, 1e-9)
+            log(f"row store: {done:,}/{n_rows:,} rows written ({rate:,.0f} rows/s, "
+                f"{(n_rows - done) / max(rate, 1e-9):.0f} s left)")  # fmt: skip
+
+    return write_row_store(chunks, folder, n_features, train_key, X.dtype, progress)

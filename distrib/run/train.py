@@ -21,7 +21,7 @@ from distrib.data.arrays import load_arrays
 from distrib.data.datasets import Dataset, data_home, load_dataset
 from distrib.data.grow import check_grow
 from distrib.data.split import SplitArrays, check_labels, split_arrays
-from distrib.errors import ConfigError, OutputError
+from distrib.errors import ClusterError, ConfigError, OutputError
 from distrib.files import storage_error, write_json
 from distrib.linear.model import LinearModel
 from distrib.parallel.cluster import (
@@ -42,11 +42,13 @@ from distrib.parallel.fitting import (
 from distrib.parallel.memory import check_fits, matrix_bytes, worker_memory
 from distrib.parallel.prepared import (
     choose_layout,
+    prepare_row_store,
     prepare_split_arrays,
     training_density,
     workers_blind_to,
     workers_blind_to_paths,
 )
+from distrib.parallel.row_store import RowStore
 from distrib.parallel.rows import ArrayFiles, TrainingData
 from distrib.parallel.strategies import Strategy, fit_training_data, strategy_for
 from distrib.report.render import (
@@ -171,6 +173,36 @@ def _check_memory(
     # a grown chunk arrives dense (float32) and is copied once as it becomes a block
     chunk = 2 * max(parts.X_train.chunks[0]) * n_features * 4 if parts.grow > 1 else 0
     check_fits(worker_memory(client), strategy_for(config.strategy), nbytes, chunk)
+
+
+def _streams_rows(job: _Job, client: Client, ready: _Prepared) -> bool:
+    """Whether the fit streams its training rows from disk (``--rows``): asked, or (auto)
+    where a multinomial fit's rows do not fit in the workers' memory. Otherwise the
+    memory check stands: a strategy that cannot fit is refused."""
+    config = job.config
+    if config.rows == "disk":
+        return True
+    try:
+        _check_memory(client, config, ready.parts, ready.density, ready.layout)
+    except ClusterError as exc:
+        if config.rows == "memory" or not job.strategy.holds_row_blocks:
+            raise
+        job.say(f"rows: streamed from disk, as they do not fit in memory ({exc})")
+        return True
+    return False
+
+
+def _streamed_rows(job: _Job, client: Client, ready: _Prepared) -> RowStore:
+    """The training rows as a row store that every worker reads by path."""
+    store = prepare_row_store(ready.parts, data_home(job.home), ready.key, job.say)
+    blind = workers_blind_to_paths(client, store.paths())
+    if blind:
+        raise ConfigError(
+            f"rows streamed from disk are read by path, and worker(s) {', '.join(blind[:3])} "
+            f"cannot see {store.folder} as this client does: mount the data folder at the "
+            "same path on every worker, or use --rows memory"
+        )
+    return store
 
 
 def train(
@@ -384,17 +416,20 @@ def _place_rows(job: _Job, client: Client, ready: _Prepared) -> _Placed:
     the training rows reach the workers."""
     config, phase = job.config, job.phase
     with phase("transfer"):
-        _check_memory(client, config, ready.parts, ready.density, ready.layout)  # before any file
-        if ready.generated:
+        streamed = _streams_rows(job, client, ready)  # the memory check: before any file
+        if ready.generated and not streamed:
             _generated_rows(client, ready.dataset)
     with phase("prepare"):
         files, test_files, _ = prepare_split_arrays(
             ready.parts, data_home(job.home), ready.key, config.layout,
-            write_train=not ready.generated,
+            write_train=not (ready.generated or streamed),
         )  # fmt: skip
+        store = _streamed_rows(job, client, ready) if streamed else None
     with phase("transfer"):
         data: TrainingData | None = None
-        if files is None:  # generated on the workers
+        if store is not None:
+            mode, data = "streamed", store
+        elif files is None:  # generated on the workers
             mode = "generated"
         else:
             mode = _choose_transfer(client, files, job.transfer)
@@ -474,10 +509,11 @@ def _evaluate(
     classes = ready.classes
     model = LinearModel(outcome.coef, outcome.intercept, classes, job.config.strategy)
     with job.phase("evaluate"):
-        if placed.files is not None:
-            train_pred = model.predict(placed.files.arrays()[0])
-        else:  # generated rows: predicted by the blocks that held them
+        if outcome.train_codes is not None:  # predicted by the blocks that held the rows
             train_pred = classes[np.asarray(outcome.train_codes)]
+        else:
+            assert placed.files is not None
+            train_pred = model.predict(placed.files.arrays()[0])
         test_pred = model.predict(placed.test_files.arrays()[0])
         metrics = evaluate(classes, ready.y_train, train_pred, ready.y_test, test_pred,
                            ready.parts.split.test_index)  # fmt: skip
