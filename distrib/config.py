@@ -36,6 +36,10 @@ PRESETS = ("notebook",)
 #: The most variants of each training image `distrib.data.grow` makes (the image and its
 #: 24 shifts of at most 2 pixels).
 MAX_GROW = 25
+#: Elastic variants of each image at most (135 of MNIST's 60,000 training images: mnist8m's
+#: 8.1 million rows).
+MAX_ELASTIC_GROW = 100_000
+DEFORMS = ("shift", "elastic")
 
 # The notebook's settings, applied to one binary fit per class (issue 2, item 10).
 _NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
@@ -79,6 +83,13 @@ SETTINGS: dict[str, Setting] = {
         f"Train on K variants of each training image (the image and its shifts by up to 2 "
         f"pixels; K <= {MAX_GROW}), made on the workers with --strategy multinomial; the "
         "test part stays the data set's.",
+    ),
+    "deform": Setting(
+        "shift",
+        "The variants --grow makes: shift (the image shifted by up to 2 pixels, K <= "
+        f"{MAX_GROW}); elastic (infinite-MNIST-style: a smooth random displacement field "
+        "and a translation, any K; 135 on MNIST's canonical split is mnist8m's 8.1 M rows).",
+        DEFORMS,
     ),
     "split": Setting(
         "notebook",
@@ -143,14 +154,20 @@ def parse_class_weight(text: str) -> str | dict[int, float] | None:
     return parse_class_weight_labels({k.strip(): v.strip() for k, v in pairs})
 
 
-def check_grow_count(grow: object) -> None:
-    """Refuse a growth factor that is not a whole number in ``1..MAX_GROW``."""
+def check_grow_count(grow: object, deform: str = "shift") -> None:
+    """Refuse a growth factor that is not a whole number in ``1..MAX_GROW`` (shifts) or
+    ``1..MAX_ELASTIC_GROW`` (elastic deformations)."""
     if isinstance(grow, bool) or not isinstance(grow, int) or grow < 1:
         raise ConfigError(f"grow must be a whole number >= 1 (1: the data as it is), got {grow!r}")
+    if deform == "elastic":
+        if grow > MAX_ELASTIC_GROW:
+            raise ConfigError(f"grow {grow} is past {MAX_ELASTIC_GROW:,} variants of each image")
+        return
     if grow > MAX_GROW:
         raise ConfigError(
             f"grow {grow} asks for more variants than there are shifts of at most 2 "
-            f"pixels: at most {MAX_GROW} (the image and its {MAX_GROW - 1} shifts)"
+            f"pixels: at most {MAX_GROW} (the image and its {MAX_GROW - 1} shifts), or "
+            "--deform elastic for any number"
         )
 
 
@@ -183,7 +200,11 @@ class TrainConfig:
         ``X`` and ``y``, a folder holding ``X.npy`` and ``y.npy``, or a Zarr group.
     grow : int
         Train on ``grow`` variants of each training image (`distrib.data.grow`): the image
-        and its shifts by up to 2 pixels; 1 is the data as it is. The test part is not grown.
+        and its shifts by up to 2 pixels, or its elastic deformations; 1 is the data as it
+        is. The test part is not grown.
+    deform : {"shift", "elastic"}
+        The variants ``grow`` makes: shifts (at most 25 variants), or infinite-MNIST-style
+        elastic deformations and translations (any number).
     split : {"notebook", "canonical"}
         ``notebook``: ``train_test_split(random_state=0)`` with 1/7 (MNIST) or 1/4 (digits)
         held out. ``canonical``: MNIST's original 60,000 / 10,000 split (MNIST only).
@@ -212,6 +233,7 @@ class TrainConfig:
     dataset: str = SETTINGS["dataset"].default
     data: str | None = SETTINGS["data"].default
     grow: int = SETTINGS["grow"].default
+    deform: str = SETTINGS["deform"].default
     split: str = SETTINGS["split"].default
     scale: str = SETTINGS["scale"].default
     C: float = SETTINGS["C"].default
@@ -236,7 +258,7 @@ class TrainConfig:
                 raise ConfigError(f"class_weight values must be positive finite numbers, got {bad}")
         if self.preset is not None:
             _choice("preset", self.preset, PRESETS)
-        check_grow_count(self.grow)
+        check_grow_count(self.grow, self.deform)
         if self.data is not None and self.split != "notebook":
             raise ConfigError(
                 f"split {self.split!r} exists only for MNIST; --data is split the notebook's "

@@ -739,7 +739,7 @@ def _bench_data(
     config: TrainConfig, home: str | os.PathLike[str] | None, say: Callable[[str], None]
 ) -> BenchData:
     dataset = load_dataset(config.dataset, home, log=say)
-    parts = split_arrays(dataset, config.split, config.scale, config.grow)
+    parts = split_arrays(dataset, config.split, config.scale, config.grow, config.deform)
     grown = config.grow > 1
     X_dense: np.ndarray | None = None
     if grown:

@@ -41,6 +41,12 @@ class SplitArrays:
     split: Split
     scale: str
     grow: int = 1
+    deform: str = "shift"
+    #: The training rows before scaling, where they are one-byte pixels (else None), and
+    #: the float32 value the scaling gives each byte: rows kept as codes into that table
+    #: (`distrib.parallel.row_store`) are the scaled rows, bit for bit.
+    pixels_train: da.Array | None = None
+    pixel_values: np.ndarray | None = None
 
     def local(self, *names: str) -> tuple[np.ndarray, ...]:
         """The named parts (``"X_train"``, ``"y_test"``, ...) computed here, together (the
@@ -93,19 +99,26 @@ def scale_pixels(X: Any, pixel_max: float, scale: str) -> Any:
 
 
 def split_arrays(
-    dataset: Dataset, kind: str = "notebook", scale: str = "unit", grow: int = 1
+    dataset: Dataset,
+    kind: str = "notebook",
+    scale: str = "unit",
+    grow: int = 1,
+    deform: str = "shift",
 ) -> SplitArrays:
     """Apply a split and a scaling to a data set, lazily.
 
     ``grow`` > 1 makes the training part that many variants of each training image
-    (`distrib.data.grow`), variant by variant; the test part stays the data set's own.
+    (`distrib.data.grow`: shifts, or elastic deformations with ``deform="elastic"``),
+    variant by variant; the test part stays the data set's own.
     """
     split = make_split(dataset, kind)
     X_train = dataset.X[split.train_index]
     y_train = dataset.y[split.train_index]
     if grow != 1:
-        X_train = grow_rows(X_train, split.train_index, grow, dataset.image_shape)
+        X_train = grow_rows(X_train, split.train_index, grow, dataset.image_shape, deform)
         y_train = da.concatenate([y_train] * grow)
+    one_byte = X_train.dtype == np.uint8
+    values = scale_pixels(np.arange(256, dtype=np.uint8), dataset.pixel_max, scale)
     return SplitArrays(
         X_train=scale_pixels(X_train, dataset.pixel_max, scale),
         y_train=y_train,
@@ -114,6 +127,9 @@ def split_arrays(
         split=split,
         scale=scale,
         grow=grow,
+        deform=deform,
+        pixels_train=X_train if one_byte else None,
+        pixel_values=values if one_byte else None,
     )
 
 

@@ -12,7 +12,9 @@ The files are read as `distrib.parallel.rows.ArrayFiles`; workers that cannot se
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
 import shutil
 import time
@@ -32,10 +34,12 @@ from distrib.files import atomic_path, storage_error, write_json, write_npy_chun
 if TYPE_CHECKING:  # dask.array stays out of the workers that only read prepared rows
     import dask.array as da
 
+    from distrib.data.datasets import Dataset
     from distrib.data.split import SplitArrays
 
+from distrib.linear import softmax
 from distrib.parallel.checksums import file_checksums
-from distrib.parallel.row_store import RowStore, open_row_store, write_row_store
+from distrib.parallel.row_store import RowStore, code_pixels, open_row_store, write_row_store
 from distrib.parallel.rows import (
     SPARSE_PARTS,
     ArrayFiles,
@@ -97,6 +101,18 @@ def write_in_memory(data: InMemoryArrays, folder: Path) -> ArrayFiles:
     if data.sample_weight is not None:
         _store_npy(folder / "w.npy", np.asarray(data.sample_weight, dtype=np.float64), False)
     return ArrayFiles(str(folder), data.shape, layout)
+
+
+def split_key(dataset: Dataset, split: str, scale: str) -> dict[str, Any]:
+    """What a split's prepared arrays derive from: the data set's bytes, the split, the
+    scaling (their folder is named by its digest: `prepared_folder`)."""
+    return {
+        "dataset": dataset.name,
+        "X_sha256": dataset.X_sha256,
+        "y_sha256": dataset.y_sha256,
+        "split": split,
+        "scale": scale,
+    }
 
 
 def prepared_folder(root: Path, key_parts: dict[str, Any]) -> Path:
@@ -234,6 +250,16 @@ def training_density(parts: SplitArrays, root: Path, key_parts: dict[str, Any]) 
     return density
 
 
+def _grown(parts: SplitArrays, key_parts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The folder name and key of a split's training part: the data set's rows, or grown."""
+    if parts.grow == 1:
+        return "train", key_parts
+    if parts.deform == "shift":  # the name and key such folders always had
+        return f"train-grow-{parts.grow}", {**key_parts, "grow": parts.grow}
+    grown = {**key_parts, "grow": parts.grow, "deform": parts.deform}
+    return f"train-{parts.deform}-{parts.grow}", grown
+
+
 def prepare_split_arrays(
     parts: SplitArrays,
     root: Path,
@@ -268,9 +294,7 @@ def prepare_split_arrays(
     chosen = choose_layout(layout, density)
     train = None
     if write_train:
-        name, train_key = "train", key_parts
-        if parts.grow != 1:
-            name, train_key = f"train-grow-{parts.grow}", {**key_parts, "grow": parts.grow}
+        name, train_key = _grown(parts, key_parts)
         train = write_array_files(
             parts.X_train, parts.y_train, folder / chosen / name, train_key, chosen
         )
@@ -282,40 +306,81 @@ def prepare_split_arrays(
 
 def prepare_row_store(
     parts: SplitArrays,
+    y_train: np.ndarray,
     root: Path,
     key_parts: dict[str, Any],
+    *,
+    client: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> RowStore:
     """The training part of a split as a row store (`distrib.parallel.row_store`), for a
-    fit that streams its rows: written once under ``root/prepared``, a chunk of rows at a
-    time (never the whole matrix in memory here), then reused while complete.
+    fit that streams its rows: written once under ``root/prepared``, then reused while
+    complete.
 
-    ``log`` receives a progress line about every 10 seconds while it is written.
+    The chunks are made on ``client``'s workers (a few at a time: grown rows are made
+    there, and one-byte pixels become CSR codes there), or on this process's threads
+    without a client, and written here in order: never the whole matrix in memory.
+    ``y_train`` are the training labels; ``log`` receives a progress line about every
+    10 seconds.
     """
-    name, train_key = "train", key_parts
-    if parts.grow != 1:
-        name, train_key = f"train-grow-{parts.grow}", {**key_parts, "grow": parts.grow}
+    name, train_key = _grown(parts, key_parts)
     folder = prepared_folder(root, key_parts) / "stream" / name
     n_rows, n_features = (int(n) for n in parts.X_train.shape)
     existing = open_row_store(folder)
     if existing is not None and existing.shape == (n_rows, n_features):
         return existing
-    X = parts.X_train.rechunk({1: -1})
-    y = parts.y_train.rechunk(X.chunks[0])
+    table = parts.pixel_values
+    if parts.pixels_train is not None and table is not None:  # codes: the pixels themselves
+        rows = parts.pixels_train.rechunk({1: -1})
+        tasks = [dask.delayed(code_pixels)(c, table) for c in rows.to_delayed().ravel()]
+    else:
+        rows, table = parts.X_train.rechunk({1: -1}), None
+        tasks = [dask.delayed(softmax.prepare)(c) for c in rows.to_delayed().ravel()]
+    edges = np.cumsum((0, *rows.chunks[0]))
 
-    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for rows, labels in zip(X.to_delayed().ravel(), y.to_delayed().ravel(), strict=True):
-            yield dask.compute(rows, labels, scheduler="threads")
+    def chunks() -> Iterator[tuple[Any, np.ndarray]]:
+        made = _in_order(client, tasks)
+        for (a, b), chunk in zip(itertools.pairwise(edges), made, strict=True):
+            yield chunk, y_train[a:b]
 
+    dtype = rows.dtype if table is None else table.dtype
+    progress = _progress(log, n_rows, "row store")
+    return write_row_store(chunks, folder, n_features, train_key, dtype, progress, table)
+
+
+def _in_order(client: Any, tasks: list[Any], ahead: int = 0) -> Iterator[Any]:
+    """The results of ``tasks`` (Delayed), in order, computed on ``client``'s workers (or
+    on threads here without one), ``ahead`` of them at a time (default: two per worker
+    thread): the rest wait, so at most that many results are ever held."""
+    if client is None:
+        for start in range(0, len(tasks), 4):
+            yield from dask.compute(*tasks[start : start + 4], scheduler="threads")
+        return
+    ahead = ahead or 2 * max(1, sum(client.nthreads().values()))
+    pending: collections.deque[Any] = collections.deque()
+    todo = iter(tasks)
+    for task in itertools.islice(todo, ahead):
+        pending.append(client.compute(task))
+    while pending:
+        future = pending.popleft()
+        result = future.result()
+        future.release()
+        for task in itertools.islice(todo, 1):
+            pending.append(client.compute(task))
+        yield result
+
+
+def _progress(log: Callable[[str], None] | None, total: int, what: str) -> Callable[[int], None]:
+    """A progress callback: a line to ``log`` about every 10 seconds, and at the end."""
     started = time.perf_counter()
     said = [started]
 
     def progress(done: int) -> None:
         now = time.perf_counter()
-        if log is not None and (now - said[0] >= 10 or done == n_rows):
+        if log is not None and (now - said[0] >= 10 or done == total):
             said[0] = now
             rate = done / max(now - started, 1e-9)
-            log(f"row store: {done:,}/{n_rows:,} rows written ({rate:,.0f} rows/s, "
-                f"{(n_rows - done) / max(rate, 1e-9):.0f} s left)")  # fmt: skip
+            left = (total - done) / max(rate, 1e-9)
+            log(f"{what}: {done:,}/{total:,} rows written ({rate:,.0f} rows/s, {left:.0f} s left)")
 
-    return write_row_store(chunks, folder, n_features, train_key, X.dtype, progress)
+    return progress

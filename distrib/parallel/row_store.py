@@ -27,6 +27,7 @@ process (`distrib.parallel.checksums.verify_range`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -70,7 +71,15 @@ class _Coder:
         self._codes = np.zeros(0, dtype=np.uint8)  # their codes
 
     def encode(self, values: np.ndarray) -> np.ndarray:
-        new = np.setdiff1d(np.unique(values), self._keys, assume_unique=True)
+        if self.count:  # most chunks hold only known values: no sort of the chunk
+            at = np.minimum(np.searchsorted(self._keys, values), self.count - 1)
+            known = self._keys[at] == values
+            if known.all():
+                return self._codes[at]
+            values_new = np.unique(values[~known])
+        else:
+            values_new = np.unique(values)
+        new = np.setdiff1d(values_new, self._keys, assume_unique=True)
         if len(new):
             if self.count + len(new) > CODES:
                 raise _NotCodable
@@ -80,6 +89,21 @@ class _Coder:
             self._keys = self.table[: self.count][order]
             self._codes = order.astype(np.uint8)
         return self._codes[np.searchsorted(self._keys, values)]
+
+
+def _csr(X: Any) -> Any:
+    """Rows as CSR: dense rows in two compiled passes (`softmax.dense_to_csr`)."""
+    if sp.issparse(X):
+        return sp.csr_matrix(X)
+    return softmax.dense_to_csr(np.ascontiguousarray(X))
+
+
+def code_pixels(pixels: np.ndarray, table: np.ndarray) -> softmax.CodedCSR:
+    """One-byte pixels (n_rows, n_features) as CSR rows whose codes are the pixels: the
+    value of pixel ``p`` is ``table[p]`` (a chunk of a row store, made where the pixels
+    are: a worker)."""
+    csr = softmax.dense_to_csr(np.ascontiguousarray(pixels, dtype=np.uint8))
+    return softmax.CodedCSR(csr.shape, csr.data, csr.indices, csr.indptr, table)
 
 
 def _finite(values: np.ndarray, start: int, n_rows: int) -> None:
@@ -108,19 +132,23 @@ class _Writer:
         self.handles["indptr"].write(np.zeros(1, dtype=np.int64).tobytes())
 
     def add(self, X: Any, y: np.ndarray) -> None:
-        csr = sp.csr_matrix(X)
-        values = np.asarray(csr.data)
-        _finite(values, self.n_rows, csr.shape[0])
-        if self.coder is not None:
-            values = self.coder.encode(values.astype(self.dtype, copy=False))
+        if isinstance(X, softmax.CodedCSR):  # codes into the store's table already
+            csr: Any = X
+            values = X.data
         else:
-            values = values.astype(self.dtype, copy=False)
+            csr = X if sp.issparse(X) and X.format == "csr" else _csr(X)
+            values = np.asarray(csr.data)
+            _finite(values, self.n_rows, csr.shape[0])
+            if self.coder is not None:
+                values = self.coder.encode(values.astype(self.dtype, copy=False))
+            else:
+                values = values.astype(self.dtype, copy=False)
         self.handles["values"].write(np.ascontiguousarray(values).tobytes())
         self.handles["indices"].write(np.ascontiguousarray(csr.indices, self.index).tobytes())
         ends = csr.indptr[1:].astype(np.int64) + self.nnz
         self.handles["indptr"].write(ends.tobytes())
         self.handles["y"].write(np.ascontiguousarray(y, dtype=np.int64).tobytes())
-        self.nnz += int(csr.nnz)
+        self.nnz += len(values)
         self.n_rows += int(csr.shape[0])
 
     def close(self) -> None:
@@ -138,6 +166,7 @@ def write_row_store(
     key_parts: dict[str, Any],
     dtype: Any = np.float32,
     progress: Callable[[int], None] | None = None,
+    table: np.ndarray | None = None,
 ) -> RowStore:
     """Write rows, a chunk at a time, as a row store in ``folder`` (replaced whole).
 
@@ -155,6 +184,9 @@ def write_row_store(
         The values' precision (the table's, for a coded store).
     progress : callable, optional
         Called with the rows written so far after each chunk.
+    table : ndarray of shape (256,), optional
+        The chunks are `distrib.linear.softmax.CodedCSR` rows whose codes index this table
+        (`code_pixels`): written as they are.
 
     Returns
     -------
@@ -166,6 +198,8 @@ def write_row_store(
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if table is not None:
+            return _write(chunks, folder, n_features, key_parts, table.dtype, table, progress)
         try:
             return _write(chunks, folder, n_features, key_parts, dtype, True, progress)
         except _NotCodable:
@@ -182,13 +216,17 @@ def _write(
     n_features: int,
     key_parts: dict[str, Any],
     dtype: Any,
-    coded: bool,
+    coded: bool | np.ndarray,
     progress: Callable[[int], None] | None,
 ) -> RowStore:
+    """Write the store; ``coded``: encode the values (True), write the floats (False), or
+    the chunks' codes into this table (an array)."""
     work = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
     work.mkdir()
     index = softmax.index_dtype(n_features)
-    writer = _Writer(work, _Coder(dtype) if coded else None, np.dtype(dtype), np.dtype(index))
+    table = coded if isinstance(coded, np.ndarray) else None
+    coder = _Coder(dtype) if coded is True else None
+    writer = _Writer(work, coder, np.dtype(dtype), np.dtype(index))
     try:
         writer.open()
         for X, y in chunks():
@@ -199,7 +237,10 @@ def _write(
                 progress(writer.n_rows)
         writer.close()
         if writer.coder is not None:
-            np.save(work / "table.npy", writer.coder.table)
+            table = writer.coder.table
+        if table is not None:
+            np.save(work / "table.npy", np.ascontiguousarray(table))
+        coded = table is not None
         names = [f"{name}.bin" for name in STORE_FILES]
         key = {
             **key_parts,
@@ -323,6 +364,16 @@ class RowStore:
         if table.shape != (CODES,) or table.dtype != self.dtype:
             raise damaged(Path(self.folder) / "table.npy", "is not the store's table")
         return table
+
+    def digest(self) -> str:
+        """A digest of the store's bytes (of its files' checksums, in ``key.json``): two
+        stores with the same digest hold the same rows."""
+        checksums = json.dumps(self.key()["checksums"], sort_keys=True).encode()
+        return hashlib.sha256(checksums).hexdigest()[:16]
+
+    def nbytes(self) -> int:
+        """The bytes of its files on disk."""
+        return sum(os.path.getsize(p) for p in Path(self.folder).iterdir())
 
     def paths(self) -> list[str]:
         """The files the workers must see to read the store."""

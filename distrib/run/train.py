@@ -44,6 +44,7 @@ from distrib.parallel.prepared import (
     choose_layout,
     prepare_row_store,
     prepare_split_arrays,
+    split_key,
     training_density,
     workers_blind_to,
     workers_blind_to_paths,
@@ -194,7 +195,8 @@ def _streams_rows(job: _Job, client: Client, ready: _Prepared) -> bool:
 
 def _streamed_rows(job: _Job, client: Client, ready: _Prepared) -> RowStore:
     """The training rows as a row store that every worker reads by path."""
-    store = prepare_row_store(ready.parts, data_home(job.home), ready.key, job.say)
+    store = prepare_row_store(ready.parts, ready.y_train, data_home(job.home), ready.key,
+                              client=client, log=job.say)  # fmt: skip
     blind = workers_blind_to_paths(client, store.paths())
     if blind:
         raise ConfigError(
@@ -370,8 +372,8 @@ def _load_and_split(job: _Job) -> _Prepared:
             dataset = load_dataset(config.dataset, job.home, log=say)
     say(f"data: {dataset.name} {tuple(dataset.X.shape)} from {dataset.source}")
     with phase("split"):
-        check_grow(config.grow, dataset.image_shape)
-        parts = split_arrays(dataset, config.split, config.scale, config.grow)
+        check_grow(config.grow, dataset.image_shape, config.deform)
+        parts = split_arrays(dataset, config.split, config.scale, config.grow, config.deform)
         y_train, y_test = parts.local("y_train", "y_test")
         classes = check_labels(y_train, y_test)
     if isinstance(config.class_weight, dict):  # before anything is written
@@ -382,13 +384,7 @@ def _load_and_split(job: _Job) -> _Prepared:
         f"{len(classes)} classes, pixels {config.scale}"
     )
     with phase("prepare"):
-        key = {
-            "dataset": dataset.name,
-            "X_sha256": dataset.X_sha256,
-            "y_sha256": dataset.y_sha256,
-            "split": config.split,
-            "scale": config.scale,
-        }
+        key = split_key(dataset, config.split, config.scale)
         density = training_density(parts, data_home(job.home), key)
         layout = choose_layout(config.layout, density)
     say(f"layout: {layout} ({density:.1%} of training pixels non-zero)")
