@@ -11,8 +11,9 @@ import pytest
 from sklearn.datasets import load_digits
 
 from distrib.config import MAX_GROW
+from distrib.data.arrays import load_arrays
 from distrib.data.datasets import load_dataset, load_mnist
-from distrib.data.grow import SHIFTS, check_grow, grow_rows, shift_of
+from distrib.data.grow import SHIFTS, check_grow, deform_images, grow_rows, shift_of
 from distrib.data.split import split_arrays
 from distrib.errors import ConfigError
 
@@ -96,7 +97,7 @@ def test_small_shifts_first_and_each_used_about_equally() -> None:
     [
         (0, (8, 8), "grow must be a whole number >= 1"),
         (2.5, (8, 8), "grow must be a whole number >= 1"),
-        (MAX_GROW + 1, (8, 8), f"at most {MAX_GROW}"),
+        (MAX_GROW + 1, (8, 8), f"at most {MAX_GROW} .*or --deform elastic for any number"),
         (2, None, "do not form a square image"),
     ],
 )
@@ -119,3 +120,66 @@ def test_grown_mnist_is_lazy_and_its_known_hashes_hold(mnist_home: Path) -> None
 
 
 GROWN_MNIST_DIGEST = "2061404a5c54abb1ec87d1c89214d9a81f4cc5cd055b945760abe2f7f19cf8b9"
+
+
+def _mnist_images(mnist_home: Path, n: int) -> np.ndarray:
+    return np.array(np.load(mnist_home / "mnist" / "X.npy", mmap_mode="r")[:n]).reshape(n, 28, 28)
+
+
+def test_elastic_variants_are_smooth_deformations_decided_by_row_and_variant(
+    mnist_home: Path,
+) -> None:
+    images = _mnist_images(mnist_home, 200)
+    rows = np.arange(1000, 1200)
+    first = deform_images(images, rows, variant=3)
+    assert first.dtype == np.uint8 and first.shape == images.shape
+    # decided by (row, variant) alone: the same in any chunk, in any call
+    assert np.array_equal(deform_images(images[50:60], rows[50:60], 3), first[50:60])
+    assert np.array_equal(deform_images(images, rows, 3, seed=0), first)
+    assert not np.array_equal(deform_images(images, rows, 4), first)
+    assert not np.array_equal(deform_images(images, rows + 1, 3), first)
+    assert not np.array_equal(deform_images(images, rows, 3, seed=1), first)
+    # each image moved a little, not replaced: its ink's centre within a few pixels, its
+    # ink about the same (a deformation stretches some strokes, squeezes others)
+    grid = np.arange(28)
+
+    def centre(x: np.ndarray) -> np.ndarray:
+        mass = x.sum(axis=(1, 2)).astype(float)
+        return np.stack([(x.sum(axis=2) * grid).sum(axis=1) / mass,
+                         (x.sum(axis=1) * grid).sum(axis=1) / mass], axis=1)  # fmt: skip
+
+    moved = np.linalg.norm(centre(first) - centre(images), axis=1)
+    assert np.median(moved) < 1.5 and moved.max() < 4
+    ink = first.reshape(200, -1).sum(axis=1) / images.reshape(200, -1).sum(axis=1)
+    assert 0.9 < np.median(ink) < 1.1 and ink.min() > 0.5 and ink.max() < 2
+    changed = (first != images).reshape(200, -1).mean(axis=1)
+    assert changed.min() > 0.02
+
+
+def test_elastic_growth_takes_any_count_but_one_byte_pixels_only(tmp_path: Path) -> None:
+    check_grow(135, (28, 28), "elastic")  # mnist8m's: past the shifts' 25
+    with pytest.raises(ConfigError, match="at most 25"):
+        check_grow(135, (28, 28), "shift")
+    digits = split_arrays(load_dataset("digits"), "notebook", "unit", grow=2, deform="elastic")
+    assert digits.X_train.shape == (2 * 1347, 64)  # one-byte pixels: deformed
+    X, y = load_digits(return_X_y=True)
+    np.savez(tmp_path / "floats.npz", X=X.astype(np.float32), y=y)
+    floats = load_arrays(str(tmp_path / "floats.npz"))
+    with pytest.raises(ConfigError, match="are float32: use --deform shift"):
+        split_arrays(floats, "notebook", "unit", grow=2, deform="elastic")
+
+
+def test_elastic_mnist_hashes_as_it_always_has(mnist_home: Path) -> None:
+    """The first chunk of elastic variant 2 on MNIST's canonical split: a change in how the
+    deformations are made (or a machine that makes other bits) shows here."""
+    parts = split_arrays(load_mnist(mnist_home, fetch=False), "canonical", "unit", grow=3,
+                         deform="elastic")  # fmt: skip
+    assert parts.X_train.shape == (180_000, 784) and parts.pixels_train is not None
+    chunk = parts.pixels_train[120_000:121_000].compute(scheduler="threads")
+    assert np.array_equal(chunk, parts.pixels_train[120_000:121_000].compute(scheduler="threads"))
+    assert hashlib.sha256(chunk.tobytes()).hexdigest() == ELASTIC_MNIST_DIGEST
+    scaled = parts.X_train[120_000:121_000].compute(scheduler="threads")
+    assert np.array_equal(parts.pixel_values[chunk], scaled)  # the table is the scaling
+
+
+ELASTIC_MNIST_DIGEST = "b60e18203d54e1a8f78bbd25ab42486064f3cec6b3ee1936e52d86d24c3ea60f"

@@ -111,6 +111,11 @@ def split_arrays(
     (`distrib.data.grow`: shifts, or elastic deformations with ``deform="elastic"``),
     variant by variant; the test part stays the data set's own.
     """
+    if grow != 1 and deform == "elastic" and dataset.X.dtype != np.uint8:
+        raise ConfigError(
+            f"elastic deformations make one-byte pixels, and {dataset.name}'s are "
+            f"{dataset.X.dtype}: use --deform shift"
+        )
     split = make_split(dataset, kind)
     X_train = dataset.X[split.train_index]
     y_train = dataset.y[split.train_index]
