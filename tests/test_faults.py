@@ -481,3 +481,41 @@ def test_workers_with_other_library_versions_are_refused(
     assert "workers run other library versions than this client" in last
     assert "has scikit-learn 0.0-other" in last
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_streamed_fit_gives_the_in_memory_model(
+    mnist_home: Path, tmp_path: Path
+) -> None:
+    """Rows streamed from disk (--rows disk): SIGKILL a worker after 20 L-BFGS iterations;
+    its block is opened again on the live worker, which streams both, and the model is the
+    in-memory fit's of the same rows, bit for bit."""
+    memory = TrainConfig(strategy="multinomial", layout="sparse", rows="memory")
+    streamed = TrainConfig(strategy="multinomial", layout="sparse", rows="disk")
+    cluster = start_local_cluster(2)
+    client = Client(cluster, set_as_default=False)
+    try:
+        reference = train(memory, client=client, out=tmp_path / "reference", home=mnist_home)
+        pids = client.run(os.getpid)
+        victim = sorted(pids)[0]
+
+        def log(message: str) -> None:
+            if message.startswith("[20/100] L-BFGS"):
+                os.kill(pids[victim], signal.SIGKILL)
+
+        result = train(streamed, client=client, out=tmp_path / "run", home=mnist_home, log=log)
+    finally:
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+
+    assert np.array_equal(result.model.coef, reference.model.coef)  # bit for bit
+    assert np.array_equal(result.model.intercept, reference.model.intercept)
+    assert result.metrics["train_accuracy"] == reference.metrics["train_accuracy"]
+    assert result.metrics["transfer"] == "streamed"
+    reads = result.metrics["solver"]["per_evaluation"]["read_bytes"]
+    assert min(reads) > 0
+    reloaded = [b for b in result.metrics["fits"] if len(b["loads"]) > 1]
+    assert len(reloaded) == 1, result.metrics["fits"]
+    first, again = reloaded[0]["loads"][:2]
+    assert first["worker"] == victim and not first["worker_alive"]
+    assert again["worker"] != victim

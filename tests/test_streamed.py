@@ -23,6 +23,7 @@ from distrib.parallel.prepared import write_in_memory
 from distrib.parallel.row_store import RowStore, open_row_store, write_row_store
 from distrib.parallel.rows import InMemoryArrays
 from distrib.parallel.strategies import fit_training_data
+from distrib.run.make_data import make_training_rows
 
 N_FEATURES = 40
 
@@ -175,3 +176,34 @@ def test_train_streams_its_rows_and_gives_the_in_memory_model(
 def test_ovr_refuses_rows_on_disk_naming_the_strategy() -> None:
     with pytest.raises(ConfigError, match="use --strategy multinomial, or --rows memory"):
         TrainConfig(dataset="digits", rows="disk")
+
+
+def test_data_make_writes_the_store_that_a_streamed_train_finds(
+    cluster_client: Client, mnist_home: Path, tmp_path: Path
+) -> None:
+    """`distrib data make` (its API) makes elastic MNIST variants on the workers as a row
+    store; `distrib train --rows disk` with the same settings streams that store (found,
+    not written again) and learns digits from it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mnist").symlink_to(mnist_home / "mnist")
+    settings = {"split": "canonical", "grow": 2, "deform": "elastic", "strategy": "multinomial"}
+    made = make_training_rows(TrainConfig(**settings), cluster_client, home)
+    assert made["made"] and made["rows"] == 120_000 and made["columns"] == 784
+    store = open_row_store(made["folder"])
+    assert store is not None and store.coded and store.digest() == made["digest"]
+    assert made["bytes"] == store.nbytes() < 3.2 * made["nnz"] + 9 * 120_000 + 10_000
+    X, y = store.rows(0, 1000)  # variant 0: MNIST's first training rows, scaled
+    mnist = np.load(mnist_home / "mnist" / "X.npy", mmap_mode="r")
+    assert np.array_equal(X.toarray(), np.asarray(mnist[:1000]) / np.float32(255))
+    labels = np.load(mnist_home / "mnist" / "y.npy", mmap_mode="r")
+    assert y.dtype == np.uint8 and np.array_equal(y, labels[:1000])  # kept in one byte
+    again = make_training_rows(TrainConfig(**settings), cluster_client, home)
+    assert not again["made"] and again["digest"] == made["digest"]
+
+    lines: list[str] = []
+    result = train(TrainConfig(**settings, rows="disk", max_iter=30), client=cluster_client,
+                   out=tmp_path / "run", home=home, log=lines.append)  # fmt: skip
+    assert not any(line.startswith("row store:") for line in lines), "written again"
+    assert result.metrics["n_train"] == 120_000 and result.metrics["n_test"] == 10_000
+    assert result.metrics["test_accuracy"] > 0.88

@@ -63,6 +63,18 @@ class _Sum(Protocol):
     def timings(self) -> Sequence[_Timing]: ...
 
 
+@dataclass(frozen=True)
+class IterationProgress:
+    """Where a fit stands after an iteration (what its progress lines show)."""
+
+    iteration: int
+    loss: float
+    passes: int  # evaluations so far: each one pass over every row
+    seconds: float  # since the solver started
+    read_bytes: int = 0  # read from disk by the last evaluation (rows streamed), and
+    read_wait: float = 0.0  # the longest a block waited for them
+
+
 class SummedEvaluation(Protocol):
     """What a runner's evaluation gives the solver: the sum over every block, and what
     coordinating it cost (messages read, and the driver's and relays' CPU seconds)."""
@@ -238,6 +250,8 @@ def objective_weights(
         per_class = compute_class_weight(
             class_weight, classes=np.arange(n_classes), y=codes, sample_weight=sample_weight
         )
+    if sample_weight is None and per_class is None:
+        return None, float(len(codes))  # each row weighs 1 (no array of ones to sum)
     rows = np.ones(len(codes)) if sample_weight is None else np.asarray(sample_weight, float)
     if per_class is not None:
         rows = rows * per_class[codes]
@@ -255,7 +269,7 @@ def fit_softmax(
     max_iter: int,
     fit_intercept: bool = True,
     class_weights: np.ndarray | None = None,
-    on_iteration: Callable[[int, float], None] | None = None,
+    on_iteration: Callable[[IterationProgress], None] | None = None,
     journal: Journal | None = None,
 ) -> SoftmaxFit:
     """Minimise the multinomial objective over the runner's blocks with L-BFGS.
@@ -273,7 +287,7 @@ def fit_softmax(
         Each class's weight (`objective_weights`), sent with every evaluation; sample
         weights live with the blocks' rows.
     on_iteration : callable, optional
-        Called after each L-BFGS iteration with its number and the objective value.
+        Called after each L-BFGS iteration with an `IterationProgress`.
     journal : Journal, optional
         Logs every evaluation; where it holds evaluations already (a resumed fit), they are
         replayed from it, with no work on the blocks, until it runs out. L-BFGS is
@@ -339,7 +353,17 @@ def fit_softmax(
         nonlocal iteration
         iteration += 1
         if on_iteration is not None:
-            on_iteration(iteration, float(intermediate_result.fun))
+            last = evaluations[-1] if evaluations else {}
+            on_iteration(
+                IterationProgress(
+                    iteration,
+                    float(intermediate_result.fun),
+                    len(evaluations),
+                    time.perf_counter() - t0,
+                    int(last.get("read_bytes", 0)),
+                    float(last.get("read_wait", 0.0)),
+                )
+            )
 
     t0 = time.perf_counter()
     # The solver's own linear algebra is tiny; BLAS threads here would spin between steps

@@ -14,7 +14,7 @@ The format is compact CSR, as little to read per pass as the rows allow:
 ``table.npy``    the 256 floats the codes stand for (coded stores only)
 ``indices.bin``  column indices: uint16 up to 65,536 columns (2 bytes), else int32
 ``indptr.bin``   int64 row ends (``n_rows + 1``)
-``y.bin``        int64 labels
+``y.bin``        the labels, in their own type (MNIST's: one byte)
 ``key.json``     shape, dtypes, what the rows derive from, and a CRC-32 per 4 MiB of each
                  file; written last: a store without it is incomplete
 ===============  ==========================================================================
@@ -125,6 +125,7 @@ class _Writer:
     handles: dict[str, Any] = field(default_factory=dict)
     nnz: int = 0
     n_rows: int = 0
+    label: np.dtype[Any] | None = None  # the labels' type: the first chunk's
 
     def open(self) -> None:
         for name in STORE_FILES:
@@ -147,7 +148,13 @@ class _Writer:
         self.handles["indices"].write(np.ascontiguousarray(csr.indices, self.index).tobytes())
         ends = csr.indptr[1:].astype(np.int64) + self.nnz
         self.handles["indptr"].write(ends.tobytes())
-        self.handles["y"].write(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+        y = np.asarray(y)
+        if self.label is None:
+            self.label = y.dtype if y.dtype.kind in "iuf" else np.dtype(np.int64)
+        if y.size and not np.array_equal(y.astype(self.label), y):
+            raise DataError(f"labels of rows {self.n_rows}:{self.n_rows + len(y)} do not fit "
+                            f"the {self.label} of the rows before them")  # fmt: skip
+        self.handles["y"].write(np.ascontiguousarray(y, dtype=self.label).tobytes())
         self.nnz += len(values)
         self.n_rows += int(csr.shape[0])
 
@@ -250,7 +257,7 @@ def _write(
                 "values": "uint8" if coded else np.dtype(dtype).name,
                 "indices": np.dtype(index).name,
                 "indptr": "int64",
-                "y": "int64",
+                "y": (writer.label or np.dtype(np.int64)).name,
                 "table": np.dtype(dtype).name if coded else None,
             },
             "checksums": {name: file_checksums(work / name) for name in names},

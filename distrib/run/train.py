@@ -20,7 +20,7 @@ from distrib.config import TRANSFER_MODES, TrainConfig
 from distrib.data.arrays import load_arrays
 from distrib.data.datasets import Dataset, data_home, load_dataset
 from distrib.data.grow import check_grow
-from distrib.data.split import SplitArrays, check_labels, split_arrays
+from distrib.data.split import SplitArrays, check_labels, compact_labels, split_arrays
 from distrib.errors import ClusterError, ConfigError, OutputError
 from distrib.files import storage_error, write_json
 from distrib.linear.model import LinearModel
@@ -374,7 +374,7 @@ def _load_and_split(job: _Job) -> _Prepared:
     with phase("split"):
         check_grow(config.grow, dataset.image_shape, config.deform)
         parts = split_arrays(dataset, config.split, config.scale, config.grow, config.deform)
-        y_train, y_test = parts.local("y_train", "y_test")
+        y_train, y_test = (compact_labels(y) for y in parts.local("y_train", "y_test"))
         classes = check_labels(y_train, y_test)
     if isinstance(config.class_weight, dict):  # before anything is written
         check_class_weight_labels(config.class_weight, classes)

@@ -54,12 +54,13 @@ class StreamedBlock:
         return float(losses[0]), grad, reads[0] if reads else PassReads()
 
     def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-        """Each row's predicted class index, a piece at a time."""
+        """Each row's predicted class index, a piece at a time (in the type of ``codes``:
+        one byte a row for up to 256 classes)."""
         stop = self.first + self.n_rows
-        found = [np.zeros(0, dtype=np.intp)]
+        found = [np.zeros(0, dtype=self.codes.dtype)]
         for _, piece in self.store.pieces(self.first, stop, self.piece_rows):
             rows = piece.decoded() if isinstance(piece, softmax.CodedCSR) else piece
-            found.append(predict_codes(rows, coef, intercept))
+            found.append(predict_codes(rows, coef, intercept).astype(self.codes.dtype))
         return np.concatenate(found)
 
 
