@@ -22,6 +22,17 @@ from distrib.parallel.blocks.streamed import open_streamed_block
 from distrib.parallel.row_store import open_row_store
 
 
+def _cpu() -> str:
+    """The CPU's model name (Linux), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def _median_seconds(evaluate, repeat: int) -> float:  # type: ignore[no-untyped-def]
     evaluate()  # compiled, and the page cache warm
     times = []
@@ -54,7 +65,7 @@ def main() -> None:
     results = {
         "rows": n,
         "nnz": int(floats.nnz),
-        "machine": platform.processor() or platform.machine(),
+        "machine": _cpu(),
         "float32_csr_in_memory": _median_seconds(
             lambda: softmax.loss_grad(floats, codes, coef, intercept), args.repeat
         ),
@@ -68,6 +79,9 @@ def main() -> None:
     results["streamed_wait_seconds"] = reads.wait
     results["streamed_over_float32_in_memory"] = (
         results["streamed"] / results["float32_csr_in_memory"]
+    )
+    results["command"] = "python scripts/stream_bench.py " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items() if v is not None and k != "out"
     )
     print(json.dumps(results, indent=2))
     if args.out:

@@ -25,6 +25,8 @@ from distrib.parallel.rows import InMemoryArrays
 from distrib.parallel.strategies import fit_training_data
 from distrib.run.make_data import make_training_rows
 
+from .conftest import two_workers
+
 N_FEATURES = 40
 
 
@@ -207,3 +209,53 @@ def test_data_make_writes_the_store_that_a_streamed_train_finds(
     assert not any(line.startswith("row store:") for line in lines), "written again"
     assert result.metrics["n_train"] == 120_000 and result.metrics["n_test"] == 10_000
     assert result.metrics["test_accuracy"] > 0.88
+
+
+def _peak_rss() -> int:
+    """This process's peak resident size in bytes (Linux: VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.slow
+def test_rows_past_the_workers_memory_are_streamed_to_the_in_memory_model(
+    mnist_home: Path, tmp_path: Path
+) -> None:
+    """`distrib train --rows auto` on 960,000 elastic MNIST rows (1.5 GB as float32 CSR)
+    with two workers limited to 700 MB each: the rows do not fit, so the run makes them on
+    the workers as a row store and streams them; no worker passes its limit or dies, and
+    the model is the one two unlimited workers fit with the same rows in memory, bit for
+    bit."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mnist").symlink_to(mnist_home / "mnist")
+    config = TrainConfig(split="canonical", grow=16, deform="elastic", strategy="multinomial",
+                         max_iter=30)  # fmt: skip
+    limit = 700e6
+    lines: list[str] = []
+    with two_workers(memory_limit="700MB") as limited:
+        pids = limited.run(os.getpid)
+        result = train(config, client=limited, out=tmp_path / "run", home=home, log=lines.append)
+        peaks = limited.run(_peak_rss)
+        assert limited.run(os.getpid) == pids, "a worker was restarted"
+    assert any(line.startswith("rows: streamed from disk: the multinomial fit puts ~")
+               for line in lines), lines  # fmt: skip
+    assert result.metrics["transfer"] == "streamed" and result.metrics["n_train"] == 960_000
+    (folder,) = home.glob("prepared/*/stream/train-elastic-16")
+    store = open_row_store(folder)
+    assert store is not None
+    as_float32_csr = store.key()["nnz"] * 8 + 8 * (store.shape[0] + 1)
+    assert as_float32_csr > 2 * limit  # the case this test is about
+    assert max(peaks.values()) < 0.95 * limit, peaks
+    assert {b["worker"] for b in result.metrics["fits"]} == set(pids)
+
+    X, y = store.arrays()  # the same rows, in memory on two workers without limits
+    (tmp_path / "files").mkdir()
+    files = write_in_memory(InMemoryArrays(X, y), tmp_path / "files")
+    del X
+    with two_workers() as free:
+        in_memory = fit_training_data(files, np.arange(10), config, client=free)
+    assert np.array_equal(result.model.coef, in_memory.coef)
+    assert np.array_equal(result.model.intercept, in_memory.intercept)

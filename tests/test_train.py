@@ -162,6 +162,7 @@ def test_cli_train_digits_writes_outputs_that_read_back(tmp_path: Path) -> None:
     assert timings["total"] <= wall + 0.01 and wall - timings["total"] < 0.3, (wall, timings)
     assert timings["fit"] > 0 and timings["startup"] > 0.2  # the interpreter and imports
     assert metrics["background"]["cluster_start"] > 0
+    assert 50e6 < metrics["driver_peak_rss_bytes"] < 4e9
 
     # predict scores the run's test split from the saved files alone
     scored = run_cli("predict", "--model", str(out), "--data-home", str(tmp_path / "home"))

@@ -231,8 +231,8 @@ class Multinomial(Strategy):
         return (
             f"the multinomial fit puts ~{share / _MB:,.0f} MB of rows on worker "
             f"{worker.address}, which has {max(worker.available, 0) / _MB:,.0f} MB left under "
-            f"its memory limit ({worker.limit / _MB:,.0f} MB): add workers or raise "
-            "--memory-limit"
+            f"its memory limit ({worker.limit / _MB:,.0f} MB): stream the rows from disk "
+            "(--rows disk, or --rows auto), add workers or raise --memory-limit"
         )
 
     def rows_by_value(self, files: ArrayFiles) -> TrainingData:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,7 +189,8 @@ def _streams_rows(job: _Job, client: Client, ready: _Prepared) -> bool:
     except ClusterError as exc:
         if config.rows == "memory" or not job.strategy.holds_row_blocks:
             raise
-        job.say(f"rows: streamed from disk, as they do not fit in memory ({exc})")
+        why = str(exc).split(": stream the rows from disk", 1)[0]  # the numbers, not the fix
+        job.say(f"rows: streamed from disk: {why}")
         return True
     return False
 
@@ -358,6 +360,8 @@ def _run(job: _Job, connection: Connection | None, client: Client | None) -> Run
     metrics["background"] = {
         "cluster_start": connection.seconds if connection is not None else None,
     }
+    # this process's own peak (the workers' are theirs): what a larger training set costs it
+    metrics["driver_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     write_json(job.folder / "metrics.json", metrics)  # again, with the report and shutdown
     return RunResult(out=job.folder, model=model, metrics=metrics, model_info=model_info)
 

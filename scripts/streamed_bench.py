@@ -1,0 +1,151 @@
+"""Rows past the workers' memory: a multinomial fit streamed under a memory limit, beside the
+same rows and blocks held in memory.
+
+1. ``distrib train --split canonical --grow 38 --deform elastic --strategy multinomial
+   --memory-limit 1GiB --workers 2`` (``--rows auto``: 2.28 M elastic MNIST rows, ~3.6 GB as
+   float32 CSR, do not fit in two 1 GiB workers, so the run writes them as a row store and
+   streams them), timed as a whole process, every process's resident size sampled every
+   0.2 s from outside;
+2. the same rows and blocks in memory: the store's rows decoded into prepared files and
+   fitted by two workers without a limit (`fit_training_data`, the fit `distrib train`
+   runs), the same settings.
+
+The result (JSON): the command's wall time, each process's peak resident size, each fit's
+median evaluation, and whether the two models are the same bits.
+
+    python scripts/streamed_bench.py --home /tmp/streamed-home --mnist ~/.cache/distrib \\
+        --out scripts/results/streamed-2cores.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from distributed import Client, LocalCluster
+
+from distrib.config import TrainConfig
+from distrib.parallel.prepared import write_in_memory
+from distrib.parallel.row_store import open_row_store
+from distrib.parallel.rows import InMemoryArrays
+from distrib.parallel.strategies import fit_training_data
+
+
+def run_command(args: list[str], log: Path) -> dict[str, Any]:
+    """Run ``distrib ARGS``; its wall time and each process's peak resident size."""
+    peaks: dict[int, int] = {}
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "distrib", *args],
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        done = threading.Event()
+
+        def sample() -> None:
+            root = psutil.Process(proc.pid)
+            while not done.is_set():
+                try:
+                    for p in [root, *root.children(recursive=True)]:
+                        peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
+                except psutil.Error:
+                    pass
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+        code = proc.wait(timeout=3600)
+        done.set()
+        watcher.join()
+    if code != 0:
+        raise SystemExit(f"distrib {' '.join(args)} failed: see {log}")
+    driver = peaks.pop(proc.pid, 0)
+    return {
+        "wall_seconds": time.perf_counter() - started,
+        "driver_peak_rss": driver,
+        "other_processes_peak_rss": sorted(peaks.values(), reverse=True),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", required=True, help="the run's data home (made if missing)")
+    parser.add_argument("--mnist", required=True, help="a data home holding the MNIST cache")
+    parser.add_argument("--grow", type=int, default=38)
+    parser.add_argument("--memory-limit", default="1GiB")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    home = Path(args.home)
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "mnist").exists():
+        (home / "mnist").symlink_to(Path(args.mnist).resolve() / "mnist")
+    data = ["--split", "canonical", "--grow", str(args.grow), "--deform", "elastic"]
+    run = home / "run-streamed"
+    subprocess.run(["rm", "-rf", str(run)], check=True)
+    command = ["train", *data, "--strategy", "multinomial", "--memory-limit", args.memory_limit,
+               "--workers", "2", "--dashboard-address", ":0", "--data-home", str(home),
+               "--out", str(run)]  # fmt: skip
+    streamed = run_command(command, home / "streamed.log")
+    metrics = json.loads((run / "metrics.json").read_text())
+    solver = metrics["solver"]
+    streamed.update(
+        transfer=metrics["transfer"],
+        n_train=metrics["n_train"],
+        test_accuracy=metrics["test_accuracy"],
+        fit_seconds=metrics["timings"]["fit"],
+        median_evaluation_seconds=solver["median_evaluation_seconds"],
+        n_evaluations=solver["n_evaluations"],
+        read_bytes_per_evaluation=int(np.median(solver["per_evaluation"]["read_bytes"])),
+    )
+    print("streamed", json.dumps(streamed), file=sys.stderr)
+
+    (folder,) = home.glob(f"prepared/*/stream/train-elastic-{args.grow}")
+    store = open_row_store(folder)
+    assert store is not None
+    X, y = store.arrays()
+    with tempfile.TemporaryDirectory(dir=home) as tmp:
+        files = write_in_memory(InMemoryArrays(X, y), Path(tmp))
+        nbytes_float32_csr = int(X.nnz) * 8 + 8 * (X.shape[0] + 1)
+        del X
+        config = TrainConfig(split="canonical", grow=args.grow, deform="elastic",
+                             strategy="multinomial")  # fmt: skip
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0")
+        with cluster, Client(cluster) as client:
+            t0 = time.perf_counter()
+            outcome = fit_training_data(files, np.arange(10), config, client=client)
+            fit_seconds = time.perf_counter() - t0
+    model = np.load(run / "model.npz")
+    in_memory = {
+        "fit_seconds": fit_seconds,
+        "median_evaluation_seconds": outcome.solver["median_evaluation_seconds"],
+        "n_evaluations": outcome.solver["n_evaluations"],
+    }
+    report = {
+        "command": "python scripts/streamed_bench.py " + " ".join(sys.argv[1:]),
+        "streamed_command": "distrib " + " ".join(command[:-4]),
+        "memory_limit": args.memory_limit,
+        "training_rows_as_float32_csr_bytes": nbytes_float32_csr,
+        "streamed": streamed,
+        "in_memory_same_blocks": in_memory,
+        "same_model": bool(
+            np.array_equal(model["coef"], outcome.coef)
+            and np.array_equal(model["intercept"], outcome.intercept)
+        ),
+        "streamed_over_in_memory_evaluation": streamed["median_evaluation_seconds"]
+        / in_memory["median_evaluation_seconds"],
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
