@@ -111,6 +111,9 @@ def test_a_streamed_block_gives_the_bits_of_the_block_in_memory(
     expected_loss, expected_grad, _ = in_memory.loss_grad(coef, intercept, class_weight)
     assert loss == expected_loss and np.array_equal(grad, expected_grad)
     assert reads.bytes == 3 * int(np.count_nonzero(X[start:stop])) + 8 * (stop - start + 1)
+    assert streamed.checked == store.signature()  # the CSR checked once, while unchanged
+    again, _, _ = streamed.loss_grad(coef, intercept, class_weight)
+    assert again == loss
     assert np.array_equal(streamed.predict(coef, intercept), in_memory.predict(coef, intercept))
     assert streamed.codes.dtype == np.uint8 and streamed.start == 12
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,21 +19,33 @@ import numpy as np
 from distrib.errors import DataError
 from distrib.linear import softmax
 from distrib.linear.model import predict_codes
+from distrib.linear.softmax import Rows
 from distrib.parallel.blocks.block import BLOCK_TOPIC
 from distrib.parallel.row_store import PIECE_ROWS, PassReads, RowStore
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class StreamedBlock:
     """Rows ``first:first + n_rows`` of ``store``, block of the training matrix from row
     ``start``; ``codes``: each row's class index (the smallest integer type that holds
-    them: 1 byte a row is all a streamed block keeps per row)."""
+    them: 1 byte a row is all a streamed block keeps per row). ``checked``: the store's
+    files' signature when a pass last checked the rows' CSR structure whole."""
 
     store: RowStore
     first: int
     codes: np.ndarray
     start: int
     piece_rows: int = PIECE_ROWS
+    checked: tuple[tuple[int, int], ...] | None = None
+
+    def _pieces(self, reads: list[PassReads] | None = None) -> Iterator[tuple[int, Rows]]:
+        """This block's rows, a piece at a time; the structure of the CSR checked on the
+        first pass (and again if the files change), as the checksums are."""
+        signature = self.store.signature()
+        check = signature != self.checked
+        stop = self.first + self.n_rows
+        yield from self.store.pieces(self.first, stop, self.piece_rows, reads, check)
+        self.checked = signature  # a whole pass went through
 
     @property
     def n_rows(self) -> int:
@@ -45,8 +58,7 @@ class StreamedBlock:
         pass read."""
         sums = softmax.PassSums(coef, intercept, self.store.dtype)
         reads: list[PassReads] = []
-        stop = self.first + self.n_rows
-        for row, piece in self.store.pieces(self.first, stop, self.piece_rows, reads):
+        for row, piece in self._pieces(reads):
             at = row - self.first
             codes = self.codes[at : at + piece.shape[0]].astype(np.intp)
             sums.add(piece, codes, None if class_weight is None else class_weight[codes])
@@ -56,9 +68,8 @@ class StreamedBlock:
     def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
         """Each row's predicted class index, a piece at a time (in the type of ``codes``:
         one byte a row for up to 256 classes)."""
-        stop = self.first + self.n_rows
         found = [np.zeros(0, dtype=self.codes.dtype)]
-        for _, piece in self.store.pieces(self.first, stop, self.piece_rows):
+        for _, piece in self._pieces():
             rows = piece.decoded() if isinstance(piece, softmax.CodedCSR) else piece
             found.append(predict_codes(rows, coef, intercept).astype(self.codes.dtype))
         return np.concatenate(found)
