@@ -92,9 +92,13 @@ def write_in_memory(data: InMemoryArrays, folder: Path) -> ArrayFiles:
     X = data.X
     layout = "sparse" if sp.issparse(X) else "dense"
     if layout == "sparse":
-        csr = sp.csr_matrix(X)
+        given: Any = X  # a block's CSR (uint16 indices) as it is: scipy would warn
+        csr = given if given.format == "csr" else sp.csr_matrix(X)
         for part in SPARSE_PARTS:
-            _store_npy(folder / f"X_{part}.npy", np.ascontiguousarray(getattr(csr, part)), False)
+            array = np.ascontiguousarray(getattr(csr, part))
+            if part == "indices" and array.dtype == np.uint16:
+                array = array.astype(np.int32)  # as prepared files hold them
+            _store_npy(folder / f"X_{part}.npy", array, False)
     else:
         _store_npy(folder / "X.npy", np.ascontiguousarray(X), False)
     _store_npy(folder / "y.npy", np.asarray(data.y), False)
