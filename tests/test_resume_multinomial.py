@@ -100,16 +100,17 @@ class _Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("grow", [1, 2])
+@pytest.mark.parametrize(("grow", "rows"), [(1, "auto"), (2, "auto"), (1, "disk")])
 def test_an_interrupted_digits_fit_resumes_to_the_same_model(
-    cluster_client: Client, tmp_path: Path, grow: int
+    cluster_client: Client, tmp_path: Path, grow: int, rows: str
 ) -> None:
     """Stop a multinomial digits fit after 30 iterations (an exception from its progress
     callback, as a crash would); `resume` replays the logged evaluations without the
     cluster and goes on: the undisturbed model, bit for bit, after as many evaluations.
-    Grown rows (made on the workers as chunks of a Dask array) too."""
+    Grown rows (made on the workers as chunks of a Dask array) and rows streamed from disk
+    too."""
     config = TrainConfig(dataset="digits", strategy="multinomial", max_iter=80, tol=1e-9,
-                         grow=grow)  # fmt: skip
+                         grow=grow, rows=rows)  # fmt: skip
     reference = train(config, client=cluster_client, out=tmp_path / "reference", home=tmp_path)
 
     def stop(message: str) -> None:
@@ -134,7 +135,7 @@ def test_an_interrupted_digits_fit_resumes_to_the_same_model(
     assert any(m.startswith(f"resumed at evaluation {logged + 1}") for m in messages)
     assert not Checkpoints(run).folder.exists()  # removed with the run's files written
 
-    if grow > 1:
+    if grow > 1 or rows == "disk":
         return
     # other settings are refused before any work, naming the setting
     with pytest.raises(_Interrupted):
