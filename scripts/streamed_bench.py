@@ -10,7 +10,8 @@ same rows and blocks held in memory.
    fitted by two workers without a limit (`fit_training_data`, the fit `distrib train`
    runs), the same settings.
 
-The result (JSON): the command's wall time, each process's peak resident size, each fit's
+The result (JSON): the command's wall time, each process's peak resident size (the driver's:
+``process_peak_rss``; its workers': ``started_processes_peak_rss``), each fit's
 median evaluation, and whether the two models are the same bits.
 
     python scripts/streamed_bench.py --home /tmp/streamed-home --mnist ~/.cache/distrib \\
@@ -24,54 +25,18 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import psutil
 from distributed import Client, LocalCluster
 
+from distrib.bench.commands import run_sampled
 from distrib.config import TrainConfig
 from distrib.parallel.prepared import write_in_memory
 from distrib.parallel.row_store import open_row_store
 from distrib.parallel.rows import InMemoryArrays
 from distrib.parallel.strategies import fit_training_data
-
-
-def run_command(args: list[str], log: Path) -> dict[str, Any]:
-    """Run ``distrib ARGS``; its wall time and each process's peak resident size."""
-    peaks: dict[int, int] = {}
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "distrib", *args],
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-        done = threading.Event()
-
-        def sample() -> None:
-            root = psutil.Process(proc.pid)
-            while not done.is_set():
-                try:
-                    for p in [root, *root.children(recursive=True)]:
-                        peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
-                except psutil.Error:
-                    pass
-                time.sleep(0.2)
-
-        watcher = threading.Thread(target=sample, daemon=True)
-        watcher.start()
-        code = proc.wait(timeout=3600)
-        done.set()
-        watcher.join()
-    if code != 0:
-        raise SystemExit(f"distrib {' '.join(args)} failed: see {log}")
-    driver = peaks.pop(proc.pid, 0)
-    return {
-        "wall_seconds": time.perf_counter() - started,
-        "driver_peak_rss": driver,
-        "other_processes_peak_rss": sorted(peaks.values(), reverse=True),
-    }
 
 
 def main() -> None:
@@ -92,7 +57,7 @@ def main() -> None:
     command = ["train", *data, "--strategy", "multinomial", "--memory-limit", args.memory_limit,
                "--workers", "2", "--dashboard-address", ":0", "--data-home", str(home),
                "--out", str(run)]  # fmt: skip
-    streamed = run_command(command, home / "streamed.log")
+    streamed = run_sampled([sys.executable, "-m", "distrib", *command], home / "streamed.log")
     metrics = json.loads((run / "metrics.json").read_text())
     solver = metrics["solver"]
     streamed.update(

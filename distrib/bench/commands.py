@@ -113,6 +113,56 @@ def _run(command: Command) -> tuple[float, float]:
     return wall, float(found.group(1))
 
 
+def run_sampled(argv: list[str], log: Path, timeout: float = 3600.0) -> dict[str, Any]:
+    """Run ``argv`` as a process (its output into ``log``): its wall time, and the peak
+    resident size of it and of each process it starts (a local cluster's workers), sampled
+    every 0.2 s from here (a worker's own accounting ends with it).
+
+    Raises
+    ------
+    ClusterError
+        The command failed or took longer than ``timeout`` seconds.
+    """
+    import threading
+
+    import psutil
+
+    peaks: dict[int, int] = {}
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def sample() -> None:
+            root = psutil.Process(proc.pid)
+            while not done.is_set():
+                try:
+                    for p in [root, *root.children(recursive=True)]:
+                        peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
+                except psutil.Error:
+                    pass
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            raise ClusterError(f"{' '.join(argv)} took longer than {timeout:g} s") from exc
+        finally:
+            done.set()
+            watcher.join()
+    if code != 0:
+        raise ClusterError(f"{' '.join(argv)} failed (exit {code}): see {log}")
+    main = peaks.pop(proc.pid, 0)
+    return {
+        "wall_seconds": time.perf_counter() - started,
+        "process_peak_rss": main,
+        "started_processes_peak_rss": sorted(peaks.values(), reverse=True),
+    }
+
+
 def time_commands(
     config: TrainConfig,
     *,
