@@ -182,7 +182,7 @@ class OneVsRest(Strategy):
             progress(fit)
 
         hooks.on_binary_fit = on_fit
-        hooks.say(f"fitting {len(todo)} one-vs-rest classifiers on {n_workers} workers")
+        hooks.say(f"fitting {len(todo)} one-vs-rest classifiers on {n_workers} worker(s)")
 
     def kept(self, store: FitStore, run_folder: Path) -> str:
         return (
@@ -267,7 +267,7 @@ class Multinomial(Strategy):
                 f"resuming: {len(journal.logged)} evaluation(s) logged; replaying them, then "
                 "going on with the cluster"
             )
-        hooks.say(f"fitting one multinomial model on {n_workers} workers")
+        hooks.say(f"fitting one multinomial model on {n_workers} worker(s)")
 
     def kept(self, store: FitStore, run_folder: Path) -> str:
         return (
