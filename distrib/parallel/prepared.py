@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from distrib.config import LAYOUTS
-from distrib.errors import ConfigError
+from distrib.errors import ClusterError, ConfigError
 from distrib.files import atomic_path, storage_error, write_json, write_npy_chunks
 
 if TYPE_CHECKING:  # dask.array stays out of the workers that only read prepared rows
@@ -48,6 +48,9 @@ from distrib.parallel.rows import (
 )
 
 AUTO_SPARSE_DENSITY = 0.25
+#: Seconds a chunk of a row store may take to make on the workers (10,000 elastic rows: ~0.1
+#: s of compute) before writing it gives up.
+CHUNK_SECONDS = 600.0
 
 
 def workers_blind_to(client: Any, files: ArrayFiles) -> list[str]:
@@ -374,7 +377,13 @@ def _in_order(client: Any, tasks: list[Any], ahead: int = 0) -> Iterator[Any]:
         pending.append(client.compute(task))
     while pending:
         future = pending.popleft()
-        result = future.result()
+        try:
+            result = future.result(timeout=CHUNK_SECONDS)
+        except TimeoutError as exc:
+            raise ClusterError(
+                f"a chunk of rows took longer than {CHUNK_SECONDS:g} s to make on the "
+                "workers: are they all paused, or gone?"
+            ) from exc
         future.release()
         for task in itertools.islice(todo, 1):
             pending.append(client.compute(task))

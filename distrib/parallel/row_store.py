@@ -19,10 +19,10 @@ The format is compact CSR, as little to read per pass as the rows allow:
                  file; written last: a store without it is incomplete
 ===============  ==========================================================================
 
-The files are raw little-endian arrays (their dtypes are in ``key.json``), written once a
-chunk of rows at a time. An entry costs 3 bytes on disk and in the page cache for MNIST's
-pixels (float32 CSR with int32 indices: 8). Whoever reads a range checks its bytes once per
-process (`distrib.parallel.checksums.verify_range`).
+The files are raw arrays in the machine's byte order (little-endian on x86-64; their dtypes
+are in ``key.json``), written once a chunk of rows at a time. An entry costs 3 bytes on disk
+and in the page cache for MNIST's pixels (float32 CSR with int32 indices: 8). Whoever reads
+a range checks its bytes once per process (`distrib.parallel.checksums.verify_range`).
 """
 
 from __future__ import annotations
