@@ -318,6 +318,11 @@ def prepare_split_arrays(
     return train, test, density
 
 
+def row_store_folder(parts: SplitArrays, root: Path, key_parts: dict[str, Any]) -> Path:
+    """Where `prepare_row_store` keeps a split's training part as a row store."""
+    return prepared_folder(root, key_parts) / "stream" / _grown(parts, key_parts)[0]
+
+
 def prepare_row_store(
     parts: SplitArrays,
     y_train: np.ndarray,
@@ -337,8 +342,8 @@ def prepare_row_store(
     ``y_train`` are the training labels; ``log`` receives a progress line about every
     10 seconds.
     """
-    name, train_key = _grown(parts, key_parts)
-    folder = prepared_folder(root, key_parts) / "stream" / name
+    _, train_key = _grown(parts, key_parts)
+    folder = row_store_folder(parts, root, key_parts)
     n_rows, n_features = (int(n) for n in parts.X_train.shape)
     existing = open_row_store(folder)
     if existing is not None and existing.shape == (n_rows, n_features):

@@ -18,9 +18,15 @@ from distrib.config import TrainConfig
 from distrib.data.arrays import load_arrays
 from distrib.data.datasets import data_home, load_dataset
 from distrib.data.grow import check_grow
-from distrib.data.split import split_arrays
+from distrib.data.split import compact_labels, split_arrays
 from distrib.errors import ConfigError
-from distrib.parallel.prepared import prepare_row_store, split_key, workers_blind_to_paths
+from distrib.parallel.prepared import (
+    prepare_row_store,
+    row_store_folder,
+    split_key,
+    workers_blind_to_paths,
+)
+from distrib.parallel.row_store import open_row_store
 
 
 def make_training_rows(
@@ -54,12 +60,13 @@ def make_training_rows(
                 "mount that folder at the same path on every worker"
             )
     parts = split_arrays(dataset, config.split, config.scale, config.grow, config.deform)
-    y_train = parts.y_train.compute(scheduler="threads")
+    y_train = compact_labels(parts.y_train.compute(scheduler="threads"))
     n_rows = len(y_train)
     say(f"making {n_rows:,} training rows ({config.grow} variant(s) of each of "
         f"{n_rows // config.grow:,} images, {config.deform}) on the cluster")  # fmt: skip
-    started, wall = time.perf_counter(), time.time()
+    started = time.perf_counter()
     key = split_key(dataset, config.split, config.scale)
+    found = open_row_store(row_store_folder(parts, data_home(home), key)) is not None
     store = prepare_row_store(parts, y_train, data_home(home), key, client=client, log=say)
     seconds = time.perf_counter() - started
     return {
@@ -70,5 +77,5 @@ def make_training_rows(
         "bytes": store.nbytes(),
         "digest": store.digest(),
         "seconds": seconds,
-        "made": os.stat(os.path.join(store.folder, "key.json")).st_mtime >= wall,
+        "made": not found,
     }
