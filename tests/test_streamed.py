@@ -222,12 +222,14 @@ def _peak_rss() -> int:
     return 0
 
 
-def _streamed_past_the_limit(mnist_home: Path, tmp_path: Path, grow: int, max_iter: int) -> int:
+def _streamed_past_the_limit(
+    mnist_home: Path, tmp_path: Path, grow: int, max_iter: int, free: Client | None = None
+) -> int:
     """`distrib train --rows auto` on ``grow`` elastic variants of MNIST's training images
     with two workers limited to 700 MB each: the rows do not fit, so the run makes them on
     the workers as a row store and streams them; no worker passes its limit or dies, and
-    the model is the one two unlimited workers fit with the same rows in memory, bit for
-    bit. Returns the rows' bytes as float32 CSR."""
+    the model is the one two unlimited workers (``free``, else a new cluster) fit with the
+    same rows in memory, bit for bit. Returns the rows' bytes as float32 CSR."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "mnist").symlink_to(mnist_home / "mnist")
@@ -256,7 +258,10 @@ def _streamed_past_the_limit(mnist_home: Path, tmp_path: Path, grow: int, max_it
     (tmp_path / "files").mkdir()
     files = write_in_memory(InMemoryArrays(X, y), tmp_path / "files")
     del X
-    with two_workers() as free:
+    if free is None:
+        with two_workers() as unlimited:
+            in_memory = fit_training_data(files, np.arange(10), config, client=unlimited)
+    else:
         in_memory = fit_training_data(files, np.arange(10), config, client=free)
     assert np.array_equal(result.model.coef, in_memory.coef)
     assert np.array_equal(result.model.intercept, in_memory.intercept)
@@ -264,10 +269,10 @@ def _streamed_past_the_limit(mnist_home: Path, tmp_path: Path, grow: int, max_it
 
 
 def test_rows_past_a_small_memory_limit_are_streamed_to_the_in_memory_model(
-    mnist_home: Path, tmp_path: Path
+    cluster_client: Client, mnist_home: Path, tmp_path: Path
 ) -> None:
     """480,000 rows (0.7 GB as float32 CSR), 10 iterations: `_streamed_past_the_limit`."""
-    _streamed_past_the_limit(mnist_home, tmp_path, grow=8, max_iter=10)
+    _streamed_past_the_limit(mnist_home, tmp_path, grow=8, max_iter=10, free=cluster_client)
 
 
 @pytest.mark.slow
