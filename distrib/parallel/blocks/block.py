@@ -86,6 +86,28 @@ class Evaluation:
     relay_cpu: float = 0.0
 
 
+def log_block_load(run_id: str, key: str, offset: int, **extra: object) -> None:
+    """Record a block's load in its worker's events (`BLOCK_TOPIC`); nothing outside a
+    worker."""
+    with contextlib.suppress(ImportError, ValueError):
+        from distributed import get_worker
+
+        worker = get_worker()
+        event = {"run_id": run_id, "key": key, "start": offset, "worker": worker.address,
+                 "time": time.time(), **extra}  # fmt: skip
+        worker.log_event(BLOCK_TOPIC, event)
+
+
+def class_codes(classes: np.ndarray, y: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Each of rows ``start:stop``'s index into the sorted ``classes`` (their labels
+    ``y``); labels outside them are refused by name."""
+    codes = np.searchsorted(classes, y)
+    codes[codes == len(classes)] = 0
+    if not np.array_equal(classes[codes], y):
+        raise DataError(f"rows {start}:{stop} hold labels outside the classes {classes.tolist()}")
+    return codes
+
+
 def load_block(
     source: TrainingData,
     start: int,
@@ -102,20 +124,7 @@ def load_block(
     names the block in the load event a worker records (`block_loads`).
     """
     offset = start if offset is None else offset
-    with contextlib.suppress(ImportError, ValueError):
-        from distributed import get_worker
-
-        worker = get_worker()
-        worker.log_event(
-            BLOCK_TOPIC,
-            {
-                "run_id": run_id,
-                "key": key,
-                "start": offset,
-                "worker": worker.address,
-                "time": time.time(),
-            },
-        )
+    log_block_load(run_id, key, offset)
     X, y = source.rows(start, stop)  # a fresh copy of just these rows
     values = X.data if sp.issparse(X) else X
     if not np.isfinite(np.sum(values, dtype=np.float64)) and not np.all(np.isfinite(values)):
@@ -123,10 +132,7 @@ def load_block(
             f"rows {offset}:{offset + stop - start} of X hold NaN or infinity: remove or "
             "impute them before fit"
         )
-    codes = np.searchsorted(classes, y)
-    codes[codes == len(classes)] = 0
-    if not np.array_equal(classes[codes], y):
-        raise DataError(f"rows {start}:{stop} hold labels outside the classes {classes.tolist()}")
+    codes = class_codes(classes, y, start, stop)
     weights = source.weights(start, stop)
     block = RowBlock(softmax.prepare(aligned_copy(X)), codes.astype(np.intp), offset, weights)
     if block.n_rows:  # compile (or load from numba's cache) the kernel for these rows now

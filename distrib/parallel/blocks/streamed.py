@@ -9,18 +9,15 @@ same rows held in memory (`distrib.parallel.blocks.block.RowBlock`).
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from distrib.errors import DataError
 from distrib.linear import softmax
 from distrib.linear.model import predict_codes
 from distrib.linear.softmax import Rows
-from distrib.parallel.blocks.block import BLOCK_TOPIC
+from distrib.parallel.blocks.block import class_codes, log_block_load
 from distrib.parallel.row_store import PIECE_ROWS, PassReads, RowStore
 
 
@@ -88,17 +85,7 @@ def open_streamed_block(
     their labels are read now, as class indices into the sorted ``classes``; ``offset``
     and ``key`` as `distrib.parallel.blocks.block.load_block`'s."""
     offset = start if offset is None else offset
-    with contextlib.suppress(ImportError, ValueError):
-        from distributed import get_worker
-
-        worker = get_worker()
-        event = {"run_id": run_id, "key": key, "start": offset, "worker": worker.address,
-                 "time": time.time(), "streamed": True}  # fmt: skip
-        worker.log_event(BLOCK_TOPIC, event)
-    y = store.labels(start, stop)
-    codes = np.searchsorted(classes, y)
-    codes[codes == len(classes)] = 0
-    if not np.array_equal(classes[codes], y):
-        raise DataError(f"rows {start}:{stop} hold labels outside the classes {classes.tolist()}")
+    log_block_load(run_id, key, offset, streamed=True)
+    codes = class_codes(classes, store.labels(start, stop), start, stop)
     small = np.uint8 if len(classes) <= 2**8 else np.uint16 if len(classes) <= 2**16 else np.intp
     return StreamedBlock(store, start, codes.astype(small), offset)
