@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import io
+import itertools
 import pickle
 import secrets
 import select
@@ -102,9 +103,11 @@ class ChannelServer:
     """The host's end: answers the requests of its driver, and of the hosts the driver asks
     to relay evaluations to this one.
 
-    The first connection that presents the token is the owner's (the driver's); more may
-    join while it stays (hosts relaying for the driver, given the token by it). When the
-    owner's connection closes, the server and every other connection close.
+    The first connection accepted of those that present the token is the owner's (the
+    driver's; the connections prove themselves at once, each in its own thread, so the
+    order they finish in is not the order they came in); more may join while it stays
+    (hosts relaying for the driver, given the token by it). When the owner's connection
+    closes, the server and every other connection close.
 
     Parameters
     ----------
@@ -131,7 +134,7 @@ class ChannelServer:
         self._listener = socket.create_server((host, 0))
         self.address: tuple[str, int] = (host, self._listener.getsockname()[1])
         self._connections: list[socket.socket] = []
-        self._owner: socket.socket | None = None
+        self._owner: int | None = None  # the owner's place in the order of arrival
         self._lock = threading.Lock()
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self._closed = threading.Event()
@@ -160,6 +163,7 @@ class ChannelServer:
         handshake, token), so none can hold up another: at most `MAX_PENDING` at once, more
         are closed at once."""
         deadline = time.monotonic() + ACCEPT_SECONDS
+        arrivals = itertools.count()
         with self._listener:
             self._listener.settimeout(0.25)
             while not self._closed.is_set():
@@ -175,17 +179,22 @@ class ChannelServer:
                 if not self._pending.acquire(blocking=False):
                     accepted.close()
                     continue
+                arrival = next(arrivals)
                 threading.Thread(
-                    target=self._admit, args=(accepted,), name="distrib-channel", daemon=True
+                    target=self._admit,
+                    args=(accepted, arrival),
+                    name="distrib-channel",
+                    daemon=True,
                 ).start()
         with self._lock:
             nobody = self._owner is None
         if nobody:
             self.close()
 
-    def _admit(self, accepted: socket.socket) -> None:
-        """Authenticate one connection; serve it if it proves itself (the first to do so
-        is the owner's)."""
+    def _admit(self, accepted: socket.socket, arrival: int) -> None:
+        """Authenticate one connection (``arrival``: its place in the order they came in);
+        serve it if it proves itself (the earliest to come of those that do is the
+        owner's)."""
         try:
             conn = self._authenticated(accepted)
         finally:
@@ -197,13 +206,12 @@ class ChannelServer:
             if self._closed.is_set():
                 conn.close()
                 return
-            owner = self._owner is None
-            if owner:
-                self._owner = conn
+            if self._owner is None or arrival < self._owner:
+                self._owner = arrival
             self._connections.append(conn)
-        self._serve(conn, owner)
+        self._serve(conn, arrival)
 
-    def _serve(self, conn: socket.socket, owner: bool) -> None:
+    def _serve(self, conn: socket.socket, arrival: int) -> None:
         def upstream_open() -> bool:
             return _is_open(conn)
 
@@ -227,6 +235,8 @@ class ChannelServer:
                     conn.sendall(_frame(pack(reply)))
                 except OSError:
                     break
+        with self._lock:
+            owner = arrival == self._owner
         if owner:
             self.close()
 
