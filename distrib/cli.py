@@ -229,7 +229,7 @@ def train(
     )
     # the cluster starts, and its workers load their libraries, while this process imports
     # the training job and loads and splits the data
-    libraries = strategy_for(config.strategy).worker_libraries(config.solver)
+    libraries = strategy_for(config.strategy).worker_libraries(config.fit_solver)
     connection = start_cluster(cluster, libraries, None if quiet else _log)
     try:
         from distrib.run.train import train as run_training

@@ -18,7 +18,9 @@ from distrib.errors import ConfigError
 DATASETS = ("mnist", "digits")
 SPLITS = ("notebook", "canonical")
 SCALES = ("unit", "raw")
-SOLVERS = ("lbfgs", "liblinear", "newton-cg", "newton-cholesky", "sag", "saga")
+SOLVERS = ("auto", "lbfgs", "liblinear", "newton-cg", "newton-cholesky", "sag", "saga")
+#: The solvers of the multinomial fit (`distrib.linear.multinomial`).
+MULTINOMIAL_SOLVERS = ("lbfgs", "newton-cg")
 # Solvers that accept an L1 part in the penalty (l1_ratio > 0); liblinear only pure L1.
 L1_SOLVERS = ("saga", "liblinear")
 CLASS_WEIGHTS = (None, "balanced")
@@ -99,7 +101,13 @@ SETTINGS: dict[str, Setting] = {
     "scale": Setting("unit", "unit: pixels / max as float32; raw: pixel values.", SCALES),
     "C": Setting(0.1, "Inverse regularisation strength (> 0)."),
     "l1_ratio": Setting(0.0, "0 = L2, 1 = L1, in between elastic net (saga)."),
-    "solver": Setting("lbfgs", "The binary fits' solver (multinomial: lbfgs).", SOLVERS),
+    "solver": Setting(
+        "auto",
+        "auto: newton-cg for multinomial (Newton-CG on a row sample's Hessian: a fraction of "
+        "L-BFGS's passes), lbfgs for ovr; multinomial takes lbfgs or newton-cg, ovr any of "
+        "scikit-learn's.",
+        SOLVERS,
+    ),
     "tol": Setting(1e-4, "Solver tolerance (> 0)."),
     "max_iter": Setting(100, "Solver iteration cap (>= 1)."),
     "fit_intercept": Setting(True, "Fit an intercept per class."),
@@ -192,7 +200,8 @@ class TrainConfig:
         and an L2 penalty (the default) a group of classes per task, fitted in lockstep;
         otherwise a scikit-learn `LogisticRegression` per class.
         ``multinomial``: one softmax regression over row blocks held by the workers
-        (`distrib.linear.multinomial`); needs ``solver="lbfgs"`` and ``l1_ratio=0``.
+        (`distrib.linear.multinomial`): Newton-CG (``solver="auto"`` or ``"newton-cg"``) or
+        L-BFGS (``"lbfgs"``), and ``l1_ratio=0``.
     dataset : {"mnist", "digits"}
         MNIST (70,000 x 784, from the local cache) or scikit-learn's 8x8 digits.
     data : str, optional
@@ -215,8 +224,15 @@ class TrainConfig:
         Inverse regularisation strength of each binary `LogisticRegression` (> 0).
     l1_ratio : float
         0 is an L2 penalty, 1 is L1, in between elastic net (needs ``solver="saga"``).
-    solver, tol, max_iter, fit_intercept, class_weight, random_state
-        Passed to every binary `LogisticRegression`.
+    solver : str
+        ``auto``: ``newton-cg`` for ``multinomial``, ``lbfgs`` for ``ovr``. The multinomial
+        fit's ``newton-cg`` takes its Hessian from a sample of the rows
+        (`distrib.linear.newton`); ``ovr`` passes the solver to scikit-learn.
+    tol : float
+        Every solver stops when the objective's gradient's largest entry is at most ``tol``
+        (scikit-learn's meaning for ``lbfgs`` and ``newton-cg``).
+    max_iter, fit_intercept, class_weight, random_state
+        As `LogisticRegression`'s.
     layout : {"auto", "dense", "sparse"}
         How the training matrix is stored for the fits: ``sparse`` is CSR, ``auto`` picks it
         when at most a quarter of the pixels are non-zero (MNIST: 19 %). Both give the same
@@ -275,20 +291,22 @@ class TrainConfig:
             raise ConfigError(
                 f"l1_ratio must lie in [0, 1] (0 = L2, 1 = L1), got {self.l1_ratio!r}"
             )
-        if self.l1_ratio > 0 and self.solver not in L1_SOLVERS:
+        if self.l1_ratio > 0 and self.fit_solver not in L1_SOLVERS:
             raise ConfigError(
-                f"solver {self.solver!r} supports only l1_ratio=0 (L2), got "
+                f"solver {self.fit_solver!r} supports only l1_ratio=0 (L2), got "
                 f"l1_ratio={self.l1_ratio}: use --solver saga"
             )
         if self.solver == "liblinear" and self.l1_ratio not in (0.0, 1.0):
             raise ConfigError(
                 f"solver 'liblinear' needs l1_ratio 0 or 1, got {self.l1_ratio}: use --solver saga"
             )
-        if self.strategy == "multinomial" and (self.solver != "lbfgs" or self.l1_ratio != 0):
+        if self.strategy == "multinomial" and (
+            self.fit_solver not in MULTINOMIAL_SOLVERS or self.l1_ratio != 0
+        ):
             raise ConfigError(
-                f"strategy 'multinomial' is fitted with L-BFGS and an L2 penalty, got solver "
-                f"{self.solver!r} and l1_ratio={self.l1_ratio}: use --solver lbfgs --l1-ratio 0, "
-                "or --strategy ovr"
+                f"strategy 'multinomial' is fitted with newton-cg or lbfgs and an L2 penalty, "
+                f"got solver {self.solver!r} and l1_ratio={self.l1_ratio}: use --solver auto "
+                "--l1-ratio 0, or --strategy ovr"
             )
         if self.rows == "disk" and self.strategy != "multinomial":
             raise ConfigError(
@@ -324,6 +342,14 @@ class TrainConfig:
         _choice("dataset", dataset, DATASETS)
         return cls(**{**_NOTEBOOK_PRESETS[dataset], **given, "preset": preset})
 
+    @property
+    def fit_solver(self) -> str:
+        """The solver the fit runs: ``solver``, with ``auto`` resolved (newton-cg for the
+        multinomial fit, lbfgs for one-vs-rest)."""
+        if self.solver != "auto":
+            return str(self.solver)
+        return "newton-cg" if self.strategy == "multinomial" else "lbfgs"
+
     def model_settings(self) -> dict[str, Any]:
         """`DaskLogisticRegression`'s keyword arguments (`ESTIMATOR_PARAMS`) as set here."""
         return {name: getattr(self, name) for name in ESTIMATOR_PARAMS}
@@ -333,7 +359,7 @@ class TrainConfig:
         return {
             "C": float(self.C),
             "l1_ratio": float(self.l1_ratio),
-            "solver": self.solver,
+            "solver": self.fit_solver,
             "tol": float(self.tol),
             "max_iter": int(self.max_iter),
             "fit_intercept": bool(self.fit_intercept),

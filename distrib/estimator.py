@@ -44,15 +44,19 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
     ----------
     strategy : {"ovr", "multinomial"}, default="ovr"
         ``ovr``: one binary fit per class, the classes spread over the workers.
-        ``multinomial``: one softmax fit, the rows spread over the workers (L-BFGS, L2);
+        ``multinomial``: one softmax fit, the rows spread over the workers (Newton-CG or
+        L-BFGS, L2);
         scikit-learn's ``LogisticRegression`` fits this model for 3+ classes.
     C : float, default=0.1
         Inverse regularisation strength (scikit-learn's convention).
     l1_ratio : float, default=0.0
         0 is an L2 penalty, 1 is L1 (``ovr`` with ``solver="saga"`` only).
-    solver : str, default="lbfgs"
-        The binary fits' solver (``ovr``); ``multinomial`` needs ``"lbfgs"``.
+    solver : str, default="auto"
+        ``auto``: ``newton-cg`` for ``multinomial`` (its Hessian from a sample of the
+        rows: a fraction of L-BFGS's passes), ``lbfgs`` for ``ovr``. ``multinomial`` takes
+        ``"newton-cg"`` or ``"lbfgs"``; ``ovr`` any of scikit-learn's.
     tol : float, default=1e-4
+        Every solver stops when the gradient's largest entry is at most ``tol``.
     max_iter : int, default=100
     fit_intercept : bool, default=True
     class_weight : {"balanced"}, dict or None, default=None

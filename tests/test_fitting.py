@@ -39,15 +39,23 @@ def test_ovr_reports_each_fit_and_skips_the_classes_already_done(digits) -> None
     assert resumed.solver == {"strategy": "ovr", "transfer": "here", "backups": []}
 
 
-def test_multinomial_logs_its_progress_and_returns_its_blocks_and_solver(digits) -> None:
+@pytest.mark.parametrize(
+    ("solver", "name", "shown"), [("lbfgs", "L-BFGS", 10), ("auto", "Newton-CG", 1)]
+)
+def test_multinomial_logs_its_progress_and_returns_its_blocks_and_solver(
+    digits, solver: str, name: str, shown: int
+) -> None:
     lines: list[str] = []
-    config = TrainConfig(dataset="digits", strategy="multinomial", max_iter=30)
+    max_iter = 3 if name == "Newton-CG" else 30
+    config = TrainConfig(dataset="digits", strategy="multinomial", max_iter=max_iter, solver=solver)
     outcome = fit_training_data(digits, np.arange(10), config, hooks=FitHooks(log=lines.append))
     assert lines[0].startswith("1 row block(s) on 1 worker(s)")
-    assert any(line.startswith("[10/30] L-BFGS iteration") for line in lines)
-    assert lines[-1].startswith("L-BFGS stopped before convergence"), lines[-1]
-    assert outcome.coef.shape == (10, 64) and outcome.n_iter.tolist() == [30]
+    assert name in lines[0]
+    assert any(line.startswith(f"[{shown}/{max_iter}] {name} iteration") for line in lines)
+    assert lines[-1].startswith(f"{name} stopped before convergence"), lines[-1]
+    assert outcome.coef.shape == (10, 64) and outcome.n_iter.tolist() == [max_iter]
     assert outcome.records == [
         {"start": 0, "rows": 1797, "worker": "local", "copies": 1, "calls": "in process"}
     ]
-    assert outcome.solver["n_iter"] == 30 and not outcome.solver["converged"]
+    assert outcome.solver["n_iter"] == max_iter and not outcome.solver["converged"]
+    assert outcome.solver["passes"] == outcome.solver["n_evaluations"] >= max_iter + 1

@@ -25,9 +25,13 @@ from threadpoolctl import threadpool_limits
 
 from distrib.errors import DataError
 from distrib.linear.lbfgs import minimize_lbfgs
+from distrib.linear.newton import RowSample, SampledHessian, describe, minimize_newton
 
 if TYPE_CHECKING:  # the workers that evaluate blocks do without the optimizer
     import scipy.optimize
+
+#: The solvers' names in what a fit says.
+SOLVER_NAMES = {"lbfgs": "L-BFGS", "newton-cg": "Newton-CG"}
 
 
 class _Timing(Protocol):
@@ -145,6 +149,10 @@ class SoftmaxFit:
     message: str
     seconds: float
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    solver: str = "lbfgs"
+    objective: float = float("nan")  # the objective and its gradient's largest entry
+    grad_max: float = float("nan")  # where the fit stopped
+    details: dict[str, Any] = field(default_factory=dict)  # the solver's own (newton-cg)
 
     def record(self) -> dict[str, Any]:
         """JSON-ready summary: iterations, evaluations, where the time went (evaluations
@@ -157,8 +165,14 @@ class SoftmaxFit:
         per_relayed = [e["cpu_per_relayed"] for e in live if e["cpu_per_relayed"]]
         return {
             "strategy": "multinomial",
+            "solver": self.solver,
             "n_iter": self.n_iter,
             "n_evaluations": self.n_evaluations,
+            # every evaluation reads every row once: the full passes over the rows
+            "passes": len(self.evaluations),
+            "objective": self.objective,
+            "grad_max": self.grad_max,
+            **self.details,
             "converged": self.converged,
             "message": self.message,
             "seconds": self.seconds,
@@ -271,8 +285,11 @@ def fit_softmax(
     class_weights: np.ndarray | None = None,
     on_iteration: Callable[[IterationProgress], None] | None = None,
     journal: Journal | None = None,
+    solver: str = "lbfgs",
+    sample: RowSample | None = None,
 ) -> SoftmaxFit:
-    """Minimise the multinomial objective over the runner's blocks with L-BFGS.
+    """Minimise the multinomial objective over the runner's blocks with L-BFGS or
+    Newton-CG (`distrib.linear.newton`).
 
     Parameters
     ----------
@@ -292,6 +309,10 @@ def fit_softmax(
         Logs every evaluation; where it holds evaluations already (a resumed fit), they are
         replayed from it, with no work on the blocks, until it runs out. L-BFGS is
         deterministic given the answers it gets, so the fit then goes on where it stopped.
+        (Newton-CG is too: its products on the sample are made again.)
+    solver : {"lbfgs", "newton-cg"}
+    sample : RowSample, optional
+        The rows whose Hessian Newton-CG takes (needed for ``newton-cg``).
 
     Returns
     -------
@@ -347,17 +368,13 @@ def fit_softmax(
             grad[:, -1] = 0.0
         return loss, grad.ravel(order="F")
 
-    iteration = 0
-
-    def callback(intermediate_result: scipy.optimize.OptimizeResult) -> None:
-        nonlocal iteration
-        iteration += 1
+    def progress(iteration: int, loss: float) -> None:
         if on_iteration is not None:
             last = evaluations[-1] if evaluations else {}
             on_iteration(
                 IterationProgress(
                     iteration,
-                    float(intermediate_result.fun),
+                    loss,
                     len(evaluations),
                     time.perf_counter() - t0,
                     int(last.get("read_bytes", 0)),
@@ -366,24 +383,94 @@ def fit_softmax(
             )
 
     t0 = time.perf_counter()
-    # The solver's own linear algebra is tiny; BLAS threads here would spin between steps
+    # The solver's own linear algebra is small; BLAS threads here would spin between steps
     # and take the CPU from the workers on this host (measured: block time 28 -> 45 ms).
     with threadpool_limits(limits=1, user_api="blas"):
-        result = minimize_lbfgs(
-            objective, n_classes * width, tol=tol, max_iter=max_iter, callback=callback
-        )
-    seconds = time.perf_counter() - t0
-    coef, intercept = unpack(result.x)
+        if solver == "newton-cg":
+            fit = _newton(objective, sample, n_classes, width, weights, penalty, fit_intercept,
+                          tol, max_iter, progress)  # fmt: skip
+        else:
+            fit = _lbfgs(objective, n_classes * width, tol, max_iter, progress)
+    fit.seconds = time.perf_counter() - t0
+    fit.evaluations = evaluations
+    coef, intercept = unpack(fit.coef)
     if binary:
         coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+    fit.coef, fit.intercept = coef, intercept
+    return fit
+
+
+def _lbfgs(
+    objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    size: int,
+    tol: float,
+    max_iter: int,
+    progress: Callable[[int, float], None],
+) -> SoftmaxFit:
+    """scikit-learn's L-BFGS over the flat coefficients; ``coef`` holds them flat."""
+    iteration = 0
+
+    def callback(intermediate_result: scipy.optimize.OptimizeResult) -> None:
+        nonlocal iteration
+        iteration += 1
+        progress(iteration, float(intermediate_result.fun))
+
+    result = minimize_lbfgs(objective, size, tol=tol, max_iter=max_iter, callback=callback)
     message = result.message if isinstance(result.message, str) else str(result.message)
     return SoftmaxFit(
-        coef=coef,
-        intercept=intercept,
+        coef=result.x,
+        intercept=np.zeros(0),
         n_iter=int(min(result.nit, max_iter)),
         n_evaluations=int(result.nfev),
         converged=bool(result.status == 0),
         message=message,
-        seconds=seconds,
-        evaluations=evaluations,
+        seconds=0.0,
+        objective=float(result.fun),
+        grad_max=float(np.max(np.abs(result.jac))),
+    )
+
+
+def _newton(
+    objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    sample: RowSample | None,
+    n_classes: int,
+    width: int,
+    class_weights: np.ndarray | None,
+    penalty: float,
+    fit_intercept: bool,
+    tol: float,
+    max_iter: int,
+    progress: Callable[[int, float], None],
+) -> SoftmaxFit:
+    """Newton-CG on ``sample``'s Hessian (`distrib.linear.newton`); ``coef`` holds the
+    coefficients flat, as L-BFGS's."""
+    if sample is None:
+        raise ValueError("solver 'newton-cg' needs the rows' sample for its Hessian")
+    hessian = SampledHessian(sample, n_classes, class_weights, penalty, fit_intercept)
+    evaluations = 0
+
+    def on_matrix(W: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal evaluations
+        evaluations += 1
+        loss, grad = objective(W.ravel(order="F"))
+        return loss, grad.reshape((n_classes, width), order="F")
+
+    try:
+        result = minimize_newton(
+            on_matrix, hessian, (n_classes, width), tol=tol, max_iter=max_iter, callback=progress
+        )
+    finally:
+        hessian.close()
+    return SoftmaxFit(
+        coef=result.W.ravel(order="F"),
+        intercept=np.zeros(0),
+        n_iter=result.n_iter,
+        n_evaluations=evaluations,
+        converged=result.converged,
+        message=result.message,
+        seconds=0.0,
+        solver="newton-cg",
+        objective=result.fun,
+        grad_max=result.grad_max,
+        details=describe(result, hessian),
     )

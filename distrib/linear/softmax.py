@@ -621,6 +621,24 @@ def dense_to_csr(X: np.ndarray) -> sp.csr_matrix:
     return block_csr(X.shape, data, indices, indptr)
 
 
+def rows_at(X: Rows, positions: np.ndarray) -> sp.csr_matrix:
+    """Rows ``positions`` (increasing) of ``X`` as a CSR matrix of floats with int32 (or
+    int64) column indices, as scipy and `hessian_product` take it."""
+    if not isinstance(X, CodedCSR | sp.spmatrix | sp.sparray):
+        dense = np.ascontiguousarray(np.asarray(X)[positions])
+        return sp.csr_matrix(dense if dense.dtype in _FLOATS else dense.astype(np.float64))
+    starts, stops = X.indptr[positions], X.indptr[np.asarray(positions) + 1]
+    counts = (stops - starts).astype(np.int64)
+    entries = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    data = X.data[entries]
+    values = X.table[data] if isinstance(X, CodedCSR) else data
+    if values.dtype not in _FLOATS:
+        values = values.astype(np.float64)
+    indices = X.indices[entries].astype(np.int32 if X.shape[1] < 2**31 else np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return sp.csr_matrix((values, indices, indptr), shape=(len(positions), X.shape[1]))
+
+
 _COMPILE_LOCK = threading.Lock()
 _COMPILED: set[tuple[Any, ...]] = set()
 
@@ -739,12 +757,7 @@ class PassSums:
             self.losses = np.zeros(n_classes)
             self.passes, n_lanes = _BINARY, BINARY_LANES
         self.intercept = np.ascontiguousarray(intercept, dtype=np.float64)
-        n_groups = -(-n_classes // n_lanes)
-        W = _aligned_zeros((n_groups, n_features, n_lanes), dtype)
-        for group in range(n_groups):  # groups x features x lanes: see `_make_passes`
-            classes = coef[group * n_lanes : (group + 1) * n_lanes]
-            W[group, :, : len(classes)] = classes.T
-        self.W = W.reshape(-1)
+        self.W = _lane_layout(coef, dtype, n_lanes)
         self.G = _aligned_zeros(self.W.shape, dtype)
         self.G_total = np.zeros((n_features, n_classes))
         self.g0 = np.zeros(n_classes)
@@ -792,6 +805,120 @@ class PassSums:
 
 
 _NO_TABLE = {dtype: np.zeros(0, dtype=dtype) for dtype in _FLOATS}
+
+
+@_kernel
+def _csr_hessian_pass(data, indices, indptr, P, weights, V, v0, H, H_total, h0):
+    """Rows of a CSR matrix: add their softmax Hessian times the direction ``V`` (laid out
+    as `_make_passes`' ``W``, intercept ``v0``) into ``H_total`` (features x classes,
+    float64) and ``h0``: row ``i`` adds ``x_i r_i`` with ``u_i = V x_i + v0`` and
+    ``r_i = w_i p_i * (u_i - p_i . u_i)``, ``p_i`` its probabilities (``P[i]``, fixed).
+
+    The scores' and the gradient's loops of `_make_passes`' CSR pass, with the residual
+    taken from ``P`` in place of the softmax (no exps)."""
+    n_classes = v0.shape[0]
+    n_features = H_total.shape[0]
+    width = V.shape[0] // n_features
+    lanes = numba.carray(_lane_buffer(V, LANES), LANES)  # type: ignore[call-arg]
+    odd = numba.carray(_lane_buffer(V, LANES), LANES)
+    owned = np.zeros(width)
+    u = _borrowed(owned)
+    for i in range(indptr.shape[0] - 1):
+        if i % PART_ROWS == 0:
+            _flush(H, H_total, LANES)
+        lo, hi = indptr[i] & _NON_NEGATIVE, indptr[i + 1] & _NON_NEGATIVE
+        for group in range(0, width, LANES):
+            base = group // LANES * n_features
+            lanes[:] = 0
+            odd[:] = 0
+            for p in range(lo, hi - 1, 2):
+                p &= _NON_NEGATIVE
+                j, j2 = indices[p] & _NON_NEGATIVE, indices[p + 1] & _NON_NEGATIVE
+                _add_scaled(lanes, 0, V, (base + j) * LANES, data[p], LANES)
+                _add_scaled(odd, 0, V, (base + j2) * LANES, data[p + 1], LANES)
+            if (hi - lo) % 2:
+                j = indices[hi - 1] & _NON_NEGATIVE
+                _add_scaled(lanes, 0, V, (base + j) * LANES, data[hi - 1], LANES)
+            for k in range(LANES):
+                u[group + k] = lanes[k] + odd[k]
+        weight = weights[i] if weights.shape[0] else 1.0
+        mean = 0.0
+        for k in range(n_classes):
+            u[k] += v0[k]
+            mean += P[i, k] * u[k]
+        for k in range(n_classes):
+            u[k] = weight * P[i, k] * (u[k] - mean)
+            h0[k] += u[k]
+        for group in range(0, width, LANES):
+            base = group // LANES * n_features
+            for k in range(LANES):  # the padding classes' stay 0 (their V is 0)
+                lanes[k] = u[group + k]
+            for p in range(lo, hi):
+                p &= _NON_NEGATIVE
+                j = indices[p] & _NON_NEGATIVE
+                _add_scaled(H, (base + j) * LANES, lanes, 0, data[p], LANES)
+    _flush(H, H_total, LANES)
+
+
+def _lane_layout(coef: np.ndarray, dtype: Any, n_lanes: int = LANES) -> np.ndarray:
+    """``coef`` (classes x features) as the passes read it: flat, groups x features x
+    ``n_lanes``, padded with zeros, aligned to a cache line (`_make_passes`)."""
+    n_classes, n_features = coef.shape
+    n_groups = -(-n_classes // n_lanes)
+    W = _aligned_zeros((n_groups, n_features, n_lanes), dtype)
+    for group in range(n_groups):
+        classes = coef[group * n_lanes : (group + 1) * n_lanes]
+        W[group, :, : len(classes)] = classes.T
+    return W.reshape(-1)
+
+
+def probabilities(X: Matrix, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """Each row's softmax probabilities (rows x classes, float64)."""
+    scores = np.asarray(X @ coef.T.astype(np.float64)) + intercept
+    scores -= scores.max(axis=1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1, keepdims=True)
+    return scores
+
+
+def hessian_product(
+    X: sp.csr_matrix, P: np.ndarray, weights: np.ndarray | None, V: np.ndarray
+) -> np.ndarray:
+    """The rows' summed softmax Hessian, at the coefficients that give probabilities ``P``,
+    times the direction ``V``.
+
+    Parameters
+    ----------
+    X : csr_matrix of shape (n_rows, n_features)
+        float32 or float64 values, int32 or int64 column indices.
+    P : ndarray of shape (n_rows, n_classes)
+        Each row's probabilities (`probabilities`).
+    weights : ndarray of shape (n_rows,) or None
+        Each row's weight; 1 when None.
+    V : ndarray of shape (n_classes, n_features + 1)
+        The direction: coefficients, then the intercept.
+
+    Returns
+    -------
+    ndarray of shape (n_classes, n_features + 1)
+        ``sum_i w_i (diag(p_i) - p_i p_i^T) (V x~_i) x~_i^T`` with ``x~_i = (x_i, 1)``,
+        summed in one thread in a fixed order (the same bits in any process).
+    """
+    n_rows, n_features = X.shape
+    n_classes = P.shape[1]
+    if P.shape != (n_rows, n_classes) or V.shape != (n_classes, n_features + 1):
+        raise DataError(f"X {X.shape}, P {P.shape} and V {V.shape} disagree")
+    dtype = X.dtype if X.dtype in _FLOATS else np.float64
+    packed = _lane_layout(V[:, :-1], dtype)
+    H = _aligned_zeros(packed.shape, dtype)
+    H_total = np.zeros((n_features, n_classes))
+    h0 = np.zeros(n_classes)
+    w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    v0 = np.ascontiguousarray(V[:, -1], dtype=np.float64)
+    P = np.ascontiguousarray(P, dtype=np.float64)
+    _run(_csr_hessian_pass, X.data.astype(dtype, copy=False), X.indices, X.indptr, P, w,
+         packed, v0, H, H_total, h0)  # fmt: skip
+    return np.column_stack([H_total.T, h0])
 
 
 def _evaluate(

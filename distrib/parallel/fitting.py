@@ -35,6 +35,7 @@ from distrib.config import TrainConfig
 from distrib.errors import DataError
 from distrib.files import is_storage_error
 from distrib.linear.multinomial import (
+    SOLVER_NAMES,
     IterationProgress,
     Journal,
     SoftmaxFit,
@@ -42,6 +43,7 @@ from distrib.linear.multinomial import (
     objective_weights,
     refuse_weightless_classes,
 )
+from distrib.linear.newton import sample_stride
 from distrib.parallel.blocks.block import BlockRunner, LocalBlocks
 from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
@@ -406,7 +408,9 @@ def fit_multinomial(
     every row where it is held, before the blocks are released.
     """
     hooks = hooks or FitHooks()
-    every = 10  # a line per ten iterations: ~0.5 s apart on full MNIST, 2 workers
+    # a line per ten L-BFGS iterations (~0.5 s apart on full MNIST, 2 workers), or per
+    # Newton iteration (each a whole linear solve)
+    every = 10 if config.fit_solver == "lbfgs" else 1
     n_rows = 0
 
     def on_iteration(progress: IterationProgress) -> None:
@@ -414,7 +418,8 @@ def fit_multinomial(
         if iteration % every == 0 or iteration in (1, config.max_iter):
             rate = progress.passes * n_rows / max(progress.seconds, 1e-9)
             line = (
-                f"[{iteration}/{config.max_iter}] L-BFGS iteration, loss {progress.loss:.6f}, "
+                f"[{iteration}/{config.max_iter}] {SOLVER_NAMES[config.fit_solver]} iteration, "
+                f"loss {progress.loss:.6f}, "
                 f"{progress.passes} passes ({rate:,.0f} rows/s)"
             )
             if progress.read_bytes:  # rows streamed from disk
@@ -428,9 +433,13 @@ def fit_multinomial(
         runner.wait_loaded()
         blocks = runner.describe()
         n_rows = sum(int(block["rows"]) for block in blocks)
+        solver = config.fit_solver
+        sample = runner.sample(sample_stride(n_rows)) if solver == "newton-cg" else None
         hooks.say(
             f"{len(blocks)} row block(s) on {len({b['worker'] for b in blocks})} worker(s); "
-            f"L-BFGS over their summed softmax loss (at most {config.max_iter} iterations)"
+            f"{SOLVER_NAMES[solver]} over their summed softmax loss (at most "
+            f"{config.max_iter} iterations)"
+            + (f", its Hessian from {sample.n_rows:,} of the rows" if sample is not None else "")
         )
         fit: SoftmaxFit = fit_softmax(
             runner,
@@ -444,13 +453,20 @@ def fit_multinomial(
             class_weights=weights[0],
             on_iteration=on_iteration,
             journal=hooks.journal,
+            solver=solver,
+            sample=sample,
         )
         blocks = runner.describe()
         codes = runner.predict(fit.coef, fit.intercept) if predict_rows else None
     finally:
         runner.release()
     if not fit.converged:
-        hooks.say(f"L-BFGS stopped before convergence ({fit.message}): raise --max-iter")
-    solver = fit.record()
-    solver["given_up"] = list(getattr(runner, "given_up", {}).values())  # silent workers
-    return FitOutcome(fit.coef, fit.intercept, np.array([fit.n_iter]), blocks, solver, codes)
+        hooks.say(
+            f"{SOLVER_NAMES[fit.solver]} stopped before convergence ({fit.message}): "
+            "raise --max-iter"
+        )
+    record = fit.record()
+    if "hessian_rows_touched" in record:  # the sample's products, in passes' worth of rows
+        record["hessian_passes_worth"] = record["hessian_rows_touched"] / max(n_rows, 1)
+    record["given_up"] = list(getattr(runner, "given_up", {}).values())  # silent workers
+    return FitOutcome(fit.coef, fit.intercept, np.array([fit.n_iter]), blocks, record, codes)

@@ -270,7 +270,7 @@ def train(
             raise ConfigError("pass a client or a started connection as cluster, not both")
         folder, created = prepare_out_dir(out, resume)
         if client is None and connection is None:  # after the cheap checks
-            libraries = strategy_for(config.strategy).worker_libraries(config.solver)
+            libraries = strategy_for(config.strategy).worker_libraries(config.fit_solver)
             connection = start_cluster(cluster if isinstance(cluster, ClusterConfig) else None,
                                        libraries, say)  # fmt: skip
         try:
@@ -407,7 +407,7 @@ def _connect(
             client = connection.client()
         else:
             assert client is not None
-            warm_workers(client, job.strategy.worker_libraries(job.config.solver))
+            warm_workers(client, job.strategy.worker_libraries(job.config.fit_solver))
         return client, describe(client)
 
 

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from distrib.errors import DataError
 from distrib.linear import softmax
 from distrib.linear.model import predict_codes
+from distrib.linear.newton import RowSample, stride_rows
 from distrib.parallel.blocks.partial_sums import PartialSum, Timing
 from distrib.parallel.row_store import PassReads
 from distrib.parallel.rows import Matrix, TrainingData, aligned_copy
@@ -55,6 +56,13 @@ class RowBlock:
         """Each row's predicted class index."""
         return predict_codes(self.X, coef, intercept)
 
+    def sample(self, stride: int) -> RowSample:
+        """The rows whose index in the whole matrix is a multiple of ``stride``
+        (`distrib.linear.newton.stride_rows`)."""
+        at = stride_rows(self.start, self.n_rows, stride)
+        weights = None if self.weights is None else self.weights[at]
+        return RowSample(softmax.rows_at(self.X, at), self.codes[at], weights)
+
 
 class Block(Protocol):
     """What a host does with a block: rows in memory (`RowBlock`) or streamed from disk
@@ -68,6 +76,8 @@ class Block(Protocol):
     ) -> tuple[float, np.ndarray, PassReads]: ...
 
     def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray: ...
+
+    def sample(self, stride: int) -> RowSample: ...
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,11 @@ class BlockRunner(Protocol):
         """Every row's predicted class index, in row order, where its block lives."""
         ...
 
+    def sample(self, stride: int) -> RowSample:
+        """The rows whose index is a multiple of ``stride``, in row order (the Hessian's
+        sample of `distrib.linear.newton`)."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -197,6 +212,9 @@ class LocalBlocks:
 
     def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
         return self.block.predict(coef, intercept)
+
+    def sample(self, stride: int) -> RowSample:
+        return self.block.sample(stride)
 
     def release(self) -> None:
         """Nothing to release: the block lives in this process."""

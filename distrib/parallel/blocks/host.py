@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from distrib.linear.newton import RowSample
 from distrib.parallel.blocks.block import Block, block_loss_grad, load_block
 from distrib.parallel.blocks.channel import Channel, ChannelServer, pack, receive_all
 from distrib.parallel.blocks.partial_sums import Node, PartialSum, SumTree, combine
@@ -178,6 +179,10 @@ class BlockHost:
     ) -> dict[int, np.ndarray]:
         """Each row's predicted class index, for each block in ``indices``."""
         return {i: self.blocks[i].predict(coef, intercept) for i in indices}
+
+    def sample(self, indices: list[int], stride: int) -> dict[int, RowSample]:
+        """The Hessian's sample of each block in ``indices`` (every ``stride``-th row)."""
+        return {i: self.blocks[i].sample(stride) for i in indices}
 
     def _answer(
         self,

@@ -42,6 +42,7 @@ import dask
 import numpy as np
 
 from distrib.errors import ClusterError
+from distrib.linear.newton import RowSample, joined
 from distrib.parallel.blocks.block import Evaluation
 from distrib.parallel.blocks.direct import DirectChannels
 from distrib.parallel.blocks.host import (
@@ -88,8 +89,8 @@ def _wait_all(client: Any, futures: list[Any], timeout: float | None) -> None:
 class ClusterBlocks:
     """Row blocks held by `BlockHost` actors on the workers of a Dask cluster.
 
-    Build it with `from_training_data` or `from_dask_array`; `wait_loaded` loads the blocks.
-    Every setting is a constructor argument (the builders pass theirs on).
+    Build it with `from_training_data` or `from_dask_array` (they pass every setting on);
+    `wait_loaded` loads the blocks.
 
     Parameters
     ----------
@@ -118,8 +119,7 @@ class ClusterBlocks:
         The order of the blocks' sums (a resumed fit keeps its first run's); default: fixed
         from where the blocks are at the first evaluation.
     log : callable, optional
-        Receives a line when an evaluation waits on a host for longer than expected, and
-        when a host is given up.
+        Told when an evaluation waits on a host for longer than expected, or gives it up.
     """
 
     def __init__(
@@ -343,21 +343,28 @@ class ClusterBlocks:
         self.placement.give_up(worker, reason, len(self.evaluation_seconds) + 1, time.time())
         return reason
 
-    def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-        """Every row's predicted class index, computed where its block lives (blocks of a
-        worker lost meanwhile are loaded again elsewhere first)."""
+    def _per_block(self, method: Callable[..., dict[int, Any]], *args: Any) -> list[Any]:
+        """Each block's answer to ``method(indices, *args)`` of its host, in block order
+        (blocks of a lost worker are loaded again elsewhere first)."""
         self.wait_loaded()
-        codes: dict[int, np.ndarray] = {}
-        while len(codes) < len(self.sources):
+        found: dict[int, Any] = {}
+        while len(found) < len(self.sources):
             calls = {
-                w: HostCall(BlockHost.predict, (indices, coef, intercept))
-                for w, indices in self.placement.by_worker(codes).items()
+                w: HostCall(method, (indices, *args))
+                for w, indices in self.placement.by_worker(found).items()
             }
             outcome = self.actors.call_all(calls)
             for result in outcome.results.values():
-                codes.update(result)
+                found.update(result)
             self._reload_lost(outcome.lost)
-        return np.concatenate([codes[i] for i in range(len(self.sources))])
+        return [found[i] for i in range(len(self.sources))]
+
+    def predict(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """Every row's predicted class index, computed where its block lives."""
+        return np.concatenate(self._per_block(BlockHost.predict, coef, intercept))
+
+    def sample(self, stride: int) -> RowSample:  # every stride-th row, taken where it lives
+        return joined(self._per_block(BlockHost.sample, stride))
 
     def describe(self) -> list[dict[str, Any]]:
         return [

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from distrib.linear import softmax
 from distrib.linear.model import predict_codes
+from distrib.linear.newton import RowSample, joined, stride_rows
 from distrib.linear.softmax import Rows
 from distrib.parallel.blocks.block import class_codes, log_block_load
 from distrib.parallel.row_store import PIECE_ROWS, PassReads, RowStore
@@ -70,6 +72,19 @@ class StreamedBlock:
             rows = piece.decoded() if isinstance(piece, softmax.CodedCSR) else piece
             found.append(predict_codes(rows, coef, intercept).astype(self.codes.dtype))
         return np.concatenate(found)
+
+    def sample(self, stride: int) -> RowSample:
+        """The rows whose index in the whole matrix is a multiple of ``stride``, read a
+        piece at a time (`distrib.linear.newton.stride_rows`)."""
+        samples = []
+        for row, piece in self._pieces():
+            at = row - self.first
+            positions = stride_rows(self.start + at, piece.shape[0], stride)
+            codes = self.codes[at + positions].astype(np.intp)
+            samples.append(RowSample(softmax.rows_at(piece, positions), codes))
+        if not samples:
+            return RowSample(sp.csr_matrix((0, self.store.shape[1])), self.codes[:0])
+        return joined(samples)
 
 
 def open_streamed_block(
