@@ -19,8 +19,10 @@ DATASETS = ("mnist", "digits")
 SPLITS = ("notebook", "canonical")
 SCALES = ("unit", "raw")
 SOLVERS = ("auto", "lbfgs", "liblinear", "newton-cg", "newton-cholesky", "sag", "saga")
-#: The solvers of the multinomial fit (`distrib.linear.multinomial`).
-MULTINOMIAL_SOLVERS = ("lbfgs", "newton-cg")
+#: The solvers of the multinomial fit (`distrib.linear.multinomial`), by their names in
+#: what a fit says.
+SOLVER_NAMES = {"lbfgs": "L-BFGS", "newton-cg": "Newton-CG"}
+MULTINOMIAL_SOLVERS = tuple(SOLVER_NAMES)
 # Solvers that accept an L1 part in the penalty (l1_ratio > 0); liblinear only pure L1.
 L1_SOLVERS = ("saga", "liblinear")
 CLASS_WEIGHTS = (None, "balanced")

@@ -91,9 +91,9 @@ def test_worker_killed_mid_fit_gives_the_same_model(
 def test_worker_killed_mid_multinomial_fit_recomputes_its_rows_same_model(
     mnist_home: Path, tmp_path: Path
 ) -> None:
-    """SIGKILL a worker after 20 L-BFGS iterations: Dask reloads its block of rows from the
-    prepared files (by path) on a live worker, the solver continues, the model is the one an
-    undisturbed run gives."""
+    """SIGKILL a worker after 3 Newton-CG iterations (of 9): Dask reloads its block of rows
+    from the prepared files (by path) on a live worker, the solver continues, the model is the
+    one an undisturbed run gives."""
     config = TrainConfig(strategy="multinomial")
     cluster = start_local_cluster(2)
     client = Client(cluster, set_as_default=False)
@@ -103,7 +103,7 @@ def test_worker_killed_mid_multinomial_fit_recomputes_its_rows_same_model(
         victim = sorted(pids)[0]
 
         def log(message: str) -> None:
-            if message.startswith("[20/100] L-BFGS"):
+            if message.startswith("[3/100] Newton-CG"):
                 os.kill(pids[victim], signal.SIGKILL)
 
         result = train(config, client=client, out=tmp_path / "run", home=mnist_home, log=log)
@@ -407,7 +407,7 @@ def test_a_class_that_kills_workers_is_named(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("strategy", "progress"), [("ovr", "[ 1/10]"), ("multinomial", "[10/100] L-BFGS")]
-)
+)  # L-BFGS: ~100 evaluations, the fit still running when the scheduler goes
 def test_scheduler_lost_mid_fit_fails_fast(
     dask_processes: DaskProcesses, mnist_home: Path, tmp_path: Path, strategy: str, progress: str
 ) -> None:
@@ -421,6 +421,8 @@ def test_scheduler_lost_mid_fit_fails_fast(
         address,
         "--strategy",
         strategy,
+        "--solver",
+        "lbfgs",
         "--out",
         str(run),
         "--data-home",
@@ -487,7 +489,7 @@ def test_workers_with_other_library_versions_are_refused(
 def test_worker_killed_mid_streamed_fit_gives_the_in_memory_model(
     mnist_home: Path, tmp_path: Path
 ) -> None:
-    """Rows streamed from disk (--rows disk): SIGKILL a worker after 20 L-BFGS iterations;
+    """Rows streamed from disk (--rows disk): SIGKILL a worker after 3 Newton-CG iterations;
     its block is opened again on the live worker, which streams both, and the model is the
     in-memory fit's of the same rows, bit for bit."""
     memory = TrainConfig(strategy="multinomial", layout="sparse", rows="memory")
@@ -500,7 +502,7 @@ def test_worker_killed_mid_streamed_fit_gives_the_in_memory_model(
         victim = sorted(pids)[0]
 
         def log(message: str) -> None:
-            if message.startswith("[20/100] L-BFGS"):
+            if message.startswith("[3/100] Newton-CG"):
                 os.kill(pids[victim], signal.SIGKILL)
 
         result = train(streamed, client=client, out=tmp_path / "run", home=mnist_home, log=log)

@@ -43,7 +43,7 @@ def test_a_paused_worker_is_given_up_and_the_model_is_the_same(
     mnist_home: Path, tmp_path: Path, role: str
 ) -> None:
     """3 workers, two groups (the first host relays for the second): SIGSTOP one worker
-    process after 20 L-BFGS iterations. Its sockets stay open and the scheduler keeps
+    process after 3 Newton-CG iterations. Its sockets stay open and the scheduler keeps
     listing it; the fit gives it up once an evaluation has waited past the deadline, loads
     its block on the live workers, and ends with the undisturbed model bit for bit, after
     as many evaluations."""
@@ -64,7 +64,7 @@ def test_a_paused_worker_is_given_up_and_the_model_is_the_same(
 
         def log(message: str) -> None:
             messages.append(message)
-            if message.startswith("[20/250] L-BFGS") and not paused:
+            if message.startswith("[3/250] Newton-CG") and not paused:
                 os.kill(pids[victim], signal.SIGSTOP)
                 paused[victim] = time.monotonic()
             if message.startswith(f"{victim} given up") and not resumed:

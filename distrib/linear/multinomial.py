@@ -30,9 +30,6 @@ from distrib.linear.newton import RowSample, SampledHessian, describe, minimize_
 if TYPE_CHECKING:  # the workers that evaluate blocks do without the optimizer
     import scipy.optimize
 
-#: The solvers' names in what a fit says.
-SOLVER_NAMES = {"lbfgs": "L-BFGS", "newton-cg": "Newton-CG"}
-
 
 class _Timing(Protocol):
     """One block's evaluation: where it ran, when it started, how long it took."""

@@ -31,11 +31,10 @@ import numpy as np
 from joblib import parallel_config
 from joblib.parallel import get_active_backend
 
-from distrib.config import TrainConfig
+from distrib.config import SOLVER_NAMES, TrainConfig
 from distrib.errors import DataError
 from distrib.files import is_storage_error
 from distrib.linear.multinomial import (
-    SOLVER_NAMES,
     IterationProgress,
     Journal,
     SoftmaxFit,

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from distrib.config import COEFFICIENT_ROWS
+from distrib.config import COEFFICIENT_ROWS, SOLVER_NAMES
 from distrib.files import write_bytes
 from distrib.report.bench_format import STRATEGY_KEYS
 
@@ -384,7 +384,8 @@ def plot_convergence(solver: dict[str, Any]) -> Figure:
         loss_ax.semilogy(steps, loss, color="C0")
     loss_ax.set_xlabel("evaluation")
     loss_ax.set_ylabel("objective (mean loss + L2 term)")
-    loss_ax.set_title(f"L-BFGS: {solver.get('n_iter')} iterations, {len(loss)} evaluations")
+    name = SOLVER_NAMES.get(solver.get("solver", "lbfgs"), "L-BFGS")
+    loss_ax.set_title(f"{name}: {solver.get('n_iter')} iterations, {len(loss)} passes")
     loss_ax.grid(True, alpha=0.3)
     if len(wall):  # bars of width 1, as two filled step outlines (two artists, not 2n bars)
         edges = np.arange(len(wall) + 1) + 0.5

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from distrib.config import SOLVER_NAMES
 from distrib.errors import OutputError
 from distrib.files import write_bytes
 from distrib.linear.model import LinearModel
@@ -113,15 +114,23 @@ def _fit_tables(metrics: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
     if _is_multinomial(metrics):
         solver = metrics["solver"]
+        name = SOLVER_NAMES.get(solver.get("solver", "lbfgs"), "L-BFGS")
         solver_rows = [
-            ["L-BFGS iterations", solver["n_iter"]],
-            ["loss and gradient evaluations", solver["n_evaluations"]],
+            [f"{name} iterations", solver["n_iter"]],
+            ["passes over the rows (loss and gradient evaluations)", solver["n_evaluations"]],
             ["converged", "yes" if solver["converged"] else f"NO ({solver['message']})"],
             ["fit seconds", f"{solver['seconds']:.2f}"],
             ["median seconds per evaluation", f"{solver['median_evaluation_seconds']:.4f}"],
             ["of which the busiest worker", f"{solver['median_block_compute_seconds']:.4f}"],
             ["of which coordination", f"{solver['median_coordination_seconds']:.4f}"],
         ]
+        if "hessian_rows" in solver:  # Newton-CG's work on its sample of the rows
+            solver_rows += [
+                ["Hessian's sample (rows)", f"{solver['hessian_rows']:,}"],
+                ["products on the sample (passes' worth of rows)",
+                 f"{solver['hessian_products']} ({solver.get('hessian_passes_worth', 0):.1f})"],
+                ["seconds on the sample", f"{solver['hessian_seconds']:.2f}"],
+            ]  # fmt: skip
         blocks = [
             [b["start"], b["rows"], b["worker"], len(b.get("loads", [])) or 1]
             for b in metrics["fits"]
