@@ -252,13 +252,14 @@ def _inside_the_middle_record(log: bytes) -> int:
 
 @pytest.mark.slow
 def test_a_grown_fit_killed_then_resumed_and_damaged_logs(tmp_path: Path) -> None:
-    """Digits grown 16x (rows made on the workers), the driver SIGKILLed halfway. From
+    """Digits grown 16x (rows made on the workers), the driver SIGKILLed halfway through 200
+    L-BFGS iterations (Newton-CG ends this fit in 7; the fast test above resumes it). From
     copies of the interrupted run: resumed as it is and with its last record torn (the
     undisturbed model, bit for bit), refused with a flipped byte or other settings (one
     line, nothing written, the log untouched)."""
-    common = ["--dataset", "digits", "--grow", "16", "--strategy", "multinomial", "--max-iter",
-              "200", "--tol", "1e-12", "--dashboard-address", ":0", "--data-home",
-              str(tmp_path)]  # fmt: skip
+    common = ["--dataset", "digits", "--grow", "16", "--strategy", "multinomial", "--solver",
+              "lbfgs", "--max-iter", "200", "--tol", "1e-12", "--dashboard-address", ":0",
+              "--data-home", str(tmp_path)]  # fmt: skip
     reference = run_cli("train", *common, "--workers", "2", "--out", str(tmp_path / "reference"),
                         timeout=300)  # fmt: skip
     assert reference.returncode == 0, reference.stderr
