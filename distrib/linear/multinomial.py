@@ -301,7 +301,7 @@ def fit_softmax(
         Each class's weight (`objective_weights`), sent with every evaluation; sample
         weights live with the blocks' rows.
     on_iteration : callable, optional
-        Called after each L-BFGS iteration with an `IterationProgress`.
+        Called after each iteration with an `IterationProgress`.
     journal : Journal, optional
         Logs every evaluation; where it holds evaluations already (a resumed fit), they are
         replayed from it, with no work on the blocks, until it runs out. L-BFGS is

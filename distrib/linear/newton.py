@@ -15,7 +15,7 @@ objective has no precision left to show a Newton step's fall (converged, as L-BF
 relative-reduction test: `SampledHessian.precision`), after ``max_iter`` iterations, or
 when no step along the direction lowers the objective.
 
-Measured on full MNIST (notebook split, C=0.1, one process, `docs/solvers.md`): 14 passes to
+Measured on full MNIST (notebook split, C=0.1, one process, `docs/strategies.md`): 14 passes to
 within 1e-6 of the optimum's objective against ~320 for L-BFGS; ~70 passes' worth of
 products on the sample (each ~6 ms on 20,000 rows).
 """
