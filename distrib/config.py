@@ -23,6 +23,9 @@ SOLVERS = ("auto", "lbfgs", "liblinear", "newton-cg", "newton-cholesky", "sag", 
 #: what a fit says.
 SOLVER_NAMES = {"lbfgs": "L-BFGS", "newton-cg": "Newton-CG"}
 MULTINOMIAL_SOLVERS = tuple(SOLVER_NAMES)
+#: One-vs-rest solvers of distrib's own (`distrib.linear.binary`): classes fitted together,
+#: sharing their passes over the rows; the others are scikit-learn's, a class at a time.
+LOCKSTEP_SOLVERS = tuple(SOLVER_NAMES)
 # Solvers that accept an L1 part in the penalty (l1_ratio > 0); liblinear only pure L1.
 L1_SOLVERS = ("saga", "liblinear")
 CLASS_WEIGHTS = (None, "balanced")
@@ -105,9 +108,9 @@ SETTINGS: dict[str, Setting] = {
     "l1_ratio": Setting(0.0, "0 = L2, 1 = L1, in between elastic net (saga)."),
     "solver": Setting(
         "auto",
-        "auto: newton-cg for multinomial (Newton-CG on a row sample's Hessian: a fraction of "
-        "L-BFGS's passes), lbfgs for ovr; multinomial takes lbfgs or newton-cg, ovr any of "
-        "scikit-learn's.",
+        "auto: newton-cg (Newton-CG on a row sample's Hessian: a fraction of L-BFGS's "
+        "passes; ovr with class_weight balanced: lbfgs); multinomial takes lbfgs or "
+        "newton-cg, ovr any of scikit-learn's.",
         SOLVERS,
     ),
     "tol": Setting(1e-4, "Solver tolerance (> 0)."),
@@ -346,11 +349,14 @@ class TrainConfig:
 
     @property
     def fit_solver(self) -> str:
-        """The solver the fit runs: ``solver``, with ``auto`` resolved (newton-cg for the
-        multinomial fit, lbfgs for one-vs-rest)."""
+        """The solver the fit runs: ``solver``, with ``auto`` resolved: newton-cg (for
+        one-vs-rest, distrib's lockstep fits: `distrib.parallel.dispatch.fits_in_lockstep`),
+        but lbfgs where balanced class weights fit each class apart with scikit-learn."""
         if self.solver != "auto":
             return str(self.solver)
-        return "newton-cg" if self.strategy == "multinomial" else "lbfgs"
+        if self.strategy == "ovr" and self.class_weight == "balanced":
+            return "lbfgs"
+        return "newton-cg"
 
     def model_settings(self) -> dict[str, Any]:
         """`DaskLogisticRegression`'s keyword arguments (`ESTIMATOR_PARAMS`) as set here."""

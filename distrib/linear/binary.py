@@ -21,9 +21,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize
+from threadpoolctl import threadpool_limits
 
 from distrib.linear.lbfgs import minimize_lbfgs
-from distrib.linear.softmax import Matrix, binary_loss_grad, prepare
+from distrib.linear.newton import (
+    BinarySampledHessian,
+    NewtonResult,
+    RowSample,
+    minimize_newton,
+    sample_stride,
+    stride_rows,
+)
+from distrib.linear.softmax import Matrix, binary_loss_grad, prepare, rows_at
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,9 @@ class BinarySolution:
         False when L-BFGS stopped before its tolerance (scikit-learn's ConvergenceWarning).
     seconds : float
         From the start of the lockstep fit until this problem was solved.
+    passes : int
+        Passes over the rows made by the fit of this problem and those beside it (each
+        evaluation of any of them is one pass, shared by all that it evaluates).
     """
 
     positive: int
@@ -50,6 +62,7 @@ class BinarySolution:
     n_iter: int
     converged: bool
     seconds: float
+    passes: int = 0
 
 
 Evaluate = Callable[[list[int], np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -109,6 +122,7 @@ def _solution(
     n_features: int,
     fit_intercept: bool,
     max_iter: int,
+    passes: int,
 ) -> BinarySolution:
     """One problem's `BinarySolution` from its L-BFGS result (raising what it raised)."""
     if isinstance(result, BaseException):
@@ -121,6 +135,7 @@ def _solution(
         n_iter=min(int(result.nit), max_iter),
         converged=int(result.status) == 0,
         seconds=seconds,
+        passes=passes,
     )
 
 
@@ -174,20 +189,12 @@ def fit_binary_lbfgs(
     """
     X = prepare(X)
     n_features = X.shape[1]
-    weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    total = float(X.shape[0] if weights is None else weights.sum())
-    l2 = 1.0 / (C * total)
     n_coef = n_features + int(fit_intercept)
-    wanted = np.asarray(positives, dtype=np.intp)
+    objective = _Objective(X, codes, positives, C, fit_intercept, sample_weight)
 
     def evaluate(slots: list[int], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        coef = points[:, :n_features]
-        intercept = points[:, n_features] if fit_intercept else np.zeros(len(slots))
-        losses, grads = binary_loss_grad(X, codes, wanted[slots], coef, intercept, weights)
-        grads = grads[:, :n_coef] / total
-        grads[:, :n_features] += l2 * coef
-        # numpy's pairwise sum, not a BLAS dot: the same bits in any process
-        return losses / total + 0.5 * l2 * np.sum(coef * coef, axis=1), grads
+        losses, grads = objective(np.asarray(slots, dtype=np.intp), points)
+        return losses, grads[:, :n_coef]
 
     lockstep = _Lockstep(evaluate, len(positives))
     results: list[optimize.OptimizeResult | BaseException | None] = [None] * len(positives)
@@ -207,6 +214,109 @@ def fit_binary_lbfgs(
 
     _run_threads(solve, [f"distrib-lbfgs-{positive}" for positive in positives])
     return [
-        _solution(result, positive, seconds[slot], n_features, fit_intercept, max_iter)
+        _solution(
+            result, positive, seconds[slot], n_features, fit_intercept, max_iter, objective.passes
+        )
         for slot, (result, positive) in enumerate(zip(results, positives, strict=True))
     ]
+
+
+def fit_binary_newton(
+    X: Matrix,
+    codes: np.ndarray,
+    positives: list[int],
+    *,
+    C: float,
+    tol: float,
+    max_iter: int,
+    fit_intercept: bool = True,
+    sample_weight: np.ndarray | None = None,
+) -> list[BinarySolution]:
+    """Fit one L2-penalised binary logistic regression per positive class, together, with
+    Newton-CG on a sampled Hessian (`distrib.linear.newton`): a fraction of L-BFGS's
+    passes.
+
+    The objective is `fit_binary_lbfgs`'s (scikit-learn's). Each iteration's gradients, and
+    each line-search trial, are one pass over the rows for every problem still running;
+    the Newton systems are solved by conjugate gradients on the Hessians of a fixed sample
+    of the rows (every ``stride``-th, `newton.sample_stride`), the problems' products one
+    kernel call. A problem's model is the same bits whichever problems are fitted beside it.
+
+    Parameters and returns as `fit_binary_lbfgs`; ``n_iter`` counts Newton iterations.
+    """
+    started = time.perf_counter()
+    X = prepare(X)
+    n_rows, n_features = X.shape
+    objective = _Objective(X, codes, positives, C, fit_intercept, sample_weight)
+    positions = stride_rows(0, n_rows, sample_stride(n_rows))
+    sample = RowSample(
+        rows_at(X, positions),
+        np.asarray(codes)[positions],
+        None if objective.weights is None else objective.weights[positions],
+    )
+    seconds = np.zeros(len(positives))
+
+    def note_the_solved(iteration: int, results: list[NewtonResult]) -> None:
+        for slot, result in enumerate(results):
+            if not seconds[slot] and (result.done or result.grad_max <= tol):
+                seconds[slot] = time.perf_counter() - started
+
+    with threadpool_limits(limits=1, user_api="blas"):  # its thread count changes the bits
+        hessian = BinarySampledHessian(sample, len(positives), objective.l2, fit_intercept)
+        try:
+            shape = (len(positives), n_features + 1)
+            results = minimize_newton(
+                objective, hessian, shape, tol=tol, max_iter=max_iter, callback=note_the_solved
+            )
+        finally:
+            hessian.close()
+    return [
+        BinarySolution(
+            positive=int(positive),
+            coef=result.W[:n_features].copy(),
+            intercept=float(result.W[n_features]) if fit_intercept else 0.0,
+            n_iter=result.n_iter,
+            converged=result.converged,
+            seconds=float(seconds[slot]) or time.perf_counter() - started,
+            passes=objective.passes,
+        )
+        for slot, (result, positive) in enumerate(zip(results, positives, strict=True))
+    ]
+
+
+class _Objective:
+    """The binary problems' objective (scikit-learn's: the mean weighted half binomial
+    loss plus ``||coef||^2 / (2 C sum(weights))``), evaluated for some of them at once:
+    ``objective(problems, points)`` gives their values and gradients (features, then the
+    intercept: 0 without one) in one pass over the rows, and counts the pass."""
+
+    def __init__(
+        self,
+        X: Matrix,
+        codes: np.ndarray,
+        positives: list[int],
+        C: float,
+        fit_intercept: bool,
+        sample_weight: np.ndarray | None,
+    ) -> None:
+        self.X, self.codes, self.fit_intercept = X, codes, fit_intercept
+        self.positives = np.asarray(positives, dtype=np.intp)
+        self.weights = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+        self.total = float(X.shape[0] if self.weights is None else self.weights.sum())
+        self.l2 = 1.0 / (C * self.total)
+        self.passes = 0
+
+    def __call__(self, problems: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.passes += 1
+        n_features = self.X.shape[1]
+        coef = points[:, :n_features]
+        intercept = points[:, n_features] if self.fit_intercept else np.zeros(len(problems))
+        losses, grads = binary_loss_grad(
+            self.X, self.codes, self.positives[problems], coef, intercept, self.weights
+        )
+        grads /= self.total
+        grads[:, :n_features] += self.l2 * coef
+        if not self.fit_intercept:
+            grads[:, n_features] = 0.0
+        # numpy's pairwise sum, not a BLAS dot: the same bits in any process
+        return losses / self.total + 0.5 * self.l2 * np.sum(coef * coef, axis=1), grads

@@ -446,15 +446,20 @@ def _newton(
     hessian = SampledHessian(sample, n_classes, class_weights, penalty, fit_intercept)
     evaluations = 0
 
-    def on_matrix(W: np.ndarray) -> tuple[float, np.ndarray]:
+    def on_matrix(problems: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nonlocal evaluations
         evaluations += 1
-        loss, grad = objective(W.ravel(order="F"))
-        return loss, grad.reshape((n_classes, width), order="F")
+        loss, grad = objective(W[0].ravel(order="F"))
+        return np.array([loss]), grad.reshape((1, n_classes, width), order="F")
 
     try:
-        result = minimize_newton(
-            on_matrix, hessian, (n_classes, width), tol=tol, max_iter=max_iter, callback=progress
+        (result,) = minimize_newton(
+            on_matrix,
+            hessian,
+            (1, n_classes, width),
+            tol=tol,
+            max_iter=max_iter,
+            callback=lambda iteration, results: progress(iteration, results[0].fun),
         )
     finally:
         hessian.close()

@@ -807,57 +807,71 @@ class PassSums:
 _NO_TABLE = {dtype: np.zeros(0, dtype=dtype) for dtype in _FLOATS}
 
 
-@_kernel
-def _csr_hessian_pass(data, indices, indptr, P, weights, V, v0, H, H_total, h0):
-    """Rows of a CSR matrix: add their softmax Hessian times the direction ``V`` (laid out
-    as `_make_passes`' ``W``, intercept ``v0``) into ``H_total`` (features x classes,
-    float64) and ``h0``: row ``i`` adds ``x_i r_i`` with ``u_i = V x_i + v0`` and
-    ``r_i = w_i p_i * (u_i - p_i . u_i)``, ``p_i`` its probabilities (``P[i]``, fixed).
+def _make_hessian_pass(n_lanes: int, softmax: bool) -> Any:
+    """The Hessian's product over CSR rows, compiled for groups of ``n_lanes`` classes:
+    the softmax Hessian (``softmax``) or independent binary problems' (`_make_passes`
+    explains the constants)."""
 
-    The scores' and the gradient's loops of `_make_passes`' CSR pass, with the residual
-    taken from ``P`` in place of the softmax (no exps)."""
-    n_classes = v0.shape[0]
-    n_features = H_total.shape[0]
-    width = V.shape[0] // n_features
-    lanes = numba.carray(_lane_buffer(V, LANES), LANES)  # type: ignore[call-arg]
-    odd = numba.carray(_lane_buffer(V, LANES), LANES)
-    owned = np.zeros(width)
-    u = _borrowed(owned)
-    for i in range(indptr.shape[0] - 1):
-        if i % PART_ROWS == 0:
-            _flush(H, H_total, LANES)
-        lo, hi = indptr[i] & _NON_NEGATIVE, indptr[i + 1] & _NON_NEGATIVE
-        for group in range(0, width, LANES):
-            base = group // LANES * n_features
-            lanes[:] = 0
-            odd[:] = 0
-            for p in range(lo, hi - 1, 2):
-                p &= _NON_NEGATIVE
-                j, j2 = indices[p] & _NON_NEGATIVE, indices[p + 1] & _NON_NEGATIVE
-                _add_scaled(lanes, 0, V, (base + j) * LANES, data[p], LANES)
-                _add_scaled(odd, 0, V, (base + j2) * LANES, data[p + 1], LANES)
-            if (hi - lo) % 2:
-                j = indices[hi - 1] & _NON_NEGATIVE
-                _add_scaled(lanes, 0, V, (base + j) * LANES, data[hi - 1], LANES)
-            for k in range(LANES):
-                u[group + k] = lanes[k] + odd[k]
-        weight = weights[i] if weights.shape[0] else 1.0
-        mean = 0.0
-        for k in range(n_classes):
-            u[k] += v0[k]
-            mean += P[i, k] * u[k]
-        for k in range(n_classes):
-            u[k] = weight * P[i, k] * (u[k] - mean)
-            h0[k] += u[k]
-        for group in range(0, width, LANES):
-            base = group // LANES * n_features
-            for k in range(LANES):  # the padding classes' stay 0 (their V is 0)
-                lanes[k] = u[group + k]
-            for p in range(lo, hi):
-                p &= _NON_NEGATIVE
-                j = indices[p] & _NON_NEGATIVE
-                _add_scaled(H, (base + j) * LANES, lanes, 0, data[p], LANES)
-    _flush(H, H_total, LANES)
+    @_kernel
+    def _csr_hessian_pass(data, indices, indptr, P, weights, V, v0, H, H_total, h0):
+        """Rows of a CSR matrix: add their Hessian times the direction ``V`` (laid out as
+        `_make_passes`' ``W``, intercept ``v0``) into ``H_total`` (features x classes,
+        float64) and ``h0``: row ``i`` adds ``x_i r_i`` with ``u_i = V x_i + v0`` and, for
+        the softmax, ``r_i = w_i p_i * (u_i - p_i . u_i)``, ``p_i`` its probabilities
+        (``P[i]``, fixed); for binary problems (a class each) ``r_i = w_i P[i] * u_i``,
+        ``P[i]`` each problem's curvature ``p (1 - p)`` at the row.
+
+        The scores' and the gradient's loops of `_make_passes`' CSR pass, with the residual
+        taken from ``P`` in place of the softmax (no exps)."""
+        n_classes = v0.shape[0]
+        n_features = H_total.shape[0]
+        width = V.shape[0] // n_features
+        lanes = numba.carray(_lane_buffer(V, n_lanes), n_lanes)  # type: ignore[call-arg]
+        odd = numba.carray(_lane_buffer(V, n_lanes), n_lanes)
+        owned = np.zeros(width)
+        u = _borrowed(owned)
+        for i in range(indptr.shape[0] - 1):
+            if i % PART_ROWS == 0:
+                _flush(H, H_total, n_lanes)
+            lo, hi = indptr[i] & _NON_NEGATIVE, indptr[i + 1] & _NON_NEGATIVE
+            for group in range(0, width, n_lanes):
+                base = group // n_lanes * n_features
+                lanes[:] = 0
+                odd[:] = 0
+                for p in range(lo, hi - 1, 2):
+                    p &= _NON_NEGATIVE
+                    j, j2 = indices[p] & _NON_NEGATIVE, indices[p + 1] & _NON_NEGATIVE
+                    _add_scaled(lanes, 0, V, (base + j) * n_lanes, data[p], n_lanes)
+                    _add_scaled(odd, 0, V, (base + j2) * n_lanes, data[p + 1], n_lanes)
+                if (hi - lo) % 2:
+                    j = indices[hi - 1] & _NON_NEGATIVE
+                    _add_scaled(lanes, 0, V, (base + j) * n_lanes, data[hi - 1], n_lanes)
+                for k in range(n_lanes):
+                    u[group + k] = lanes[k] + odd[k]
+            weight = weights[i] if weights.shape[0] else 1.0
+            mean = 0.0
+            for k in range(n_classes):
+                u[k] += v0[k]
+                if softmax:
+                    mean += P[i, k] * u[k]
+            for k in range(n_classes):
+                u[k] = weight * P[i, k] * (u[k] - mean)
+                h0[k] += u[k]
+            for group in range(0, width, n_lanes):
+                base = group // n_lanes * n_features
+                for k in range(n_lanes):  # the padding classes' stay 0 (their V is 0)
+                    lanes[k] = u[group + k]
+                for p in range(lo, hi):
+                    p &= _NON_NEGATIVE
+                    j = indices[p] & _NON_NEGATIVE
+                    _add_scaled(H, (base + j) * n_lanes, lanes, 0, data[p], n_lanes)
+        _flush(H, H_total, n_lanes)
+
+    return _csr_hessian_pass
+
+
+_SOFTMAX_HESSIAN = _make_hessian_pass(LANES, softmax=True)
+_BINARY_HESSIAN = _make_hessian_pass(BINARY_LANES, softmax=False)
 
 
 def _lane_layout(coef: np.ndarray, dtype: Any, n_lanes: int = LANES) -> np.ndarray:
@@ -882,42 +896,54 @@ def probabilities(X: Matrix, coef: np.ndarray, intercept: np.ndarray) -> np.ndar
 
 
 def hessian_product(
-    X: sp.csr_matrix, P: np.ndarray, weights: np.ndarray | None, V: np.ndarray
+    X: sp.csr_matrix,
+    P: np.ndarray,
+    weights: np.ndarray | None,
+    V: np.ndarray,
+    *,
+    softmax: bool = True,
 ) -> np.ndarray:
     """The rows' summed softmax Hessian, at the coefficients that give probabilities ``P``,
-    times the direction ``V``.
+    times the direction ``V``; or, with ``softmax=False``, the Hessians of independent
+    binary problems (a row of ``V`` each) times their directions.
 
     Parameters
     ----------
     X : csr_matrix of shape (n_rows, n_features)
         float32 or float64 values, int32 or int64 column indices.
     P : ndarray of shape (n_rows, n_classes)
-        Each row's probabilities (`probabilities`).
+        Each row's probabilities (`probabilities`); with ``softmax=False`` each problem's
+        curvature ``p (1 - p)`` at each row.
     weights : ndarray of shape (n_rows,) or None
         Each row's weight; 1 when None.
     V : ndarray of shape (n_classes, n_features + 1)
         The direction: coefficients, then the intercept.
+    softmax : bool
+        The softmax Hessian, or the binary problems' (each problem's product the same bits
+        whichever problems share the call).
 
     Returns
     -------
     ndarray of shape (n_classes, n_features + 1)
-        ``sum_i w_i (diag(p_i) - p_i p_i^T) (V x~_i) x~_i^T`` with ``x~_i = (x_i, 1)``,
-        summed in one thread in a fixed order (the same bits in any process).
+        ``sum_i w_i (diag(p_i) - p_i p_i^T) (V x~_i) x~_i^T`` with ``x~_i = (x_i, 1)``
+        (binary: ``sum_i w_i P[i, k] (V[k] . x~_i) x~_i`` for each problem ``k``), summed
+        in one thread in a fixed order (the same bits in any process).
     """
     n_rows, n_features = X.shape
     n_classes = P.shape[1]
     if P.shape != (n_rows, n_classes) or V.shape != (n_classes, n_features + 1):
         raise DataError(f"X {X.shape}, P {P.shape} and V {V.shape} disagree")
     dtype = X.dtype if X.dtype in _FLOATS else np.float64
-    packed = _lane_layout(V[:, :-1], dtype)
+    kernel, n_lanes = (_SOFTMAX_HESSIAN, LANES) if softmax else (_BINARY_HESSIAN, BINARY_LANES)
+    packed = _lane_layout(V[:, :-1], dtype, n_lanes)
     H = _aligned_zeros(packed.shape, dtype)
     H_total = np.zeros((n_features, n_classes))
     h0 = np.zeros(n_classes)
     w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
     v0 = np.ascontiguousarray(V[:, -1], dtype=np.float64)
     P = np.ascontiguousarray(P, dtype=np.float64)
-    _run(_csr_hessian_pass, X.data.astype(dtype, copy=False), X.indices, X.indptr, P, w,
-         packed, v0, H, H_total, h0)  # fmt: skip
+    _run(kernel, X.data.astype(dtype, copy=False), X.indices, X.indptr, P, w, packed, v0, H,
+         H_total, h0)  # fmt: skip
     return np.column_stack([H_total.T, h0])
 
 
@@ -1026,6 +1052,9 @@ def warm_up(
             eye = sp.csr_matrix(np.eye(2, dtype=dtype))
             indices, indptr = eye.indices.astype(np.uint16), eye.indptr.astype(index)
             evaluate(block_csr(eye.shape, eye.data, indices, indptr))
+        if "binary" in losses:  # Newton-CG's products on its sample (`rows_at`'s CSR)
+            sample = rows_at(np.eye(2, dtype=dtype), np.arange(2))
+            hessian_product(sample, np.ones((2, 1)), None, np.ones((1, 3)), softmax=False)
         dense_to_csr(np.zeros((1, 2), dtype=dtype))
         evaluate(np.ones((2, 2), dtype=dtype))
         if "softmax" in losses:  # rows streamed from disk: codes into a table

@@ -24,6 +24,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from joblib.parallel import get_active_backend
 
+from distrib.config import LOCKSTEP_SOLVERS
 from distrib.parallel.rows import TrainingData
 
 
@@ -49,6 +50,9 @@ class BinaryFit:
         The Dask worker address, or ``host:pid`` outside Dask.
     started, finished : float
         Wall-clock times (``time.time()``) of the fit on the worker.
+    passes : int or None
+        Passes over the rows made by the task that fitted this class (shared by the classes
+        fitted beside it, `distrib.linear.binary`); None for scikit-learn's fits.
     """
 
     label: int
@@ -61,6 +65,7 @@ class BinaryFit:
     worker: str
     started: float
     finished: float
+    passes: int | None = None
 
     def record(self) -> dict[str, Any]:
         """The fit as JSON-ready values, without the coefficients."""
@@ -160,10 +165,10 @@ def _fit_binary(
 
 def fits_in_lockstep(params: dict[str, Any]) -> bool:
     """Whether the binary fits of ``params`` can share passes over the rows
-    (`distrib.linear.binary`): L-BFGS with an L2 penalty, and rows weighted alike in every
-    binary problem (``class_weight="balanced"`` weighs them per problem)."""
+    (`distrib.linear.binary`): L-BFGS or Newton-CG with an L2 penalty, and rows weighted
+    alike in every binary problem (``class_weight="balanced"`` weighs them per problem)."""
     return (
-        params.get("solver", "lbfgs") == "lbfgs"
+        params.get("solver", "lbfgs") in LOCKSTEP_SOLVERS
         and float(params.get("l1_ratio") or 0.0) == 0.0
         and params.get("class_weight") != "balanced"
     )
@@ -174,7 +179,7 @@ def _fit_lockstep(
 ) -> list[BinaryFit]:
     """Fit classes ``labels`` against the rest together, one pass over the rows per
     evaluation for all of them (a module-level function, so tasks pickle)."""
-    from distrib.linear.binary import fit_binary_lbfgs
+    from distrib.linear.binary import fit_binary_lbfgs, fit_binary_newton
 
     for label in labels:
         _announce_attempt(label, run_id, group=labels)
@@ -183,7 +188,8 @@ def _fit_lockstep(
     params, sample_weight = binary_weights(y, params, data.weights(0, len(y)))
     load_seconds = time.perf_counter() - t0
     started = time.time()
-    solutions = fit_binary_lbfgs(
+    fit = fit_binary_newton if params.get("solver") == "newton-cg" else fit_binary_lbfgs
+    solutions = fit(
         X,
         y,
         labels,
@@ -206,6 +212,7 @@ def _fit_lockstep(
             worker=worker,
             started=started,
             finished=started + solution.seconds,
+            passes=solution.passes,
         )
         for solution in solutions
     ]

@@ -320,8 +320,16 @@ def fit_ovr(
     for record in records:
         record["from_checkpoint"] = record["label"] in hooks.done
     n_iter = np.array([r["n_iter"] for r in records])
-    info = {"strategy": "ovr", "transfer": transfer, "backups": backups}
+    info = {"strategy": "ovr", "transfer": transfer, "backups": backups,
+            "solver": config.fit_solver, **_ovr_passes(records)}  # fmt: skip
     return FitOutcome(coef, intercept, n_iter, records, info)
+
+
+def _ovr_passes(records: list[dict[str, Any]]) -> dict[str, int]:
+    """``passes``: the most passes over the rows any lockstep task made (the tasks run side
+    by side, each over its own copy of the rows); none for scikit-learn's fits."""
+    passes = [int(r["passes"]) for r in records if r.get("passes") is not None]
+    return {"passes": max(passes)} if passes else {}
 
 
 def fit_dask_rows(

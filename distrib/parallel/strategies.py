@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from distrib.config import TrainConfig
+from distrib.config import LOCKSTEP_SOLVERS, TrainConfig
 from distrib.errors import ConfigError
 from distrib.parallel.cluster import WorkerLibraries
 from distrib.parallel.memory import OVR_COPIES, WorkerMemory
@@ -128,7 +128,7 @@ class OneVsRest(Strategy):
     holds_row_blocks = False
 
     def worker_libraries(self, solver: str | None) -> WorkerLibraries:
-        if solver in (None, "lbfgs"):
+        if solver in (None, *LOCKSTEP_SOLVERS):
             return WorkerLibraries(("distrib.linear.binary",), ("binary",))
         return WorkerLibraries(("sklearn.linear_model",), ())
 
@@ -355,9 +355,10 @@ def _progress(
         nonlocal done
         done += 1
         status = "" if fit.converged else ", NOT converged (raise --max-iter)"
+        shared = "" if fit.passes is None else f", {fit.passes} passes shared by its task"
         log(
             f"[{done:>{len(str(total))}}/{total}] class {fit.label} fitted on {fit.worker} "
-            f"in {fit.seconds:.2f} s ({fit.n_iter} iterations{status})"
+            f"in {fit.seconds:.2f} s ({fit.n_iter} iterations{shared}{status})"
         )
 
     return on_fit
