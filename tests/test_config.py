@@ -14,7 +14,7 @@ from distrib.errors import ConfigError
         ({"C": float("inf")}, r"C must be a positive finite number"),
         ({"l1_ratio": 1.5}, r"l1_ratio must lie in \[0, 1\].*got 1.5"),
         ({"l1_ratio": -0.1}, r"l1_ratio must lie in \[0, 1\]"),
-        ({"l1_ratio": 1.0}, r"solver 'lbfgs' supports only l1_ratio=0.*use --solver saga"),
+        ({"l1_ratio": 1.0}, r"solver 'newton-cg' supports only l1_ratio=0.*use --solver saga"),
         ({"solver": "liblinear", "l1_ratio": 0.5}, r"'liblinear' needs l1_ratio 0 or 1"),
         ({"dataset": "cifar"}, r"unknown dataset 'cifar': expected one of 'mnist', 'digits'"),
         ({"split": "random"}, r"unknown split 'random'"),
@@ -37,7 +37,7 @@ def test_defaults_are_the_measured_fast_settings() -> None:
     assert config.estimator_params() == {
         "C": 0.1,
         "l1_ratio": 0.0,
-        "solver": "lbfgs",
+        "solver": "newton-cg",
         "tol": 1e-4,
         "max_iter": 100,
         "fit_intercept": True,

@@ -201,10 +201,12 @@ def test_the_preconditioner_inverts_its_kronecker_approximation() -> None:
     hessian.close()
 
 
-def test_auto_is_newton_for_the_multinomial_fit_and_lbfgs_for_ovr() -> None:
+def test_auto_is_newton_but_lbfgs_for_balanced_one_vs_rest() -> None:
     assert TrainConfig(strategy="multinomial").fit_solver == "newton-cg"
     assert TrainConfig(strategy="multinomial", solver="lbfgs").fit_solver == "lbfgs"
-    assert TrainConfig(strategy="ovr").fit_solver == "lbfgs"
-    assert TrainConfig(strategy="ovr").estimator_params()["solver"] == "lbfgs"
+    assert TrainConfig(strategy="ovr").fit_solver == "newton-cg"
+    assert TrainConfig(strategy="ovr").estimator_params()["solver"] == "newton-cg"
+    # balanced weights fit each class apart, with scikit-learn: its lbfgs
+    assert TrainConfig(strategy="ovr", class_weight="balanced").fit_solver == "lbfgs"
     with pytest.raises(ConfigError, match=r"newton-cg or lbfgs.*got solver 'saga'.*--solver auto"):
         TrainConfig(strategy="multinomial", solver="saga")
