@@ -3,12 +3,13 @@
 Two strategies fit the same kind of model (`distrib.linear.model.LinearModel`):
 
 * ``ovr``: one binary problem per class, as joblib tasks (lockstep groups of classes with
-  L-BFGS and an L2 penalty, the default; a `LogisticRegression` per class otherwise): on the
+  Newton-CG or L-BFGS and an L2 penalty, the default; a `LogisticRegression` per class
+  otherwise): on the
   Dask cluster the caller chose with ``parallel_config(backend="dask")``, else on the
   current Dask client, else on whatever joblib backend is active (in this process by
   default).
 * ``multinomial``: one softmax regression; the rows are cut into blocks held by the workers
-  and a driver-side L-BFGS sums their losses and gradients
+  and a driver-side Newton-CG or L-BFGS sums their losses and gradients
   (`distrib.linear.multinomial`). Without a Dask client it runs in this process.
 
 Prediction works on numpy arrays, SciPy sparse matrices and Dask arrays (lazy and chunked, so
@@ -52,9 +53,10 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
     l1_ratio : float, default=0.0
         0 is an L2 penalty, 1 is L1 (``ovr`` with ``solver="saga"`` only).
     solver : str, default="auto"
-        ``auto``: ``newton-cg`` for ``multinomial`` (its Hessian from a sample of the
-        rows: a fraction of L-BFGS's passes), ``lbfgs`` for ``ovr``. ``multinomial`` takes
-        ``"newton-cg"`` or ``"lbfgs"``; ``ovr`` any of scikit-learn's.
+        ``auto``: ``newton-cg`` (its Hessian from a sample of the rows: a fraction of
+        L-BFGS's passes), but ``lbfgs`` for ``ovr`` with ``class_weight="balanced"``.
+        ``multinomial`` takes ``"newton-cg"`` or ``"lbfgs"``; ``ovr`` fits its classes in
+        lockstep with either, and takes any other of scikit-learn's (a class at a time).
     tol : float, default=1e-4
         Every solver stops when the gradient's largest entry is at most ``tol``.
     max_iter : int, default=100
@@ -72,7 +74,8 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
     coef_ : ndarray of shape (n_classes, n_features), or (1, n_features) for two classes
     intercept_ : ndarray of shape (n_classes,), or (1,) for two classes
     n_iter_ : ndarray
-        ``ovr``: iterations of each binary fit. ``multinomial``: one entry, L-BFGS iterations.
+        ``ovr``: iterations of each binary fit. ``multinomial``: one entry, the solver's
+        iterations.
     fit_records_ : list of dict
         ``ovr``: per binary fit (label, iterations, convergence, seconds, worker, times).
         ``multinomial``: per row block (first row, rows, worker).

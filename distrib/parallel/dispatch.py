@@ -1,9 +1,9 @@
 """One binary logistic regression per class, in joblib tasks.
 
-With L-BFGS and an L2 penalty (the default), each task fits a group of classes in lockstep
-(`distrib.linear.binary`: one pass over the rows per evaluation for the whole group), one
-group per parallel job; with other solvers each class is a task of its own, a scikit-learn
-`LogisticRegression`.
+With Newton-CG or L-BFGS and an L2 penalty (the default), each task fits a group of classes
+in lockstep (`distrib.linear.binary`: one pass over the rows per evaluation for the whole
+group), one group per parallel job; with other solvers each class is a task of its own, a
+scikit-learn `LogisticRegression`.
 
 `fit_binary_classifiers` runs under whatever joblib backend is active: the caller picks it
 with ``joblib.parallel_config`` (``backend="dask"`` sends every class to the cluster's

@@ -5,8 +5,8 @@ The caller follows the fit through `FitHooks` (progress lines, each class's bina
 arrives, classes already fitted, the name of the fit in the workers' events); the fit returns
 a `FitOutcome` and keeps no state.
 
-* `fit_ovr`: the binary problems as joblib tasks (lockstep groups of classes with L-BFGS and
-  an L2 penalty, a scikit-learn `LogisticRegression` per class otherwise): on the Dask
+* `fit_ovr`: the binary problems as joblib tasks (lockstep groups of classes with Newton-CG
+  or L-BFGS and an L2 penalty, a scikit-learn `LogisticRegression` per class otherwise): on the Dask
   cluster the caller chose with ``parallel_config(backend="dask")``, else on the given (or
   current) Dask client, else on whatever joblib backend is active (in this process by
   default).

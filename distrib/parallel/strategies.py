@@ -4,7 +4,7 @@ ask of a strategy, answered in one place per strategy.
 * `OneVsRest` (``ovr``): a binary problem per class, dispatched as joblib tasks (lockstep
   groups of classes by default), every task reading all the training rows;
 * `Multinomial` (``multinomial``): one softmax model over row blocks held by the workers,
-  a driver-side L-BFGS over their summed losses and gradients.
+  a driver-side Newton-CG or L-BFGS over their summed losses and gradients.
 
 `strategy_for` is the one place that turns a strategy's name (a setting, ``--strategy``)
 into its object; nothing else compares the name. A new strategy is a new subclass of
