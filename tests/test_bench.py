@@ -67,6 +67,9 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
             assert run["wall"] >= run["fit"] > 0
             assert sorted(c["label"] for c in run["classes"]) == list(range(10))
             assert all(c["worker"].startswith("tcp://") for c in run["classes"])
+            # the passes over the rows: each class's task's, and the busiest task's
+            busiest = max(c["passes"] for c in run["classes"])
+            assert run["solver"] == {"solver": "newton-cg", "passes": busiest}
         assert len(entry["worker_memory"]) == int(k)
         assert entry["median_wall"] == pytest.approx(
             sorted(r["wall"] for r in entry["runs"])[0] / 2

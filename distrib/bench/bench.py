@@ -266,9 +266,14 @@ class RunRecord:
         t = metrics["timings"]
         common = {"wall": t["total"], "fit": t["fit"], "transfer": t["transfer"], "phases": t,
                   "test_accuracy": metrics["test_accuracy"]}  # fmt: skip
-        if not holds_row_blocks:
-            keys = ("label", "seconds", "worker", "n_iter", "converged")
-            return cls(**common, classes=[{k: f[k] for k in keys} for f in metrics["fits"]])
+        if not holds_row_blocks:  # each class's fit; the solver and its busiest task's passes
+            fit_keys = ("label", "seconds", "worker", "n_iter", "converged", "passes")
+            solver = {k: v for k, v in metrics["solver"].items() if k in ("solver", "passes")}
+            return cls(
+                **common,
+                classes=[{k: f.get(k) for k in fit_keys} for f in metrics["fits"]],
+                solver=solver or None,
+            )
         solver = metrics["solver"]
         keys = ("start", "rows", "worker", "copies", "calls")
         return cls(
