@@ -48,6 +48,7 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
         "--warmup",
         "0",
         "--no-commands",  # timed in their own test below
+        "--no-targets",  # as are the times to the notebook's accuracy
         "--out",
         str(out),
         "--data-home",
@@ -246,6 +247,29 @@ def test_the_dask_ml_baseline_fits_one_vs_rest_on_the_cluster(cluster_client) ->
     assert len(result["walls"]) == 1 and result["median_fit"] > 0
     assert 0.5 < result["test_accuracy"] <= 1.0, "ten binary fits that learned something"
     assert said and said[0].startswith("[dask-ml OneVsRest, 2 worker(s)] run 1/1")
+
+
+def test_each_solver_s_time_to_the_notebook_s_accuracy(tmp_path: Path) -> None:
+    """`distrib bench` steps ``max_iter`` (1, 2, 4, ...) for each of distrib's solvers until
+    a fit reaches test accuracy 0.918, and records each step's fit time and passes."""
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "--dataset", "digits", "--workers", "1", "--strategy",
+                   "multinomial", "--repeat", "1", "--warmup", "0", "--no-baselines",
+                   "--no-estimators", "--no-commands", "--out", str(out), "--data-home",
+                   str(tmp_path / "home"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((out / "bench.json").read_text())["multinomial"]["1"]
+    assert set(run["time_to_target"]) == {"newton-cg", "lbfgs"}
+    for solver, reached in run["time_to_target"].items():
+        steps = reached["steps"]
+        assert [s["max_iter"] for s in steps] == [1, 2, 4, 8, 16, 32, 64, 100][: len(steps)]
+        assert reached["target"] == 0.918 and reached["reached"]  # digits: ~0.96
+        assert all(s["test_accuracy"] < 0.918 for s in steps[:-1])
+        assert reached["wall"] == steps[-1]["wall"] > 0
+        assert reached["max_iter"] == steps[-1]["max_iter"]
+        # a pass per evaluation: at least one per iteration, and the first
+        assert all(s["passes"] >= 2 for s in steps)
+        assert f"distrib multinomial, 1 worker(s), {solver}: 0.918 reached in" in proc.stdout
 
 
 def test_whole_commands_are_timed_beside_the_plain_scripts(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from distributed import Client
 from sklearn.multiclass import OneVsRestClassifier
 
-from distrib.config import STRATEGIES, ClusterConfig, TrainConfig
+from distrib.config import SOLVER_NAMES, STRATEGIES, ClusterConfig, TrainConfig
 from distrib.data.datasets import load_dataset
 from distrib.data.split import split_arrays
 from distrib.errors import ConfigError, OutputError
@@ -58,10 +58,13 @@ from distrib.bench.baselines import (
 )
 from distrib.bench.commands import time_commands
 from distrib.bench.coordination import relay_level
-from distrib.bench.peers import check_spark
+from distrib.bench.peers import check_spark, time_to_target
 from distrib.run.train import train
 
 PROJECTION_WORKERS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
+#: ``max_iter`` values tried, in turn, until distrib's fit reaches the target accuracy (each
+#: solver, each strategy and worker count; the run's own ``max_iter`` last).
+TARGET_STEPS = (1, 2, 4, 8, 16, 32, 64)
 #: Other tools `run_bench` can time beside distrib (``--peers``).
 PEERS = ("spark",)
 
@@ -302,6 +305,7 @@ def _distrib_runs(
     say: Callable[[str], None],
     estimator_inputs: EstimatorInputs | None = None,
     dask_ml_inputs: EstimatorInputs | None = None,
+    to_target: bool = True,
 ) -> dict[str, Any]:
     strategy = strategy_for(config.strategy)
     runs: list[RunRecord] = []
@@ -324,6 +328,11 @@ def _distrib_runs(
             if i >= warmup:
                 runs.append(RunRecord.from_metrics(result.metrics, strategy.holds_row_blocks))
         peak_rss = client.run(_peak_rss_bytes)
+        reached = (
+            _solvers_to_target(config, client, home, scratch / f"target-w{workers}", say)
+            if to_target
+            else {}
+        )
         if strategy.holds_row_blocks and present >= 2:
             relay = relay_level(client)
             say(
@@ -349,11 +358,48 @@ def _distrib_runs(
             w: {"idle_rss_bytes": idle_rss.get(w), "peak_rss_bytes": peak}
             for w, peak in sorted(peak_rss.items())
         },
+        **({"time_to_target": reached} if reached else {}),
         **({"relay_level": relay} if relay else {}),
         **({"median_checkpoint_share_of_fit": _median(shares)} if shares else {}),
         **({"estimator": estimator} if estimator else {}),
         **({"dask_ml": dask_ml} if dask_ml else {}),
     }
+
+
+def _solvers_to_target(
+    config: TrainConfig,
+    client: Client,
+    home: str | os.PathLike[str] | None,
+    scratch: Path,
+    say: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
+    """For each of distrib's solvers (`SOLVER_NAMES`), fits of ``config`` with ``max_iter``
+    stepped through `TARGET_STEPS` until one reaches the notebook's test accuracy: each
+    step's fit seconds, passes over the rows and test accuracy (`peers.time_to_target`)."""
+    steps = [k for k in TARGET_STEPS if k < config.max_iter] + [config.max_iter]
+    reached = {}
+    for solver in SOLVER_NAMES:
+
+        def fit(max_iter: int, solver: str = solver) -> dict[str, Any]:
+            job = dataclasses.replace(config, solver=solver, max_iter=max_iter)
+            metrics = train(job, client=client, out=scratch / f"{solver}-{max_iter}",
+                            home=home).metrics  # fmt: skip
+            return {
+                "max_iter": max_iter,
+                "wall": metrics["timings"]["fit"],
+                "passes": metrics["solver"].get("passes"),
+                "test_accuracy": metrics["test_accuracy"],
+            }
+
+        reached[solver] = line = time_to_target(fit, steps)
+        step = line["steps"][-1]
+        say(
+            f"[distrib {config.strategy}, {SOLVER_NAMES[solver]}] test accuracy "
+            + (f"{line['target']} reached in {line['wall']:.2f} s of fit, {step['passes']} "
+               f"passes (max_iter {line['max_iter']})" if line["reached"]
+               else f"{line['target']} not reached by max_iter {step['max_iter']}")
+        )  # fmt: skip
+    return reached
 
 
 def speedups(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -565,6 +611,10 @@ class BenchRequest:
         Also time whole ``distrib train`` processes for each strategy and worker count, as a
         user times the command, beside the plain scikit-learn scripts
         (`distrib.bench.commands`; not for grown data or an existing scheduler).
+    targets : bool
+        Also time how long each of distrib's solvers takes to reach the notebook's test
+        accuracy (`peers.TARGET_ACCURACY`), by fits with ``max_iter`` stepped through
+        `TARGET_STEPS` on each cluster (not for grown data).
     peers : sequence of {"spark"}
         Other tools to time on the same split, on as many cores as each worker count:
         ``spark``, Apache Spark's ``LogisticRegression`` (`distrib.bench.peers`; needs
@@ -584,6 +634,7 @@ class BenchRequest:
     estimators: bool = True
     dask_ml: bool = False
     commands: bool = True
+    targets: bool = True
     peers: Sequence[str] = ()
 
     def worker_counts(self) -> list[int]:
@@ -824,6 +875,8 @@ def _time_distrib(
                     # LogisticRegression is a one-vs-rest peer
                     estimator_inputs=inputs if estimators and blocks else None,
                     dask_ml_inputs=inputs if dask_ml and not blocks else None,
+                    # stepped fits of grown data would take minutes each
+                    to_target=request.targets and not data.grown,
                 )
                 for k in request.worker_counts()
             }

@@ -301,6 +301,11 @@ def warm_workers(client: Client, libraries: WorkerLibraries = EVERY_FIT_LIBRARY)
         ) from exc
 
 
+#: This process's loggers silenced while a failed run's cluster closes: the scheduler's
+#: (``distributed``), and the client loop's callbacks (``tornado.application``, ``asyncio``).
+QUIET_ON_FAILURE = ("distributed", "tornado.application", "asyncio")
+
+
 def _silence_distributed_logs() -> None:
     """Only distributed's critical messages from here on (runs on workers)."""
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
@@ -368,16 +373,20 @@ class Connection:
             self._stack.close()
             return
         # a worker that was still starting (or sending a heartbeat) as its cluster closes
-        # logs a traceback: after a failed run the error already said what went wrong
-        logger = logging.getLogger("distributed")  # the scheduler's, in this process
-        level = logger.level
+        # logs a traceback, as does the client's loop for a result it was still gathering
+        # (another task's, when one task's failure ended the run): after a failed run the
+        # error already said what went wrong
+        loggers = [logging.getLogger(name) for name in QUIET_ON_FAILURE]
+        levels = [logger.level for logger in loggers]
         with contextlib.suppress(Exception):
             client.run(_silence_distributed_logs)
         try:
-            logger.setLevel(logging.CRITICAL)
+            for logger in loggers:
+                logger.setLevel(logging.CRITICAL)
             self._stack.close()
         finally:
-            logger.setLevel(level)
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
     def close_in_background(self, quiet: bool = False) -> Future[None]:
         """Start closing; the returned future ends when the client and cluster are closed.

@@ -279,9 +279,17 @@ def fit_binary_classifiers(
         batch_size=1, pre_dispatch="all", return_as="generator_unordered", timeout=timeout
     )
     fits = []
-    for group_fits in parallel(tasks):
-        for fit in group_fits:
-            fits.append(fit)
-            if on_fit is not None:
-                on_fit(fit)
+    results = parallel(tasks)
+    with warnings.catch_warnings():
+        # where ``on_fit`` fails (e.g. a full disk), joblib cancels the other tasks and
+        # advises "adjusting the input task iterator": not advice for a user of distrib
+        warnings.filterwarnings("ignore", "[^\n]*tasks which were still being processed")
+        try:
+            for group_fits in results:
+                for fit in group_fits:
+                    fits.append(fit)
+                    if on_fit is not None:
+                        on_fit(fit)
+        finally:
+            results.close()  # joblib's abort of the rest, while its warning is silenced
     return fits

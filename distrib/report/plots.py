@@ -206,6 +206,16 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
+def warm_up() -> None:
+    """Load what drawing a first figure loads (the fonts, the text layout's caches), so a
+    report drawn later does not: `distrib train` calls it while its workers start."""
+    fig = Figure(figsize=(1, 1))
+    ax = fig.subplots()
+    ax.set_title("0")
+    ax.text(0.5, 0.5, "1")
+    figure_png(fig, dpi=20)
+
+
 def _montage(
     images: Any,
     image_shape: tuple[int, int],

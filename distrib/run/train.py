@@ -404,11 +404,24 @@ def _connect(
         if connection is not None:
             if connection.seconds is None:
                 job.say("waiting for the cluster to start and its workers to load their libraries")
+                _warm_report()
             client = connection.client()
         else:
             assert client is not None
             warm_workers(client, job.strategy.worker_libraries(job.config.fit_solver))
         return client, describe(client)
+
+
+def _warm_report() -> None:
+    """Import matplotlib and draw a first figure while the workers start: the report, drawn
+    after the fit, then does not wait for them (~0.3 s of a second's report). A failure
+    here is the report's, said when it is drawn."""
+    try:
+        from distrib.report import plots
+
+        plots.warm_up()
+    except Exception:  # the report names it, where it is drawn
+        return
 
 
 def _place_rows(job: _Job, client: Client, ready: _Prepared) -> _Placed:
