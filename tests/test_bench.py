@@ -269,7 +269,7 @@ def test_each_solver_s_time_to_the_notebook_s_accuracy(tmp_path: Path) -> None:
         assert reached["max_iter"] == steps[-1]["max_iter"]
         # a pass per evaluation: at least one per iteration, and the first
         assert all(s["passes"] >= 2 for s in steps)
-        assert f"distrib multinomial, 1 worker(s), {solver}: 0.918 reached in" in proc.stdout
+        assert f"multinomial, 1 worker(s), {solver}: 0.918 reached in" in proc.stdout
 
 
 def test_whole_commands_are_timed_beside_the_plain_scripts(tmp_path: Path) -> None:
