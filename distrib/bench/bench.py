@@ -328,11 +328,8 @@ def _distrib_runs(
             if i >= warmup:
                 runs.append(RunRecord.from_metrics(result.metrics, strategy.holds_row_blocks))
         peak_rss = client.run(_peak_rss_bytes)
-        reached = (
-            _solvers_to_target(config, client, home, scratch / f"target-w{workers}", say)
-            if to_target
-            else {}
-        )
+        folder = scratch / f"target-{config.strategy}-w{workers}"
+        reached = _solvers_to_target(config, client, home, folder, say) if to_target else {}
         if strategy.holds_row_blocks and present >= 2:
             relay = relay_level(client)
             say(
