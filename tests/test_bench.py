@@ -85,6 +85,7 @@ def test_bench_digits_one_and_two_workers(tmp_path: Path) -> None:
         )
     assert set(report["loky"]["dense"]) == {"1", "2"}
     assert len(report["serial"]["walls"]) == 2
+    assert report["sklearn_ovr_solver"] == "lbfgs"  # scikit-learn's default, as its users run
     assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["scikit-learn"]
 
     numbers = _numbers(

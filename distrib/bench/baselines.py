@@ -81,8 +81,12 @@ def ovr_baselines(
     timing: Timing,
 ) -> dict[str, Any]:
     """scikit-learn's one-vs-rest in one process and with loky (on the chosen layout and on
-    the dense matrix) for each worker count, and distrib's fit over each."""
+    the dense matrix) for each worker count, and distrib's fit over each. With ``--solver
+    auto`` scikit-learn runs its own default, lbfgs (what its users run), not its newton-cg
+    (distrib's ``auto`` is a Newton-CG of its own)."""
     params = config.estimator_params()
+    if config.solver == "auto":
+        params["solver"] = "lbfgs"
     X_fit, y_train = data.X_fit, data.y_train
 
     def serial_fit() -> None:  # scikit-learn's one-vs-rest, one class after another
@@ -121,7 +125,8 @@ def ovr_baselines(
         }
         for k in counts
     }
-    return {"serial": serial, "loky": loky, "fit_vs_loky": fit_vs_loky}
+    return {"serial": serial, "loky": loky, "fit_vs_loky": fit_vs_loky,
+            "sklearn_ovr_solver": params["solver"]}  # fmt: skip
 
 
 def spark_lines(
