@@ -1,12 +1,17 @@
-"""Several class-versus-rest L-BFGS fits in lockstep: one pass over the rows for all of them.
+"""Several class-versus-rest fits in lockstep: one pass over the rows for all of them.
 
-A one-vs-rest fit with ``solver="lbfgs"`` is one independent binary problem per class. Fitted
+A one-vs-rest fit is one independent binary problem per class. Fitted
 one after another (as scikit-learn does), each evaluation of each problem reads every row:
 ~17 ms for MNIST's 60,000 training rows as float32 CSR here. `binary_loss_grad` evaluates
 up to `LANES` problems in one pass over the rows for about the price of two (five problems
-in ~31 ms), so the problems of one task are fitted together: each runs scipy's L-BFGS-B (as
-scikit-learn's ``LogisticRegression`` calls it, same objective and options) in a thread of
-its own, and the threads meet at every evaluation (`_Lockstep`) to share one pass.
+in ~31 ms), so the problems of one task are fitted together, by either solver:
+
+* `fit_binary_newton` (the default): Newton-CG on a sampled Hessian
+  (`distrib.linear.newton`), the problems minimised together, each with its own steps:
+  ~10 passes for MNIST's classes;
+* `fit_binary_lbfgs`: each problem runs scipy's L-BFGS-B (as scikit-learn's
+  ``LogisticRegression`` calls it, same objective and options) in a thread of its own, and
+  the threads meet at every evaluation (`_Lockstep`) to share one pass: ~60-75 passes.
 
 Each problem's loss and gradient are the same bits whichever problems share its pass, so a
 class's model does not depend on which classes were fitted beside it, nor where.
@@ -48,7 +53,8 @@ class BinarySolution:
     n_iter : int
         L-BFGS iterations (at most ``max_iter``).
     converged : bool
-        False when L-BFGS stopped before its tolerance (scikit-learn's ConvergenceWarning).
+        False when the solver stopped before its tolerance (scikit-learn's
+        ConvergenceWarning).
     seconds : float
         From the start of the lockstep fit until this problem was solved.
     passes : int
