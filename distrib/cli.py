@@ -276,6 +276,8 @@ def _train_config(
 def _bench_summary(report: dict[str, Any]) -> list[str]:
     """The lines ``distrib bench`` prints of its report: whole commands against the plain
     scripts, each strategy's runs, the estimator, Spark and dask-ml."""
+    from distrib.bench.bench import target_line
+
     lines: list[str] = []
     commands_run = report.get("commands", {})
     for strategy, ratios in commands_run.get("over_baseline", {}).items():
@@ -295,14 +297,7 @@ def _bench_summary(report: dict[str, Any]) -> list[str]:
                 f"(fit {scaling['speedup_fit']:.2f}), test accuracy {run['test_accuracy']:.4f}"
             )
             for solver, reached in run.get("time_to_target", {}).items():
-                last = reached["steps"][-1]
-                lines.append(
-                    f"{name}, {k} worker(s), {solver}: "
-                    + (f"{reached['target']} reached in {reached['wall']:.2f} s of fit, "
-                       f"{last['passes']} passes (max_iter {reached['max_iter']})"
-                       if reached["reached"]
-                       else f"{reached['target']} not reached by max_iter {last['max_iter']}")
-                )  # fmt: skip
+                lines.append(f"{name}, {k} worker(s), {solver}: {target_line(reached)}")
     for k, ratios in report.get("estimator_over_sklearn", {}).items():
         parts = ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items())
         lines.append(f"estimator multinomial, {k} worker(s), fit over scikit-learn's: {parts}")

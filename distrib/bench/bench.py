@@ -388,15 +388,21 @@ def _solvers_to_target(
                 "test_accuracy": metrics["test_accuracy"],
             }
 
-        reached[solver] = line = time_to_target(fit, steps)
-        step = line["steps"][-1]
-        say(
-            f"[distrib {config.strategy}, {SOLVER_NAMES[solver]}] test accuracy "
-            + (f"{line['target']} reached in {line['wall']:.2f} s of fit, {step['passes']} "
-               f"passes (max_iter {line['max_iter']})" if line["reached"]
-               else f"{line['target']} not reached by max_iter {step['max_iter']}")
-        )  # fmt: skip
+        reached[solver] = time_to_target(fit, steps)
+        say(f"[distrib {config.strategy}, {SOLVER_NAMES[solver]}] {target_line(reached[solver])}")
     return reached
+
+
+def target_line(reached: dict[str, Any]) -> str:
+    """How long one of distrib's solvers took to the target accuracy, or that it did not
+    (`_solvers_to_target`'s record)."""
+    last = reached["steps"][-1]
+    if reached["reached"]:
+        return (
+            f"{reached['target']} reached in {reached['wall']:.2f} s of fit, {last['passes']} "
+            f"passes (max_iter {reached['max_iter']})"
+        )
+    return f"{reached['target']} not reached by max_iter {last['max_iter']}"
 
 
 def speedups(runs: dict[int, dict[str, Any]]) -> dict[str, dict[str, float]]:
