@@ -68,7 +68,7 @@ class BinarySolution:
     n_iter: int
     converged: bool
     seconds: float
-    passes: int = 0
+    passes: int
 
 
 Evaluate = Callable[[list[int], np.ndarray], tuple[np.ndarray, np.ndarray]]
