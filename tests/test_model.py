@@ -44,6 +44,26 @@ def test_sparse_input_predicts_like_dense(model: LinearModel) -> None:
     np.testing.assert_array_equal(model.predict(sp.csc_matrix(X)), model.predict(X))
 
 
+def test_many_rows_are_scored_a_slice_at_a_time_with_the_same_scores(
+    model: LinearModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `SCORE_ROWS` rows, the scores of slices (their float64 copies a slice's): the
+    scores of the whole, dense and CSR (narrow indices too)."""
+    from distrib.linear import model as model_module
+    from distrib.linear.softmax import block_csr
+
+    rng = np.random.default_rng(1)
+    X = (rng.random((50, model.n_features)) < 0.3) * rng.random((50, model.n_features))
+    whole_dense, whole_sparse = model.decision_function(X), model.decision_function(sp.csr_matrix(X))
+    monkeypatch.setattr(model_module, "SCORE_ROWS", 7)
+    csr = sp.csr_matrix(X.astype(np.float32))
+    narrow = block_csr(csr.shape, csr.data, csr.indices.astype(np.uint16), csr.indptr)
+    assert np.array_equal(model.decision_function(X), whole_dense)
+    assert np.array_equal(model.decision_function(sp.csr_matrix(X)), whole_sparse)
+    assert np.array_equal(model.predict(narrow), model.predict(csr))
+    assert np.array_equal(model.predict(X), model.classes[np.argmax(whole_dense, axis=1)])
+
+
 def test_wrong_inputs_are_named(model: LinearModel) -> None:
     with pytest.raises(DataError, match="X has 5 features per row, the model expects 6"):
         model.predict(np.zeros((2, 5)))

@@ -7,9 +7,11 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from distrib.data import split as split_module
 from distrib.data.datasets import load_dataset, load_mnist
 from distrib.data.split import check_labels, make_split, split_arrays
 from distrib.errors import ConfigError, DataError
+from distrib.parallel.prepared import prepared_folder, split_key
 
 
 def test_digits_notebook_split_is_the_notebooks() -> None:
@@ -23,6 +25,33 @@ def test_digits_notebook_split_is_the_notebooks() -> None:
     np.testing.assert_array_equal(parts.y_train.compute(), y_tr)
     np.testing.assert_array_equal(parts.y_test.compute(), y_te)
     assert parts.X_train.dtype == np.float32
+
+
+def test_past_shuffle_bytes_the_notebook_rows_keep_the_data_set_s_order(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Past `SHUFFLE_BYTES` of pixels the split holds the notebook's rows, train and test,
+    in the data set's order (its chunks then read once, not once per chunk); its prepared
+    files get a folder of their own, never the shuffled rows' cached ones."""
+    digits = load_dataset("digits")
+    shuffled = split_arrays(digits, "notebook", "raw")
+    shuffled_key = split_key(digits, "notebook", "raw")
+    monkeypatch.setattr(split_module, "SHUFFLE_BYTES", int(digits.X.nbytes) - 1)
+    ordered = split_arrays(digits, "notebook", "raw")
+    assert (shuffled.split.order, ordered.split.order) == ("shuffled", "data")
+    for part in ("train_index", "test_index"):
+        indices = getattr(ordered.split, part)
+        assert np.array_equal(indices, np.sort(getattr(shuffled.split, part)))
+    X, y = (np.asarray(a) for a in (digits.X, digits.y))
+    index = ordered.split.train_index
+    np.testing.assert_array_equal(ordered.X_train.compute(), X[index])
+    np.testing.assert_array_equal(ordered.y_train.compute(), y[index])
+    np.testing.assert_array_equal(ordered.y_test.compute(), y[ordered.split.test_index])
+    ordered_key = split_key(digits, "notebook", "raw")
+    assert ordered_key == {**shuffled_key, "order": "data"}
+    assert prepared_folder(tmp_path, ordered_key) != prepared_folder(tmp_path, shuffled_key)
+    again = load_dataset("digits")
+    assert split_key(again, "notebook", "raw") == ordered_key  # as decided, repeatably
 
 
 def test_mnist_notebook_split_is_the_notebooks(

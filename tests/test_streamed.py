@@ -178,6 +178,54 @@ def test_train_streams_its_rows_and_gives_the_in_memory_model(
     assert saved["settings"]["rows"] == "disk"
 
 
+def test_a_zarr_store_split_in_its_own_order_streams_to_the_in_memory_model(
+    cluster_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's Zarr store past `SHUFFLE_BYTES` (lowered here to its size): the notebook's
+    rows in the store's order, streamed, give the in-memory fit of them bit for bit, and
+    scikit-learn's model of those rows; the shuffled split of the same store, prepared in
+    the same data home, gets a row store of its own."""
+    import zarr
+    from sklearn.linear_model import LogisticRegression
+
+    from distrib.data import split as split_module
+    from distrib.data.split import shuffle_split
+
+    pixels, y = _pixels(4000)
+    group = zarr.open_group(str(tmp_path / "mine.zarr"), mode="w")
+    group.create_array("X", shape=pixels.shape, chunks=(700, N_FEATURES), dtype="uint8")[:] = pixels
+    group.create_array("y", shape=y.shape, chunks=(700,), dtype="int64")[:] = y
+    home, lines = tmp_path / "home", []
+    settings = {"data": str(tmp_path / "mine.zarr"), "strategy": "multinomial", "tol": 1e-8}
+    monkeypatch.setattr(split_module, "SHUFFLE_BYTES", pixels.nbytes - 1)
+    disk = train(TrainConfig(**settings, rows="disk"), client=cluster_client,
+                 out=tmp_path / "disk", home=home, log=lines.append)  # fmt: skip
+    memory = train(TrainConfig(**settings, rows="memory"), client=cluster_client,
+                   out=tmp_path / "memory", home=home)  # fmt: skip
+    assert np.array_equal(disk.model.coef, memory.model.coef)
+    assert np.array_equal(disk.model.intercept, memory.model.intercept)
+    assert disk.metrics["transfer"] == "streamed" and memory.metrics["transfer"] != "streamed"
+    saved = json.loads((tmp_path / "disk" / "model.json").read_text())
+    assert saved["data"]["row_order"] == "data"
+    assert any("test rows, in the data set's row order," in line for line in lines), lines
+
+    train_index, test_index = (np.sort(i) for i in shuffle_split(4000, 0.25, 0))
+    reference = LogisticRegression(C=0.1, tol=1e-10, max_iter=5000)  # distrib's default C
+    X = _floats(pixels).astype(np.float64)
+    reference.fit(X[train_index], y[train_index])
+    np.testing.assert_allclose(disk.model.coef, reference.coef_, atol=2e-4)
+    expected = float(np.mean(reference.predict(X[test_index]) == y[test_index]))
+    assert disk.metrics["test_accuracy"] == pytest.approx(expected, abs=1 / len(test_index))
+
+    monkeypatch.setattr(split_module, "SHUFFLE_BYTES", 2**30)
+    shuffled = train(TrainConfig(**settings, rows="disk"), client=cluster_client,
+                     out=tmp_path / "shuffled", home=home)  # fmt: skip
+    assert json.loads((tmp_path / "shuffled" / "model.json").read_text())["data"][
+        "row_order"] == "shuffled"  # fmt: skip
+    assert len(list(home.glob("prepared/*/stream/train/key.json"))) == 2
+    np.testing.assert_allclose(shuffled.model.coef, disk.model.coef, atol=2e-4)
+
+
 def test_ovr_refuses_rows_on_disk_naming_the_strategy() -> None:
     with pytest.raises(ConfigError, match="use --strategy multinomial, or --rows memory"):
         TrainConfig(dataset="digits", rows="disk")

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from distrib.config import LAYOUTS
+from distrib.data.split import keeps_row_order
 from distrib.errors import ClusterError, ConfigError
 from distrib.files import atomic_path, storage_error, write_json, write_npy_chunks
 
@@ -111,15 +112,18 @@ def write_in_memory(data: InMemoryArrays, folder: Path) -> ArrayFiles:
 
 
 def split_key(dataset: Dataset, split: str, scale: str) -> dict[str, Any]:
-    """What a split's prepared arrays derive from: the data set's bytes, the split, the
-    scaling (their folder is named by its digest: `prepared_folder`)."""
-    return {
+    """What a split's prepared arrays derive from: the data set's bytes, the split and its
+    rows' order, the scaling (their folder is named by its digest: `prepared_folder`)."""
+    key = {
         "dataset": dataset.name,
         "X_sha256": dataset.X_sha256,
         "y_sha256": dataset.y_sha256,
         "split": split,
         "scale": scale,
     }
+    if keeps_row_order(dataset, split):  # other rows in this place: another folder
+        key["order"] = "data"
+    return key
 
 
 def prepared_folder(root: Path, key_parts: dict[str, Any]) -> Path:

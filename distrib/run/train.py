@@ -24,7 +24,7 @@ from distrib.data.grow import check_grow
 from distrib.data.split import SplitArrays, check_labels, compact_labels, split_arrays
 from distrib.errors import ClusterError, ConfigError, OutputError
 from distrib.files import storage_error, write_json
-from distrib.linear.model import LinearModel
+from distrib.linear.model import SCORE_ROWS, LinearModel
 from distrib.parallel.cluster import (
     ClusterConfig,
     Connection,
@@ -383,9 +383,10 @@ def _load_and_split(job: _Job) -> _Prepared:
     if isinstance(config.class_weight, dict):  # before anything is written
         check_class_weight_labels(config.class_weight, classes)
     grown = f" ({config.grow} variants of each training image)" if config.grow > 1 else ""
+    in_order = ", in the data set's row order" if parts.split.order == "data" else ""
     say(
-        f"split: {config.split}, {len(y_train)} train{grown} / {len(y_test)} test rows, "
-        f"{len(classes)} classes, pixels {config.scale}"
+        f"split: {config.split}, {len(y_train)} train{grown} / {len(y_test)} test rows"
+        f"{in_order}, {len(classes)} classes, pixels {config.scale}"
     )
     with phase("prepare"):
         key = split_key(dataset, config.split, config.scale)
@@ -526,8 +527,8 @@ def _evaluate(
             train_pred = classes[np.asarray(outcome.train_codes)]
         else:
             assert placed.files is not None
-            train_pred = model.predict(placed.files.arrays()[0])
-        test_pred = model.predict(placed.test_files.arrays()[0])
+            train_pred = _predicted(model, placed.files)
+        test_pred = _predicted(model, placed.test_files)
         metrics = evaluate(classes, ready.y_train, train_pred, ready.y_test, test_pred,
                            ready.parts.split.test_index)  # fmt: skip
     job.say(
@@ -535,6 +536,16 @@ def _evaluate(
         f"test accuracy {metrics['test_accuracy']:.4f}"
     )
     return model, metrics
+
+
+def _predicted(model: LinearModel, files: ArrayFiles) -> np.ndarray:
+    """The model's predictions of the rows in ``files``, read `SCORE_ROWS` at a time: this
+    process holds a slice of them, whatever their number (`ArrayFiles.rows`)."""
+    n_rows = files.shape[0]
+    return np.concatenate([
+        model.predict(files.rows(start, min(start + SCORE_ROWS, n_rows))[0])
+        for start in range(0, n_rows, SCORE_ROWS)
+    ])  # fmt: skip
 
 
 def _describe(
@@ -547,6 +558,7 @@ def _describe(
         "data": {
             **ready.dataset.describe(),
             "split": config.split,
+            "row_order": ready.parts.split.order,
             "scale": config.scale,
             "grow": config.grow,
             "pixel_max": ready.dataset.pixel_max,
