@@ -54,7 +54,8 @@ def test_many_rows_are_scored_a_slice_at_a_time_with_the_same_scores(
 
     rng = np.random.default_rng(1)
     X = (rng.random((50, model.n_features)) < 0.3) * rng.random((50, model.n_features))
-    whole_dense, whole_sparse = model.decision_function(X), model.decision_function(sp.csr_matrix(X))
+    whole_dense = model.decision_function(X)
+    whole_sparse = model.decision_function(sp.csr_matrix(X))
     monkeypatch.setattr(model_module, "SCORE_ROWS", 7)
     csr = sp.csr_matrix(X.astype(np.float32))
     narrow = block_csr(csr.shape, csr.data, csr.indices.astype(np.uint16), csr.indptr)

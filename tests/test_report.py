@@ -98,30 +98,35 @@ def test_cli_report_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 
 
 def test_the_bench_plot_draws_the_peers_at_their_worker_counts() -> None:
-    """dask-ml's one-vs-rest fits and each Spark line, at the worker (core) counts they ran
-    on, labelled with their accuracy; a report without peers draws none."""
-    from matplotlib.figure import Figure
+    """dask-ml's one-vs-rest fits and each Spark line at the worker (core) counts they ran
+    on, one-process fits at 1, each a point labelled beside it with its accuracy and
+    seconds (not in the legend, which holds distrib's lines only); a report without peers
+    has none."""
+    from distrib.report.plots import bench_figure, bench_peers
 
-    from distrib.report.plots import _peer_points
-
+    run = {"median_fit": 1.5, "median_wall": 2.7, "test_accuracy": 0.908}
     report = {
-        "distrib": {"1": {}, "2": {"dask_ml": {"median_fit": 300.0, "test_accuracy": 0.9091}}},
+        "settings": {"dataset": "mnist"}, "n_train": 60_000,
+        "distrib": {"2": {**run, "dask_ml": {"median_fit": 300.0, "test_accuracy": 0.9091}}},
+        "serial": {"median_wall": 7.5},
         "peers": {"spark": {"2": {"lines": {
             "same objective": {"wall": 34.0, "test_accuracy": 0.87},
             "spark defaults": {"wall": 33.0, "test_accuracy": 0.916},
         }}}},
     }  # fmt: skip
-    ax = Figure().subplots()
-    _peer_points(ax, report)
-    drawn = {
-        line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
-        for line in ax.get_lines()
+    peers = {label: (ks, seconds) for ks, seconds, label, *_ in bench_peers(report)}
+    assert peers == {
+        "scikit-learn one-vs-rest fit": ([1], [7.5]),
+        "dask-ml one-vs-rest fit (0.9091)": ([2], [300.0]),
+        "Spark fit, same objective (0.8700)": ([2], [34.0]),
+        "Spark fit, spark defaults (0.9160)": ([2], [33.0]),
     }
-    assert drawn == {
-        "dask-ml one-vs-rest, fit (acc 0.9091)": ([2], [300.0]),
-        "Spark local[k], same objective, fit (acc 0.8700)": ([2], [34.0]),
-        "Spark local[k], spark defaults, fit (acc 0.9160)": ([2], [33.0]),
-    }
-    bare = Figure().subplots()
-    _peer_points(bare, {"distrib": {"2": {}}})
-    assert bare.get_lines() == []
+    figure = bench_figure(report)
+    wall_ax = figure.axes[0]
+    texts = {text.get_text() for text in wall_ax.texts}
+    assert {f"{label}: {seconds[0]:.2f} s" for label, (_, seconds) in peers.items()} <= texts
+    assert "distrib ovr fit (0.9080): 1.50 s" in texts
+    (legend,) = figure.legends
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert labels == ["distrib ovr: fit phase", "distrib ovr: end to end", "ideal"]
+    assert bench_peers({"distrib": {"2": run}}) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 from typing import Any
 
@@ -29,165 +31,196 @@ def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> None:
     write_bytes(path, figure_png(fig, dpi))
 
 
-def _strategy_lines(
-    wall_ax: Any,
-    speed_ax: Any,
-    runs: dict[str, Any],
-    projection: dict[str, Any] | None,
-    name: str,
-    colors: tuple[str, str],
+_DISTRIB_COLORS = {"ovr": "C0", "multinomial": "C3"}
+#: A peer: its worker (or process) counts, seconds there, label, color and marker.
+Peer = tuple[list[int], list[float], str, str, str]
+
+
+def _measured_lines(
+    wall_ax: Any, speed_ax: Any, report: dict[str, Any], labelled: list[Any]
 ) -> list[int]:
-    """One strategy's measured wall and fit times, speedups and projection; its worker counts."""
-    by_k = {int(k): v for k, v in runs.items()}
-    ks = sorted(by_k)
-    walls = [by_k[k]["median_wall"] for k in ks]
-    fits = [by_k[k]["median_fit"] for k in ks]
-    accuracy = by_k[ks[-1]]["test_accuracy"]
-    wall_ax.plot(ks, walls, "o-", color=colors[0], lw=2,
-                 label=f"distrib {name}, end to end (test acc {accuracy:.4f})")  # fmt: skip
-    wall_ax.plot(ks, fits, "s-", color=colors[1], lw=2, label=f"distrib {name}, fit phase")
-    speed_ax.plot(ks, [walls[0] / w for w in walls], "o-", color=colors[0], lw=2,
-                  label=f"distrib {name}, end to end")  # fmt: skip
-    speed_ax.plot(ks, [fits[0] / f for f in fits], "s-", color=colors[1], lw=2,
-                  label=f"distrib {name}, fit phase")  # fmt: skip
-    if projection:
-        flat = projection.get("saturates_at_workers")
-        label = f"{name} projection (simulated)" + (f", flat from {flat}" if flat else "")
-        wall_ax.plot(projection["workers"], projection["wall"], "--", color=colors[0],
-                     alpha=0.6, label=label)  # fmt: skip
-        speed_ax.plot(projection["workers"], projection["speedup"], "--", color=colors[0],
-                      alpha=0.6, label=f"{name} projection (simulated)")  # fmt: skip
-    return ks
-
-
-def _command_lines(ax: Any, runs: dict[str, Any]) -> None:
-    """Whole processes as a user times them: ``distrib train`` per strategy against
-    workers, and the plain scripts (loky's against its process count)."""
-    colors = {("distrib", "multinomial"): "C5", ("distrib", "ovr"): "C0",
-              ("script", "multinomial"): "C6", ("script", "ovr"): "C2"}  # fmt: skip
-    for (program, model), color in colors.items():
-        mine = sorted((r["workers"], r) for r in runs.values()
-                      if (r["program"], r["model"]) == (program, model))  # fmt: skip
-        if not mine:
-            continue
-        accuracy = mine[0][1]["test_accuracy"]
-        if program == "script" and model == "multinomial":  # one process: a level
-            ax.axhline(mine[0][1]["median_wall"], color=color, ls=":", lw=1.5,
-                       label="plain scikit-learn multinomial script, whole process "
-                       f"(acc {accuracy:.4f})")  # fmt: skip
-            continue
-        what = (f"`distrib train --strategy {model}`" if program == "distrib"
-                else "plain loky OneVsRestClassifier script")  # fmt: skip
-        ax.plot([k for k, _ in mine], [r["median_wall"] for _, r in mine],
-                "D-" if program == "distrib" else "v:", color=color,
-                lw=3 if program == "distrib" else 1.5,
-                label=f"{what}, whole process (acc {accuracy:.4f})")  # fmt: skip
-
-
-def _peer_points(ax: Any, report: dict[str, Any]) -> None:
-    """The peers' fits, at their worker (core) counts: dask-ml's one-vs-rest and each
-    Spark line."""
-    runs = report.get(STRATEGY_KEYS["ovr"].runs, {})
-    dask_ml = sorted((int(k), run["dask_ml"]) for k, run in runs.items() if "dask_ml" in run)
-    if dask_ml:
-        ax.plot(
-            [k for k, _ in dask_ml],
-            [run["median_fit"] for _, run in dask_ml],
-            "X:",
-            color="C8",
-            label=f"dask-ml one-vs-rest, fit (acc {dask_ml[0][1]['test_accuracy']:.4f})",
-        )
-    spark = sorted((int(k), peer) for k, peer in report.get("peers", {}).get("spark", {}).items())
-    names = list(spark[0][1]["lines"]) if spark else []
-    for i, name in enumerate(names):
-        accuracy = spark[0][1]["lines"][name]["test_accuracy"]
-        ax.plot(
-            [k for k, _ in spark],
-            [peer["lines"][name]["wall"] for _, peer in spark],
-            "P:",
-            color=f"C{7 + 2 * i}",
-            label=f"Spark local[k], {name}, fit (acc {accuracy:.4f})",
-        )
-
-
-def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Wall time and speedup against workers, measured and projected (``bench.png``).
-
-    One line set per strategy in the report (``distrib``: one-vs-rest, ``multinomial``), with
-    the baselines measured in the same run.
-    """
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
-    wall_ax, speed_ax = fig.subplots(1, 2)
-    ks: list[int] = []
-    colors = {"ovr": ("C0", "C1"), "multinomial": ("C5", "C6")}
+    """distrib's measured lines per strategy (the fit phase, the bench run end to end and,
+    where measured, ``distrib train`` as a process), their speedups and, from the first
+    measured count on, the simulated ones; each line's last point added to ``labelled``.
+    Returns the measured worker counts."""
+    counts: list[int] = []
+    commands = report.get("commands", {}).get("runs", {})
     for strategy, keys in STRATEGY_KEYS.items():
-        if keys.runs in report:
-            ks += _strategy_lines(wall_ax, speed_ax, report[keys.runs],
-                                  report.get(keys.projection), strategy,
-                                  colors[strategy])  # fmt: skip
-    base_k = min(ks)
-    for i, (name, by_k) in enumerate(sorted(report.get("loky", {}).items())):
-        lk = sorted(int(k) for k in by_k)
-        wall_ax.plot(
-            lk,
-            [by_k[str(k)]["median_wall"] for k in lk],
-            "^--",
-            color=f"C{2 + i}",
-            label=f"loky OneVsRestClassifier, fit ({name})",
-        )
-    if "serial" in report:
-        wall_ax.axhline(
-            report["serial"]["median_wall"],
-            color="C4",
-            ls="-.",
-            label="scikit-learn OneVsRestClassifier, one process",
-        )
-    if "sklearn_multinomial" in report:
-        ref = report["sklearn_multinomial"]
-        wall_ax.axhline(
-            ref["median_wall"],
-            color="C6",
-            ls="-.",
-            label=f"scikit-learn multinomial lbfgs, one process (acc {ref['test_accuracy']:.4f})",
-        )
-    if "notebook" in report:
-        nb = report["notebook"]
-        wall_ax.axhline(
-            nb["median_wall"],
-            color="C3",
-            ls="-.",
-            label=f"notebook settings, one process (acc {nb['test_accuracy']:.3f})",
-        )
-    _peer_points(wall_ax, report)
-    _command_lines(wall_ax, report.get("commands", {}).get("runs", {}))
-    wall_ax.set_xscale("log", base=2)
+        if keys.runs not in report:
+            continue
+        by_k = {int(k): v for k, v in report[keys.runs].items()}
+        ks = sorted(by_k)
+        counts += ks
+        color = _DISTRIB_COLORS[strategy]
+        accuracy = by_k[ks[-1]]["test_accuracy"]
+        fits = [by_k[k]["median_fit"] for k in ks]
+        walls = [by_k[k]["median_wall"] for k in ks]
+        wall_ax.plot(ks, fits, "s--", color=color, lw=1.5, label=f"distrib {strategy}: fit phase")
+        wall_ax.plot(ks, walls, "o-", color=color, lw=1.5, alpha=0.6,
+                     label=f"distrib {strategy}: end to end")  # fmt: skip
+        labelled.append((ks[-1], fits[-1], f"distrib {strategy} fit ({accuracy:.4f})", color))
+        labelled.append((ks[-1], walls[-1], f"distrib {strategy} end to end", color))
+        mine = sorted((r["workers"], r["median_wall"]) for r in commands.values()
+                      if (r["program"], r["model"]) == ("distrib", strategy))  # fmt: skip
+        if mine:
+            wall_ax.plot([k for k, _ in mine], [w for _, w in mine], "D-", color=color, lw=2.5,
+                         label=f"distrib {strategy}: `distrib train`, whole process")  # fmt: skip
+            labelled.append((*mine[-1], f"`distrib train --strategy {strategy}`", color))
+        speed_ax.plot(ks, [fits[0] / f for f in fits], "s--", color=color, lw=1.5,
+                      label=f"distrib {strategy}: fit phase")  # fmt: skip
+        speed_ax.plot(ks, [walls[0] / w for w in walls], "o-", color=color, lw=1.5, alpha=0.6,
+                      label=f"distrib {strategy}: end to end")  # fmt: skip
+        projection = report.get(keys.projection)
+        at = {int(k): s for k, s in zip(projection["workers"], projection["speedup"],
+                                        strict=True)} if projection else {}  # fmt: skip
+        if ks[0] in at:  # as a speedup over the first measured count, from it on
+            shown = [k for k in sorted(at) if k >= ks[0]]
+            speed_ax.plot(shown, [at[k] / at[ks[0]] for k in shown], ":", color=color,
+                          alpha=0.7, label=f"distrib {strategy}: simulated past this "
+                          "machine")  # fmt: skip
+    return counts
+
+
+def bench_peers(report: dict[str, Any]) -> list[Peer]:
+    """Everything a bench run measured beside distrib, each a point (a dotted line where
+    measured at several counts): loky's fits at their process counts, scikit-learn's and
+    the notebook's one-process fits at 1, dask-ml's and Spark's fits at their worker
+    (core) counts, the plain scripts as processes."""
+    peers: list[Peer] = []
+
+    def at(by_k: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
+        ks = sorted(int(k) for k in by_k)
+        return ks, [float(by_k[str(k)][key]) for k in ks]
+
+    for name, by_k in sorted(report.get("loky", {}).items()):
+        peers.append((*at(by_k, "median_wall"), f"loky one-vs-rest fit, {name}", "C2", "^"))
+    one_process = (
+        ("serial", "scikit-learn one-vs-rest fit", "C4"),
+        ("sklearn_multinomial", "scikit-learn multinomial fit", "C6"),
+        ("notebook", "the notebook's fit", "C5"),
+    )
+    for key, label, color in one_process:
+        if key in report:
+            accuracy = report[key].get("test_accuracy")
+            text = label + (f" ({accuracy:.4f})" if accuracy is not None else "")
+            peers.append(([1], [float(report[key]["median_wall"])], text, color, "<"))
+    runs = report.get(STRATEGY_KEYS["ovr"].runs, {})
+    dask_ml = {k: run["dask_ml"] for k, run in runs.items() if "dask_ml" in run}
+    if dask_ml:
+        accuracy = dask_ml[min(dask_ml, key=int)]["test_accuracy"]
+        peers.append((*at(dask_ml, "median_fit"), f"dask-ml one-vs-rest fit ({accuracy:.4f})",
+                      "C8", "X"))  # fmt: skip
+    spark = report.get("peers", {}).get("spark", {})
+    if spark:
+        ks = sorted(int(k) for k in spark)
+        for name, line in spark[str(ks[0])]["lines"].items():
+            seconds = [float(spark[str(k)]["lines"][name]["wall"]) for k in ks]
+            peers.append((ks, seconds, f"Spark fit, {name} ({line['test_accuracy']:.4f})",
+                          "C9", "P"))  # fmt: skip
+    for run in report.get("commands", {}).get("runs", {}).values():
+        if run["program"] == "script":
+            what = "loky one-vs-rest" if run["model"] == "ovr" else "scikit-learn multinomial"
+            peers.append(([int(run["workers"])], [float(run["median_wall"])],
+                          f"plain {what} script, whole process ({run['test_accuracy']:.4f})",
+                          "C7", "v"))  # fmt: skip
+    return peers
+
+
+def _label_points(ax: Any, points: list[tuple[float, float, str, str]]) -> None:
+    """Each point's label and seconds beside it (left of the leftmost points, right of the
+    others), moved apart where labels would overlap on the log axis, a thin line to its
+    point."""
+    low, high = ax.get_ylim()
+    height = ax.get_window_extent().height * 72 / ax.figure.dpi  # in points
+    gap = math.log10(high / low) * 8.5 / max(height, 1.0)  # a 6.5-point line, in decades
+    by_x: dict[float, list[tuple[float, str, str]]] = {}
+    for x, y, text, color in points:
+        by_x.setdefault(x, []).append((y, text, color))
+    for x, group in by_x.items():
+        group.sort()
+        wanted = [math.log10(y) for y, _, _ in group]
+        placed = list(itertools.accumulate(wanted, lambda last, w: max(w, last + gap)))
+        shift = max((sum(wanted) - sum(placed)) / len(group), math.log10(low) + gap - placed[0])
+        left = x == min(by_x)
+        for (y, text, color), where in zip(group, placed, strict=True):
+            ax.annotate(f"{text}: {y:.2f} s", (x, y),
+                        xytext=(x / 1.25 if left else x * 1.25, 10 ** (where + shift)),
+                        textcoords="data", fontsize=6.5, color=color, va="center",
+                        ha="right" if left else "left",
+                        arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6,
+                                    "shrinkA": 0, "shrinkB": 2})  # fmt: skip
+
+
+def _seconds_axis(ax: Any) -> None:
+    """A log axis of seconds labelled 1, 2, 5, 10, 20, 50, ... (not 2 x 10^1)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(value: float, _: Any) -> str:
+        lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        return f"{value:g}" if round(lead, 6) in (1.0, 2.0, 5.0) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(label))
+    ax.yaxis.set_minor_formatter(FuncFormatter(label))
+
+
+def bench_figure(report: dict[str, Any]) -> Figure:
+    """Wall time against workers (distrib's measured lines; every peer a labelled point, at
+    its worker or process count) and distrib's speedup (measured, and simulated from the
+    first measured count on), the legend below both; the rest is in the report's JSON."""
+    fig = Figure(figsize=(13, 5.6), layout="constrained")
+    wall_ax, speed_ax = fig.subplots(1, 2, width_ratios=(1.6, 1))
+    points: list[tuple[float, float, str, str]] = []
+    counts = _measured_lines(wall_ax, speed_ax, report, points)
+    peers = bench_peers(report)
+    for ks, seconds, label, color, marker in peers:
+        wall_ax.plot(ks, seconds, marker=marker, ls=":" if len(ks) > 1 else "", color=color,
+                     ms=6, lw=1)  # fmt: skip
+        points.append((float(ks[-1]), seconds[-1], label, color))
+    every = [float(y) for line in wall_ax.get_lines() for y in line.get_ydata()]
     wall_ax.set_yscale("log")
-    wall_ax.set_xlabel("workers (1 thread each)")
-    wall_ax.set_ylabel("seconds (median)")
+    wall_ax.set_ylim(min(every) / 1.6, max(every) * 1.6)
+    top = max(counts + [k for ks, *_ in peers for k in ks])
+    wall_ax.set_xscale("log", base=2)
+    wall_ax.set_xlim(0.07, top * 8)
+    _integer_log2_axis(wall_ax, "x")
+    _seconds_axis(wall_ax)
+    _label_points(wall_ax, points)
     settings = report["settings"]
     grown = settings.get("grow", 1)
     rows = f"{report['n_train']:,} training rows" + (f", grown x{grown}" if grown > 1 else "")
-    wall_ax.set_title(f"Wall time, {settings['dataset']} ({rows})")
-    wall_ax.grid(True, which="both", alpha=0.3)
-    wall_ax.legend(fontsize=7, loc="best")
+    wall_ax.set_title(f"Wall time against workers, {settings['dataset']} ({rows})", fontsize=10)
+    wall_ax.set_xlabel("workers (1 thread each); one-process runs at 1, loky's at its processes")
+    wall_ax.set_ylabel("seconds (median)")
+    wall_ax.grid(True, which="both", alpha=0.25)
 
-    projections = [report.get(k) for k in ("projection", "multinomial_projection")]
-    top = max([max(p["workers"]) for p in projections if p] + ks)
-    speed_ax.plot([base_k, top], [1, top / base_k], ":", color="gray", label="ideal")
+    base = min(counts)
+    projected = [max(p["workers"]) for key in ("projection", "multinomial_projection")
+                 if (p := report.get(key))]  # fmt: skip
+    far = max([top, *projected])
+    speed_ax.plot([base, far], [1, far / base], color="gray", lw=0.8, label="ideal")
     speed_ax.set_xscale("log", base=2)
     speed_ax.set_yscale("log", base=2)
     speed_ax.set_xlabel("workers (1 thread each)")
-    speed_ax.set_ylabel(f"speedup over {base_k} worker(s)")
-    speed_ax.set_title("Speedup")
-    for ax, axis in ((wall_ax, "x"), (speed_ax, "x"), (speed_ax, "y")):
-        _integer_log2_axis(ax, axis)
-    speed_ax.grid(True, which="both", alpha=0.3)
-    speed_ax.legend(fontsize=7, loc="upper left")
+    speed_ax.set_ylabel(f"speedup over {base} worker(s)")
+    speed_ax.set_title("distrib's speedup", fontsize=10)
+    _integer_log2_axis(speed_ax, "x")
+    _integer_log2_axis(speed_ax, "y")
+    speed_ax.grid(True, which="both", alpha=0.25)
+    handles: dict[str, Any] = {}
+    for ax in (wall_ax, speed_ax):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=3,
+               fontsize=7, frameon=False)  # fmt: skip
     machine = report.get("machine", {})
-    fig.suptitle(
-        f"distrib bench: {machine.get('cores')} cores, {machine.get('cpu', '')}", fontsize=9
-    )
-    save_png(fig, path)
+    fig.suptitle(f"distrib bench: {machine.get('cores')} cores, {machine.get('cpu', '')}",
+                 fontsize=9)  # fmt: skip
+    return fig
+
+
+def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """`bench_figure` as a PNG (``bench.png``), written atomically."""
+    save_png(bench_figure(report), path)
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
