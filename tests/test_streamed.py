@@ -330,3 +330,55 @@ def test_rows_past_the_workers_memory_are_streamed_to_the_in_memory_model(
     """960,000 rows (1.5 GB as float32 CSR: past both workers' limits together), 30
     iterations: `_streamed_past_the_limit`."""
     assert _streamed_past_the_limit(mnist_home, tmp_path, grow=16, max_iter=30) > 2 * 700e6
+
+
+@pytest.mark.slow
+def test_a_zarr_store_past_the_workers_memory_is_split_in_order_and_streamed(
+    mnist_home: Path, mnist_arrays: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """A user's Zarr store of 1.68 M one-byte rows (1.3 GB: past `SHUFFLE_BYTES`, so its
+    notebook split keeps the store's order) trained by two workers limited to 700 MB: its
+    1.26 M training rows (1.5 GB as float32 CSR) are streamed, no worker passes its limit or
+    is restarted, this process (the driver) never holds them, and the model is the one two
+    unlimited workers fit with the same rows in memory, bit for bit."""
+    import zarr
+
+    from distrib.data.split import SHUFFLE_BYTES
+
+    X, y = mnist_arrays
+    copies = 24
+    group = zarr.open_group(str(tmp_path / "mine.zarr"), mode="w")
+    pixels = group.create_array("X", shape=(copies * len(X), 784), chunks=(10_000, 784),
+                                dtype="uint8")  # fmt: skip
+    labels = group.create_array("y", shape=(copies * len(y),), chunks=(10_000,), dtype="uint8")
+    for k in range(copies):  # each copy shifted by a pixel or two, so no two are the same
+        images = np.roll(X.reshape(-1, 28, 28), (k % 5 - 2, k // 5 - 2), axis=(1, 2))
+        pixels[k * len(X) : (k + 1) * len(X)] = images.reshape(-1, 784)
+        labels[k * len(y) : (k + 1) * len(y)] = y
+    assert pixels.nbytes > SHUFFLE_BYTES
+    config = TrainConfig(data=str(tmp_path / "mine.zarr"), strategy="multinomial", max_iter=10)
+    home, lines, limit = tmp_path / "home", [], 700e6
+    with two_workers(memory_limit="700MB") as limited:
+        pids = limited.run(os.getpid)
+        result = train(config, client=limited, out=tmp_path / "run", home=home, log=lines.append)
+        peaks = limited.run(_peak_rss)
+        assert limited.run(os.getpid) == pids, "a worker was restarted"
+    assert any("in the data set's row order" in line for line in lines), lines
+    assert result.metrics["transfer"] == "streamed"
+    assert result.metrics["n_train"] == copies * len(X) * 3 // 4
+    assert max(peaks.values()) < 0.95 * limit, peaks
+    (folder,) = home.glob("prepared/*/stream/train")
+    store = open_row_store(folder)
+    assert store is not None
+    as_float32_csr = store.key()["nnz"] * 8 + 8 * (store.shape[0] + 1)
+    assert as_float32_csr > 2 * limit
+    assert result.metrics["driver_peak_rss_bytes"] < as_float32_csr  # never held the rows
+
+    rows, codes = store.arrays()  # the same rows, in memory on two workers without limits
+    (tmp_path / "files").mkdir()
+    files = write_in_memory(InMemoryArrays(rows, codes), tmp_path / "files")
+    del rows
+    with two_workers() as unlimited:
+        in_memory = fit_training_data(files, np.arange(10), config, client=unlimited)
+    assert np.array_equal(result.model.coef, in_memory.coef)
+    assert np.array_equal(result.model.intercept, in_memory.intercept)
