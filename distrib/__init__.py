@@ -17,6 +17,7 @@ from distrib.errors import ClusterError, ConfigError, DataError, DistribError, O
 if TYPE_CHECKING:
     from distrib.data.datasets import Dataset, fetch_mnist, load_dataset
     from distrib.estimator import DaskLogisticRegression
+    from distrib.estimator_cv import DaskLogisticRegressionCV
     from distrib.linear.model import LinearModel
     from distrib.run.train import RunResult, train
 
@@ -26,6 +27,7 @@ _LAZY = {
     "fetch_mnist": "distrib.data.datasets",
     "load_dataset": "distrib.data.datasets",
     "DaskLogisticRegression": "distrib.estimator",
+    "DaskLogisticRegressionCV": "distrib.estimator_cv",
     "LinearModel": "distrib.linear.model",
     "RunResult": "distrib.run.train",
     "train": "distrib.run.train",
@@ -49,6 +51,7 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "DaskLogisticRegression",
+    "DaskLogisticRegressionCV",
     "DataError",
     "Dataset",
     "DistribError",

@@ -1,0 +1,219 @@
+"""`DaskLogisticRegressionCV`: C chosen by cross-validation, as scikit-learn's
+`LogisticRegressionCV` chooses it, each fit distrib's.
+
+Every (fold, C) model is a `DaskLogisticRegression` fit of the fold's training rows, scored on
+its held-out rows; the C of the best mean score is refitted on all rows (``refit=True``), or
+each fold's best models are averaged (``refit=False``), as scikit-learn does. The attributes
+follow scikit-learn's new layout (``use_legacy_attributes=False``): ``C_`` a float,
+``scores_`` an array of (fold, C), without its l1-ratio axis (the penalty is fixed here).
+
+Today each (fold, C) fit makes its own passes over its rows; passes shared by all of them at
+once are the next step (issue 36).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from numbers import Integral
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import check_cv
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from distrib.config import ESTIMATOR_PARAMS, SETTINGS
+from distrib.errors import ConfigError, DataError
+from distrib.estimator import DaskLogisticRegression
+
+#: What an integer ``Cs`` spans, as scikit-learn's: ``np.logspace(-4, 4, Cs)``.
+CS_DECADES = (-4, 4)
+
+
+def c_grid(Cs: int | Any) -> np.ndarray:
+    """The Cs to try: ``Cs`` values spaced evenly in log between 1e-4 and 1e4 for an
+    integer (scikit-learn's grid), else the given values, each checked."""
+    if isinstance(Cs, Integral) and not isinstance(Cs, bool):
+        if Cs < 1:
+            raise ConfigError(f"Cs={Cs}: give a count of at least 1, or a list of Cs")
+        return np.logspace(*CS_DECADES, int(Cs))
+    try:
+        grid = np.asarray(Cs, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Cs={Cs!r}: give a count, or a list of positive numbers") from exc
+    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+        raise ConfigError(f"Cs={Cs!r}: every C must be a positive number")
+    return grid
+
+
+def _rows(X: Any, index: np.ndarray) -> Any:
+    """Rows ``index`` (sorted) of a numpy array, a sparse matrix or a Dask array (lazily,
+    a chunk's rows from that chunk)."""
+    return X[index]
+
+
+class DaskLogisticRegressionCV(DaskLogisticRegression):
+    """Logistic regression whose C is chosen by cross-validation; every fit distrib's.
+
+    Parameters
+    ----------
+    Cs : int or array-like of float, default=10
+        The Cs to try: a count (evenly spaced in log between 1e-4 and 1e4, as scikit-learn's
+        ``LogisticRegressionCV``), or the values.
+    cv : int, cross-validation splitter or None, default=None
+        Folds: ``None`` is 5, an integer is that many stratified folds (scikit-learn's
+        ``check_cv`` for a classifier), or any splitter.
+    scoring : str, callable or None, default=None
+        The held-out score to maximise (scikit-learn's scorer names); ``None``: accuracy.
+    refit : bool, default=True
+        True: fit the C of the best mean score on all rows. False: average each fold's
+        best model (coefficients, intercepts and C), as scikit-learn does.
+    strategy, l1_ratio, solver, tol, max_iter, fit_intercept, class_weight, random_state
+        As `DaskLogisticRegression`'s, for every fit.
+
+    Attributes
+    ----------
+    Cs_ : ndarray of shape (n_cs,)
+    C_ : float
+        The chosen C (``refit=False``: the mean of each fold's best C).
+    scores_ : ndarray of shape (n_folds, n_cs)
+        Each fold's held-out score at each C.
+    coefs_paths_ : ndarray of shape (n_folds, n_cs, n_rows, n_features)
+        Each fold's coefficients at each C (``n_rows``: the classes, or 1 for two).
+    intercepts_paths_ : ndarray of shape (n_folds, n_cs, n_rows)
+    n_iter_ : ndarray of shape (n_folds, n_cs)
+        Iterations of each fold's fit at each C (one-vs-rest: its longest class's).
+    classes_, coef_, intercept_, n_features_in_
+        As `DaskLogisticRegression`'s, of the refitted (or averaged) model.
+    """
+
+    def __init__(
+        self,
+        *,
+        Cs: int | Any = 10,
+        cv: int | Any = None,
+        scoring: str | Callable[..., float] | None = None,
+        refit: bool = True,
+        strategy: str = SETTINGS["strategy"].default,
+        l1_ratio: float = SETTINGS["l1_ratio"].default,
+        solver: str = SETTINGS["solver"].default,
+        tol: float = SETTINGS["tol"].default,
+        max_iter: int = SETTINGS["max_iter"].default,
+        fit_intercept: bool = SETTINGS["fit_intercept"].default,
+        class_weight: str | dict[Any, float] | None = SETTINGS["class_weight"].default,
+        random_state: int | None = SETTINGS["random_state"].default,
+    ) -> None:
+        self.Cs = Cs
+        self.cv = cv
+        self.scoring = scoring
+        self.refit = refit
+        self.strategy = strategy
+        self.l1_ratio = l1_ratio
+        self.solver = solver
+        self.tol = tol
+        self.max_iter = max_iter
+        self.fit_intercept = fit_intercept
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def _estimator(self, C: float) -> DaskLogisticRegression:
+        """A `DaskLogisticRegression` with this estimator's settings and ``C``."""
+        settings = {name: getattr(self, name) for name in ESTIMATOR_PARAMS if name != "C"}
+        return DaskLogisticRegression(C=float(C), **settings)
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> DaskLogisticRegressionCV:
+        """Fit every (fold, C) model, choose C, and refit it (or average).
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix or Dask array of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), optional
+            Weighs the rows of every fit (not the held-out scores).
+        """
+        Cs = c_grid(self.Cs)
+        self._estimator(Cs[0])._config()  # the shared settings, checked before any fit
+        if isinstance(y, da.Array):
+            y = y.compute()
+        if isinstance(sample_weight, da.Array):
+            sample_weight = sample_weight.compute()
+        if not isinstance(X, da.Array):
+            X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != X.shape[0]:
+            raise DataError(f"y has shape {y.shape}, X has {X.shape[0]} rows: they must match")
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, np.empty((len(y), 0)), dtype=np.float64, ensure_non_negative=True
+            )
+        folds = [
+            (np.sort(train), np.sort(test))
+            for train, test in check_cv(self.cv, y, classifier=True).split(np.zeros((len(y), 1)), y)
+        ]
+        scorer = check_scoring(self._estimator(Cs[0]), scoring=self.scoring)
+        n_rows = 1 if len(classes) == 2 else len(classes)
+        n_features = int(X.shape[1])
+        scores = np.empty((len(folds), len(Cs)))
+        coefs = np.empty((len(folds), len(Cs), n_rows, n_features))
+        intercepts = np.empty((len(folds), len(Cs), n_rows))
+        n_iter = np.empty((len(folds), len(Cs)), dtype=np.int64)
+        for f, (train, test) in enumerate(folds):
+            weights = None if sample_weight is None else sample_weight[train]
+            missing = np.setdiff1d(classes, y[train])
+            if missing.size:
+                raise DataError(
+                    f"fold {f}'s training rows hold no sample of class(es) {missing.tolist()}: "
+                    "use fewer folds, or a stratified splitter (cv=an integer)"
+                )
+            X_train, X_test = _rows(X, train), _rows(X, test)
+            for c, C in enumerate(Cs):
+                fitted = self._estimator(C).fit(X_train, y[train], weights)
+                scores[f, c] = scorer(fitted, X_test, y[test])
+                coefs[f, c], intercepts[f, c] = fitted.coef_, fitted.intercept_
+                n_iter[f, c] = int(np.max(fitted.n_iter_))
+        self.Cs_, self.scores_, self.n_iter_ = Cs, scores, n_iter
+        self.coefs_paths_, self.intercepts_paths_ = coefs, intercepts
+        if self.refit:
+            best = int(np.argmax(scores.mean(axis=0)))
+            self.C_ = float(Cs[best])
+            final = self._estimator(self.C_).fit(X, y, sample_weight)
+            for name in ("classes_", "coef_", "intercept_", "fit_records_", "solver_"):
+                setattr(self, name, getattr(final, name))
+        else:
+            best_each = np.argmax(scores, axis=1)
+            folds_index = np.arange(len(folds))
+            self.C_ = float(np.mean(Cs[best_each]))
+            self.classes_ = classes
+            self.coef_ = coefs[folds_index, best_each].mean(axis=0)
+            self.intercept_ = intercepts[folds_index, best_each].mean(axis=0)
+            self.fit_records_, self.solver_ = [], {}
+        self.n_features_in_ = n_features
+        return self
+
+    def chosen(self) -> DaskLogisticRegression:
+        """The fitted model as a `DaskLogisticRegression` at the chosen C (what `save`
+        writes, and `DaskLogisticRegression.load` reads back)."""
+        check_is_fitted(self)
+        model = self._estimator(self.C_)
+        for name in ("classes_", "coef_", "intercept_", "n_features_in_", "fit_records_"):
+            setattr(model, name, getattr(self, name))
+        model.n_iter_ = np.asarray([int(self.n_iter_.max())])
+        model.solver_ = self.solver_
+        return model
+
+    def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
+        """Write the chosen model (`chosen`) into the folder ``path``, with the search
+        (Cs, each C's mean score, the chosen C) in ``model.json``'s ``cross_validation``."""
+        search = {
+            "Cs": self.Cs_.tolist(),
+            "mean_scores": self.scores_.mean(axis=0).tolist(),
+            "C": self.C_,
+            "n_folds": int(self.scores_.shape[0]),
+            "refit": bool(self.refit),
+        }
+        self.chosen().save(path, {"cross_validation": search, **(metadata or {})})
