@@ -48,7 +48,8 @@ def _sklearn_cv(X, y, **params) -> LogisticRegressionCV:
 
 
 @parametrize_with_checks([DaskLogisticRegressionCV(Cs=2, cv=2)])
-def test_scikit_learn_estimator_checks(estimator, check, on_cluster: Client) -> None:
+def test_scikit_learn_estimator_checks(estimator, check) -> None:
+    """In this process (no client): the fits on the cluster are the tests below."""
     check(estimator)
 
 

@@ -28,14 +28,15 @@ def minimize_lbfgs(
     tol: float,
     max_iter: int,
     callback: Callable[[scipy.optimize.OptimizeResult], None] | None = None,
+    start: np.ndarray | None = None,
 ) -> scipy.optimize.OptimizeResult:
-    """Minimise ``objective`` (returning the value and its gradient) from zero, over
-    ``size`` coefficients, as scikit-learn does."""
+    """Minimise ``objective`` (returning the value and its gradient) from ``start``
+    (default: zero), over ``size`` coefficients, as scikit-learn does."""
     import scipy.optimize
 
     return scipy.optimize.minimize(
         objective,
-        np.zeros(size),
+        np.zeros(size) if start is None else np.array(start, dtype=np.float64),
         method="L-BFGS-B",
         jac=True,
         options=lbfgs_options(tol, max_iter),

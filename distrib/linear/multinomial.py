@@ -284,6 +284,7 @@ def fit_softmax(
     journal: Journal | None = None,
     solver: str = "lbfgs",
     sample: RowSample | None = None,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> SoftmaxFit:
     """Minimise the multinomial objective over the runner's blocks with L-BFGS or
     Newton-CG (`distrib.linear.newton`).
@@ -310,6 +311,9 @@ def fit_softmax(
     solver : {"lbfgs", "newton-cg"}
     sample : RowSample, optional
         The rows whose Hessian Newton-CG takes (needed for ``newton-cg``).
+    start : (coef, intercept), optional
+        Where the solver starts (a warm start: another C's solution, as this function
+        returns it); default zero.
 
     Returns
     -------
@@ -379,15 +383,16 @@ def fit_softmax(
                 )
             )
 
+    w0 = None if start is None else _flat_start(start, n_classes, width, fit_intercept)
     t0 = time.perf_counter()
     # The solver's own linear algebra is small; BLAS threads here would spin between steps
     # and take the CPU from the workers on this host (measured: block time 28 -> 45 ms).
     with threadpool_limits(limits=1, user_api="blas"):
         if solver == "newton-cg":
             fit = _newton(objective, sample, n_classes, width, weights, penalty, fit_intercept,
-                          tol, max_iter, progress)  # fmt: skip
+                          tol, max_iter, progress, w0)  # fmt: skip
         else:
-            fit = _lbfgs(objective, n_classes * width, tol, max_iter, progress)
+            fit = _lbfgs(objective, n_classes * width, tol, max_iter, progress, w0)
     fit.seconds = time.perf_counter() - t0
     fit.evaluations = evaluations
     coef, intercept = unpack(fit.coef)
@@ -397,12 +402,29 @@ def fit_softmax(
     return fit
 
 
+def _flat_start(
+    start: tuple[np.ndarray, np.ndarray], n_classes: int, width: int, fit_intercept: bool
+) -> np.ndarray:
+    """A fit's (coef, intercept) as the solvers' flat coefficients. Two classes: the
+    binomial row split evenly, -1/2 and +1/2 (the penalised two-row optimum is symmetric)."""
+    coef, intercept = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in start)
+    intercept = intercept.reshape(-1)
+    if n_classes == 2 and coef.shape[0] == 1:
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-1, 1]) * intercept / 2
+    W = np.zeros((n_classes, width))
+    W[:, :-1] = coef
+    if fit_intercept:
+        W[:, -1] = intercept
+    return W.ravel(order="F")
+
+
 def _lbfgs(
     objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
     size: int,
     tol: float,
     max_iter: int,
     progress: Callable[[int, float], None],
+    start: np.ndarray | None = None,
 ) -> SoftmaxFit:
     """scikit-learn's L-BFGS over the flat coefficients; ``coef`` holds them flat."""
     iteration = 0
@@ -412,7 +434,8 @@ def _lbfgs(
         iteration += 1
         progress(iteration, float(intermediate_result.fun))
 
-    result = minimize_lbfgs(objective, size, tol=tol, max_iter=max_iter, callback=callback)
+    result = minimize_lbfgs(objective, size, tol=tol, max_iter=max_iter, callback=callback,
+                            start=start)  # fmt: skip
     message = result.message if isinstance(result.message, str) else str(result.message)
     return SoftmaxFit(
         coef=result.x,
@@ -438,6 +461,7 @@ def _newton(
     tol: float,
     max_iter: int,
     progress: Callable[[int, float], None],
+    start: np.ndarray | None = None,
 ) -> SoftmaxFit:
     """Newton-CG on ``sample``'s Hessian (`distrib.linear.newton`); ``coef`` holds the
     coefficients flat, as L-BFGS's."""
@@ -460,6 +484,8 @@ def _newton(
             tol=tol,
             max_iter=max_iter,
             callback=lambda iteration, results: progress(iteration, results[0].fun),
+            start=None if start is None else start.reshape((1, n_classes, width), order="F"),
+            min_iter=0 if start is None else 1,  # a warm start moves towards its own optimum
         )
     finally:
         hessian.close()

@@ -475,8 +475,11 @@ def minimize_newton(
     tol: float,
     max_iter: int,
     callback: Callable[[int, list[NewtonResult]], None] | None = None,
+    start: np.ndarray | None = None,
+    min_iter: int = 0,
 ) -> list[NewtonResult]:
-    """Minimise one or more problems with Newton-CG on ``hessian``, from zero.
+    """Minimise one or more problems with Newton-CG on ``hessian``, from ``start`` (of
+    ``shape``; default: zero).
 
     Parameters
     ----------
@@ -493,6 +496,9 @@ def minimize_newton(
     callback : callable, optional
         ``callback(iteration, results)`` after each iteration (every problem's result so
         far).
+    start, min_iter : ndarray (default zero), int
+        Where the problems start; iterations made even where ``tol`` holds (a warm start
+        may meet ``tol`` where it is, short of its own optimum), unless the gradient is 0.
 
     Returns
     -------
@@ -502,15 +508,16 @@ def minimize_newton(
     """
     n_problems = shape[0]
     everyone = np.arange(n_problems)
-    f, g = objective(everyone, np.zeros(shape))
+    W0 = np.zeros(shape) if start is None else np.array(start, dtype=np.float64).reshape(shape)
+    f, g = objective(everyone, W0)
     results = [
-        NewtonResult(np.zeros(shape[1:]), float(f[k]), float(np.max(np.abs(g[k]))), 0, False,
-                     "", gradient=g[k])
+        NewtonResult(W0[k], float(f[k]), float(np.max(np.abs(g[k]))), 0, False, "", gradient=g[k])
         for k in everyone
-    ]  # fmt: skip
+    ]
     first_step = np.ones(n_problems)
     for iteration in range(1, max_iter + 1):
-        running = [k for k in everyone if not results[k].done and results[k].grad_max > tol]
+        floor = tol if iteration > min_iter else 0.0
+        running = [k for k in everyone if not results[k].done and results[k].grad_max > floor]
         active = np.asarray(running, dtype=np.intp)
         if not len(active):
             break

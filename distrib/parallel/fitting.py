@@ -42,7 +42,7 @@ from distrib.linear.multinomial import (
     objective_weights,
     refuse_weightless_classes,
 )
-from distrib.linear.newton import sample_stride
+from distrib.linear.newton import RowSample, sample_stride
 from distrib.parallel.blocks.block import BlockRunner, LocalBlocks
 from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
@@ -373,6 +373,46 @@ def fit_dask_rows(
     )
 
 
+def fit_multinomial_configs(
+    X: Any,
+    codes: np.ndarray,
+    n_classes: int,
+    configs: list[TrainConfig],
+    *,
+    client: Any,
+    class_weight: str | dict[int, float] | None = None,
+    sample_weight: np.ndarray | None = None,
+) -> list[FitOutcome]:
+    """The multinomial fit of each config (e.g. a path of Cs, one solver) on the same rows,
+    cut into blocks once (`fit_multinomial_path`: each fit warm-starts from the one before).
+
+    ``X``: numpy, SciPy sparse or a Dask array (a chunk a block, on ``client``'s workers);
+    numpy and sparse rows are sent to the workers once, or fitted in this process without
+    a client (or inside a Dask task). ``codes``: each row's class index; ``class_weight``
+    keyed by class index.
+    """
+    import dask.array as da
+
+    hooks = FitHooks()
+    weights = objective_weights(codes, n_classes, class_weight, sample_weight)
+    classes = np.arange(n_classes)
+    runner: BlockRunner
+    if isinstance(X, da.Array):
+        if client is None:
+            raise ValueError("a Dask array's rows are fitted on a client's workers")
+        runner = ClusterBlocks.from_dask_array(client, X, codes, classes,
+                                               sample_weight=sample_weight,
+                                               **_block_options(hooks))  # fmt: skip
+    else:
+        data = InMemoryArrays(X, codes, sample_weight)
+        if client is None or inside_a_dask_task():
+            runner = LocalBlocks(data, classes)
+        else:
+            runner = ClusterBlocks.from_training_data(client, data, classes,
+                                                      **_block_options(hooks))  # fmt: skip
+    return fit_multinomial_path(runner, int(X.shape[1]), n_classes, weights, configs, hooks)
+
+
 def _block_options(hooks: FitHooks) -> dict[str, Any]:
     """`ClusterBlocks`' settings for a fit followed by ``hooks``: its name, where it says
     that it waits on a silent host (and gives it up), and, for a resumed fit, the order of
@@ -415,10 +455,77 @@ def fit_multinomial(
     every row where it is held, before the blocks are released.
     """
     hooks = hooks or FitHooks()
+    try:
+        if isinstance(runner, ClusterBlocks) and hooks.journal is not None:
+            _keep_layout(runner, hooks.journal)
+        blocks, n_rows, sample = _ready(runner, config, hooks)
+        fit = _softmax_fit(runner, sample, n_rows, n_features, n_classes, weights, config, hooks)
+        blocks = runner.describe()
+        codes = runner.predict(fit.coef, fit.intercept) if predict_rows else None
+    finally:
+        runner.release()
+    return _outcome(fit, runner, blocks, n_rows, hooks, codes)
+
+
+def fit_multinomial_path(
+    runner: BlockRunner,
+    n_features: int,
+    n_classes: int,
+    weights: tuple[np.ndarray | None, float],
+    configs: list[TrainConfig],
+    hooks: FitHooks | None = None,
+) -> list[FitOutcome]:
+    """One multinomial fit per config (the same solver; e.g. a path of Cs) over
+    ``runner``'s blocks, placed once and released at the end: each fit starts from the one
+    before (a warm start), and Newton-CG's sample of the rows is taken once."""
+    hooks = hooks or FitHooks()
+    outcomes: list[FitOutcome] = []
+    try:
+        _, n_rows, sample = _ready(runner, configs[0], hooks)
+        start: tuple[np.ndarray, np.ndarray] | None = None
+        for config in configs:
+            fit = _softmax_fit(runner, sample, n_rows, n_features, n_classes, weights, config,
+                               hooks, start)  # fmt: skip
+            start = (fit.coef, fit.intercept)
+            outcomes.append(_outcome(fit, runner, runner.describe(), n_rows, hooks, None))
+    finally:
+        runner.release()
+    return outcomes
+
+
+def _ready(
+    runner: BlockRunner, config: TrainConfig, hooks: FitHooks
+) -> tuple[list[dict[str, Any]], int, RowSample | None]:
+    """The blocks once loaded, their rows, and Newton-CG's sample of them; said."""
+    runner.wait_loaded()
+    blocks = runner.describe()
+    n_rows = sum(int(block["rows"]) for block in blocks)
+    solver = config.fit_solver
+    sample = runner.sample(sample_stride(n_rows)) if solver == "newton-cg" else None
+    hooks.say(
+        f"{len(blocks)} row block(s) on {len({b['worker'] for b in blocks})} worker(s); "
+        f"{SOLVER_NAMES[solver]} over their summed softmax loss (at most "
+        f"{config.max_iter} iterations)"
+        + (f", its Hessian from {sample.n_rows:,} of the rows" if sample is not None else "")
+    )
+    return blocks, n_rows, sample
+
+
+def _softmax_fit(
+    runner: BlockRunner,
+    sample: RowSample | None,
+    n_rows: int,
+    n_features: int,
+    n_classes: int,
+    weights: tuple[np.ndarray | None, float],
+    config: TrainConfig,
+    hooks: FitHooks,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+) -> SoftmaxFit:
+    """`fit_softmax` on the runner's blocks, its progress said."""
     # a line per ten L-BFGS iterations (~0.5 s apart on full MNIST, 2 workers), or per
     # Newton iteration (each a whole linear solve)
     every = 10 if config.fit_solver == "lbfgs" else 1
-    n_rows = 0
 
     def on_iteration(progress: IterationProgress) -> None:
         iteration = progress.iteration
@@ -434,39 +541,33 @@ def fit_multinomial(
                          f"waited {progress.read_wait:.2f} s")  # fmt: skip
             hooks.say(line)
 
-    try:
-        if isinstance(runner, ClusterBlocks) and hooks.journal is not None:
-            _keep_layout(runner, hooks.journal)
-        runner.wait_loaded()
-        blocks = runner.describe()
-        n_rows = sum(int(block["rows"]) for block in blocks)
-        solver = config.fit_solver
-        sample = runner.sample(sample_stride(n_rows)) if solver == "newton-cg" else None
-        hooks.say(
-            f"{len(blocks)} row block(s) on {len({b['worker'] for b in blocks})} worker(s); "
-            f"{SOLVER_NAMES[solver]} over their summed softmax loss (at most "
-            f"{config.max_iter} iterations)"
-            + (f", its Hessian from {sample.n_rows:,} of the rows" if sample is not None else "")
-        )
-        fit: SoftmaxFit = fit_softmax(
-            runner,
-            n_features=n_features,
-            n_classes=n_classes,
-            weight_sum=weights[1],
-            C=config.C,
-            tol=config.tol,
-            max_iter=config.max_iter,
-            fit_intercept=config.fit_intercept,
-            class_weights=weights[0],
-            on_iteration=on_iteration,
-            journal=hooks.journal,
-            solver=solver,
-            sample=sample,
-        )
-        blocks = runner.describe()
-        codes = runner.predict(fit.coef, fit.intercept) if predict_rows else None
-    finally:
-        runner.release()
+    return fit_softmax(
+        runner,
+        n_features=n_features,
+        n_classes=n_classes,
+        weight_sum=weights[1],
+        C=config.C,
+        tol=config.tol,
+        max_iter=config.max_iter,
+        fit_intercept=config.fit_intercept,
+        class_weights=weights[0],
+        on_iteration=on_iteration,
+        journal=hooks.journal,
+        solver=config.fit_solver,
+        sample=sample,
+        start=start,
+    )
+
+
+def _outcome(
+    fit: SoftmaxFit,
+    runner: BlockRunner,
+    blocks: list[dict[str, Any]],
+    n_rows: int,
+    hooks: FitHooks,
+    codes: np.ndarray | None,
+) -> FitOutcome:
+    """A finished fit as a `FitOutcome`; a fit stopped by its iteration cap said so."""
     if not fit.converged:
         hooks.say(
             f"{SOLVER_NAMES[fit.solver]} stopped before convergence ({fit.message}): "
