@@ -38,6 +38,20 @@ from distrib.parallel.rows import InMemoryArrays
 from distrib.parallel.strategies import fit_training_data, strategy_for
 
 
+def check_dask_rows(X: da.Array) -> None:
+    """Refuse a Dask array that cannot be rows to fit: not 2-D, not numbers, or chunks of
+    unknown size."""
+    if X.ndim != 2:
+        raise DataError(f"Expected a 2D array, got a Dask array of shape {X.shape}")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise DataError(f"X must hold numbers, got dtype {X.dtype}")
+    if np.isnan(X.shape[0]):
+        raise DataError(
+            "X is a Dask array whose chunk sizes are unknown (a boolean mask or a "
+            "filter made them): call X.compute_chunk_sizes() before fit"
+        )
+
+
 class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression fitted on a Dask cluster, one-vs-rest or multinomial.
 
@@ -173,15 +187,7 @@ class DaskLogisticRegression(ClassifierMixin, BaseEstimator):
     ) -> DaskLogisticRegression:
         """Multinomial on a Dask array: each chunk of rows becomes one block, computed on
         a worker and kept there; the matrix is never gathered here."""
-        if X.ndim != 2:
-            raise DataError(f"Expected a 2D array, got a Dask array of shape {X.shape}")
-        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-            raise DataError(f"X must hold numbers, got dtype {X.dtype}")
-        if np.isnan(X.shape[0]):
-            raise DataError(
-                "X is a Dask array whose chunk sizes are unknown (a boolean mask or a "
-                "filter made them): call X.compute_chunk_sizes() before fit"
-            )
+        check_dask_rows(X)
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != X.shape[0]:
             raise DataError(f"y has shape {y.shape}, X has {X.shape[0]} rows: they must match")

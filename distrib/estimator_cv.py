@@ -29,7 +29,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from distrib.config import ESTIMATOR_PARAMS, SETTINGS
 from distrib.errors import ConfigError, DataError
-from distrib.estimator import DaskLogisticRegression
+from distrib.estimator import DaskLogisticRegression, check_dask_rows
 from distrib.parallel.fitting import by_class_index, current_client, fit_multinomial_configs
 
 #: What an integer ``Cs`` spans, as scikit-learn's: ``np.logspace(-4, 4, Cs)``.
@@ -143,7 +143,9 @@ class DaskLogisticRegressionCV(DaskLogisticRegression):
             y = y.compute()
         if isinstance(sample_weight, da.Array):
             sample_weight = sample_weight.compute()
-        if not isinstance(X, da.Array):
+        if isinstance(X, da.Array):
+            check_dask_rows(X)
+        else:
             X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != X.shape[0]:
@@ -204,6 +206,8 @@ class DaskLogisticRegressionCV(DaskLogisticRegression):
         rows cut into blocks once for every C, the Cs fitted from the smallest (the most
         regularised) up, each from the one before (`fit_multinomial_configs`)."""
         if self.strategy != "multinomial":
+            if isinstance(X, da.Array):  # every binary fit reads all rows: computed once
+                X = X.compute()
             for c, C in enumerate(Cs):
                 yield c, self._estimator(C).fit(X, y, weights)
             return

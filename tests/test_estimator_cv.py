@@ -140,3 +140,6 @@ def test_bad_settings_are_named() -> None:
         DaskLogisticRegressionCV(Cs=2, cv=KFold(3)).fit(X, y)
     with pytest.raises(ConfigError, match="strategy"):
         DaskLogisticRegressionCV(strategy="nope").fit(X, y)
+    lazy = da.from_array(X, chunks=(4, 3))
+    with pytest.raises(DataError, match="compute_chunk_sizes"):
+        DaskLogisticRegressionCV(Cs=2, cv=2).fit(lazy[lazy[:, 0] > 0.5], y[:6])
