@@ -89,3 +89,6 @@ def test_a_path_of_cs_warm_started_reaches_each_cold_fit_s_optimum_in_fewer_iter
     assert path[0].n_iter[0] == cold[0].n_iter[0]  # the first starts from zero too
     warm_iterations = sum(int(o.n_iter[0]) for o in path[1:])
     assert warm_iterations < sum(int(o.n_iter[0]) for o in cold[1:])
+    other = TrainConfig(strategy="multinomial", C=1.0, tol=1e-4, solver=solver)
+    with pytest.raises(ValueError, match="shares every setting but C"):
+        fit_multinomial_configs(X, y.astype(np.int64), n_classes, [configs[0], other], client=None)

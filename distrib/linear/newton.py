@@ -230,6 +230,12 @@ class SampledHessian:
         """Hessian products made so far."""
         return self.sample.products
 
+    def reuse(self, penalty: float) -> None:
+        """Serve another fit of the same rows with this L2 factor (a path of Cs): the
+        sample's rows and feature moments stay, its products are counted anew."""
+        self.penalty = penalty
+        self.sample.products = 0
+
     def at(self, W: np.ndarray, problems: np.ndarray) -> None:
         """Take the Hessian at coefficients ``W[0]`` (classes x (features + 1), intercept
         last): the sample's probabilities, and the classes' mean curvature."""

@@ -18,6 +18,7 @@ a `FitOutcome` and keeps no state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 from joblib import parallel_config
 from joblib.parallel import get_active_backend
+from threadpoolctl import threadpool_limits
 
 from distrib.config import SOLVER_NAMES, TrainConfig
 from distrib.errors import DataError
@@ -42,7 +44,7 @@ from distrib.linear.multinomial import (
     objective_weights,
     refuse_weightless_classes,
 )
-from distrib.linear.newton import RowSample, sample_stride
+from distrib.linear.newton import RowSample, SampledHessian, sample_stride
 from distrib.parallel.blocks.block import BlockRunner, LocalBlocks
 from distrib.parallel.blocks.runner import ClusterBlocks
 from distrib.parallel.dispatch import BinaryFit, fit_binary_classifiers
@@ -475,20 +477,30 @@ def fit_multinomial_path(
     configs: list[TrainConfig],
     hooks: FitHooks | None = None,
 ) -> list[FitOutcome]:
-    """One multinomial fit per config (the same solver; e.g. a path of Cs) over
+    """One multinomial fit per config (configs that differ in C only: a path of Cs) over
     ``runner``'s blocks, placed once and released at the end: each fit starts from the one
-    before (a warm start), and Newton-CG's sample of the rows is taken once."""
+    before (a warm start); Newton-CG's sample of the rows, and its Hessian's feature
+    moments, are made once."""
+    if any(dataclasses.replace(config, C=configs[0].C) != configs[0] for config in configs):
+        raise ValueError("a path of fits shares every setting but C")
     hooks = hooks or FitHooks()
     outcomes: list[FitOutcome] = []
+    hessian: SampledHessian | None = None
     try:
         _, n_rows, sample = _ready(runner, configs[0], hooks)
+        if sample is not None:  # as fit_softmax makes it: BLAS on one thread, the same bits
+            with threadpool_limits(limits=1, user_api="blas"):
+                hessian = SampledHessian(sample, n_classes, weights[0], 0.0,
+                                         configs[0].fit_intercept)  # fmt: skip
         start: tuple[np.ndarray, np.ndarray] | None = None
         for config in configs:
             fit = _softmax_fit(runner, sample, n_rows, n_features, n_classes, weights, config,
-                               hooks, start)  # fmt: skip
+                               hooks, start, hessian)  # fmt: skip
             start = (fit.coef, fit.intercept)
             outcomes.append(_outcome(fit, runner, runner.describe(), n_rows, hooks, None))
     finally:
+        if hessian is not None:
+            hessian.close()
         runner.release()
     return outcomes
 
@@ -521,6 +533,7 @@ def _softmax_fit(
     config: TrainConfig,
     hooks: FitHooks,
     start: tuple[np.ndarray, np.ndarray] | None = None,
+    hessian: SampledHessian | None = None,
 ) -> SoftmaxFit:
     """`fit_softmax` on the runner's blocks, its progress said."""
     # a line per ten L-BFGS iterations (~0.5 s apart on full MNIST, 2 workers), or per
@@ -556,6 +569,7 @@ def _softmax_fit(
         solver=config.fit_solver,
         sample=sample,
         start=start,
+        hessian=hessian,
     )
 
 
