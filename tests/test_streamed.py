@@ -339,8 +339,9 @@ def test_a_zarr_store_past_the_workers_memory_is_split_in_order_and_streamed(
     """A user's Zarr store of 1.68 M one-byte rows (1.3 GB: past `SHUFFLE_BYTES`, so its
     notebook split keeps the store's order) trained by two workers limited to 700 MB: its
     1.26 M training rows (1.5 GB as float32 CSR) are streamed, no worker passes its limit or
-    is restarted, this process (the driver) never holds them, and the model is the one two
-    unlimited workers fit with the same rows in memory, bit for bit."""
+    is restarted, and the model is the one two unlimited workers fit with the same rows in
+    memory, bit for bit. (The driver's own peak is measured as a process of its own, by
+    scripts/streamed_bench.py: this test process's peak is the whole session's.)"""
     import zarr
 
     from distrib.data.split import SHUFFLE_BYTES
@@ -372,7 +373,6 @@ def test_a_zarr_store_past_the_workers_memory_is_split_in_order_and_streamed(
     assert store is not None
     as_float32_csr = store.key()["nnz"] * 8 + 8 * (store.shape[0] + 1)
     assert as_float32_csr > 2 * limit
-    assert result.metrics["driver_peak_rss_bytes"] < as_float32_csr  # never held the rows
 
     rows, codes = store.arrays()  # the same rows, in memory on two workers without limits
     (tmp_path / "files").mkdir()
