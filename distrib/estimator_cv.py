@@ -167,6 +167,7 @@ class DaskLogisticRegressionCV(DaskLogisticRegression):
         coefs = np.empty((len(folds), len(Cs), n_rows, n_features))
         intercepts = np.empty((len(folds), len(Cs), n_rows))
         n_iter = np.empty((len(folds), len(Cs)), dtype=np.int64)
+        self._n_blocks: int | None = None  # the first fold's: every fold's sums alike
         for f, (train, test) in enumerate(folds):
             weights = None if sample_weight is None else sample_weight[train]
             missing = np.setdiff1d(classes, y[train])
@@ -220,7 +221,11 @@ class DaskLogisticRegressionCV(DaskLogisticRegression):
         outcomes = fit_multinomial_configs(
             X, codes, len(classes), [e._config() for e in estimators], client=client,
             class_weight=by_class_index(self.class_weight, classes), sample_weight=weights,
+            n_blocks=self._n_blocks,
         )  # fmt: skip
+        # Later folds are cut into as many blocks as the first, whatever workers are alive
+        # when they are placed: a worker lost mid-search leaves every fit's bits alone.
+        self._n_blocks = self._n_blocks or len(outcomes[0].records)
         for c, estimator, outcome in zip(order, estimators, outcomes, strict=True):
             estimator._take(outcome, classes, int(X.shape[1]))
             yield int(c), estimator

@@ -143,3 +143,55 @@ def test_bad_settings_are_named() -> None:
     lazy = da.from_array(X, chunks=(4, 3))
     with pytest.raises(DataError, match="compute_chunk_sizes"):
         DaskLogisticRegressionCV(Cs=2, cv=2).fit(lazy[lazy[:, 0] > 0.5], y[:6])
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_search_gives_the_same_search_bit_for_bit(
+    mnist_arrays: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """SIGKILL a worker part way through a multinomial search (30,000 MNIST rows, 3 Cs x 3
+    folds): its blocks are made again on a live worker, later folds are cut into as many
+    blocks as the first, and every (fold, C) model, score, the chosen C and the refitted
+    model are the undisturbed search's, bit for bit."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from distrib.parallel.cluster import start_local_cluster
+
+    X, y = mnist_arrays
+    X, y = X[:30_000].astype(np.float32) / np.float32(255), y[:30_000]
+    cluster = start_local_cluster(2)
+    client = Client(cluster, set_as_default=False)
+    try:
+        with client.as_current():
+
+            def search() -> DaskLogisticRegressionCV:
+                return DaskLogisticRegressionCV(Cs=[0.01, 0.1, 1.0], cv=3,
+                                                strategy="multinomial").fit(X, y)  # fmt: skip
+
+            started = time.perf_counter()
+            reference = search()
+            took = time.perf_counter() - started
+            pids = client.run(os.getpid)
+            victim = pids[sorted(pids)[0]]
+            killed_at: list[float] = []
+
+            def kill() -> None:
+                os.kill(victim, signal.SIGKILL)
+                killed_at.append(time.perf_counter())
+
+            killer = threading.Timer(0.4 * took, kill)
+            killer.start()
+            disturbed = search()
+            ended = time.perf_counter()
+            killer.join(timeout=30)
+            assert killed_at and killed_at[0] < ended, "the worker was killed after the search"
+    finally:
+        client.close(timeout=10)
+        cluster.close(timeout=10)
+    assert disturbed.C_ == reference.C_
+    np.testing.assert_array_equal(disturbed.scores_, reference.scores_)
+    np.testing.assert_array_equal(disturbed.coefs_paths_, reference.coefs_paths_)
+    np.testing.assert_array_equal(disturbed.coef_, reference.coef_)

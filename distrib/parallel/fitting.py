@@ -384,14 +384,16 @@ def fit_multinomial_configs(
     client: Any,
     class_weight: str | dict[int, float] | None = None,
     sample_weight: np.ndarray | None = None,
+    n_blocks: int | None = None,
 ) -> list[FitOutcome]:
     """The multinomial fit of each config (e.g. a path of Cs, one solver) on the same rows,
     cut into blocks once (`fit_multinomial_path`: each fit warm-starts from the one before).
 
     ``X``: numpy, SciPy sparse or a Dask array (a chunk a block, on ``client``'s workers);
-    numpy and sparse rows are sent to the workers once, or fitted in this process without
-    a client (or inside a Dask task). ``codes``: each row's class index; ``class_weight``
-    keyed by class index.
+    numpy and sparse rows are sent to the workers once, in ``n_blocks`` blocks (default one
+    per worker thread; the blocks decide the sums' bits, not where they run), or fitted in
+    this process without a client (or inside a Dask task). ``codes``: each row's class
+    index; ``class_weight`` keyed by class index.
     """
     import dask.array as da
 
@@ -410,7 +412,7 @@ def fit_multinomial_configs(
         if client is None or inside_a_dask_task():
             runner = LocalBlocks(data, classes)
         else:
-            runner = ClusterBlocks.from_training_data(client, data, classes,
+            runner = ClusterBlocks.from_training_data(client, data, classes, n_blocks=n_blocks,
                                                       **_block_options(hooks))  # fmt: skip
     return fit_multinomial_path(runner, int(X.shape[1]), n_classes, weights, configs, hooks)
 
