@@ -16,7 +16,7 @@ all of them at once are the next step (issue 36).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from numbers import Integral
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import check_cv
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from distrib.config import ESTIMATOR_PARAMS, SETTINGS
 from distrib.errors import ConfigError, DataError
@@ -50,12 +50,6 @@ def c_grid(Cs: int | Any) -> np.ndarray:
     if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
         raise ConfigError(f"Cs={Cs!r}: every C must be a positive number")
     return grid
-
-
-def _rows(X: Any, index: np.ndarray) -> Any:
-    """Rows ``index`` (sorted) of a numpy array, a sparse matrix or a Dask array (lazily,
-    a chunk's rows from that chunk)."""
-    return X[index]
 
 
 class DaskLogisticRegressionCV(DaskLogisticRegression):
@@ -152,10 +146,7 @@ class DaskLogisticRegressionCV(DaskLogisticRegression):
             raise DataError(f"y has shape {y.shape}, X has {X.shape[0]} rows: they must match")
         check_classification_targets(y)
         classes = np.unique(y)
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(
-                sample_weight, np.empty((len(y), 0)), dtype=np.float64, ensure_non_negative=True
-            )
+        sample_weight = self._check_weights(sample_weight, np.empty((len(y), 0)))
         folds = [
             (np.sort(train), np.sort(test))
             for train, test in check_cv(self.cv, y, classifier=True).split(np.zeros((len(y), 1)), y)
@@ -167,7 +158,7 @@ class DaskLogisticRegressionCV(DaskLogisticRegression):
         coefs = np.empty((len(folds), len(Cs), n_rows, n_features))
         intercepts = np.empty((len(folds), len(Cs), n_rows))
         n_iter = np.empty((len(folds), len(Cs)), dtype=np.int64)
-        self._n_blocks: int | None = None  # the first fold's: every fold's sums alike
+        n_blocks: int | None = None  # multinomial: the first fold's, kept by the others
         for f, (train, test) in enumerate(folds):
             weights = None if sample_weight is None else sample_weight[train]
             missing = np.setdiff1d(classes, y[train])
@@ -176,9 +167,10 @@ class DaskLogisticRegressionCV(DaskLogisticRegression):
                     f"fold {f}'s training rows hold no sample of class(es) {missing.tolist()}: "
                     "use fewer folds, or a stratified splitter (cv=an integer)"
                 )
-            X_train, X_test = _rows(X, train), _rows(X, test)
-            for c, fitted in self._fold_fits(Cs, X_train, y[train], weights, classes):
-                scores[f, c] = scorer(fitted, X_test, y[test])
+            # sorted rows: a Dask array's come chunk by chunk, each from its own chunk
+            fits, n_blocks = self._fold_fits(Cs, X[train], y[train], weights, classes, n_blocks)
+            for c, fitted in fits:
+                scores[f, c] = scorer(fitted, X[test], y[test])
                 coefs[f, c], intercepts[f, c] = fitted.coef_, fitted.intercept_
                 n_iter[f, c] = int(np.max(fitted.n_iter_))
         self.Cs_, self.scores_, self.n_iter_ = Cs, scores, n_iter
@@ -201,17 +193,22 @@ class DaskLogisticRegressionCV(DaskLogisticRegression):
         return self
 
     def _fold_fits(
-        self, Cs: np.ndarray, X: Any, y: np.ndarray, weights: Any, classes: np.ndarray
-    ) -> Iterator[tuple[int, DaskLogisticRegression]]:
-        """Each C's index and its model fitted on one fold's training rows. Multinomial: the
-        rows cut into blocks once for every C, the Cs fitted from the smallest (the most
-        regularised) up, each from the one before (`fit_multinomial_configs`)."""
+        self,
+        Cs: np.ndarray,
+        X: Any,
+        y: np.ndarray,
+        weights: Any,
+        classes: np.ndarray,
+        n_blocks: int | None,
+    ) -> tuple[list[tuple[int, DaskLogisticRegression]], int | None]:
+        """Each C's index and its model fitted on one fold's training rows, and the blocks
+        the next fold is cut into. Multinomial: the rows cut into blocks once for every C
+        (``n_blocks``, else one per worker thread), the Cs fitted from the smallest (the
+        most regularised) up, each from the one before (`fit_multinomial_configs`)."""
         if self.strategy != "multinomial":
             if isinstance(X, da.Array):  # every binary fit reads all rows: computed once
                 X = X.compute()
-            for c, C in enumerate(Cs):
-                yield c, self._estimator(C).fit(X, y, weights)
-            return
+            return [(c, self._estimator(C).fit(X, y, weights)) for c, C in enumerate(Cs)], None
         order = np.argsort(Cs, kind="stable")
         estimators = [self._estimator(Cs[c]) for c in order]
         codes = np.searchsorted(classes, y).astype(np.int64)
@@ -221,14 +218,14 @@ class DaskLogisticRegressionCV(DaskLogisticRegression):
         outcomes = fit_multinomial_configs(
             X, codes, len(classes), [e._config() for e in estimators], client=client,
             class_weight=by_class_index(self.class_weight, classes), sample_weight=weights,
-            n_blocks=self._n_blocks,
+            n_blocks=n_blocks,
         )  # fmt: skip
+        for estimator, outcome in zip(estimators, outcomes, strict=True):
+            estimator._take(outcome, classes, int(X.shape[1]))
         # Later folds are cut into as many blocks as the first, whatever workers are alive
         # when they are placed: a worker lost mid-search leaves every fit's bits alone.
-        self._n_blocks = self._n_blocks or len(outcomes[0].records)
-        for c, estimator, outcome in zip(order, estimators, outcomes, strict=True):
-            estimator._take(outcome, classes, int(X.shape[1]))
-            yield int(c), estimator
+        blocks = n_blocks or len(outcomes[0].records)
+        return [(int(c), e) for c, e in zip(order, estimators, strict=True)], blocks
 
     def chosen(self) -> DaskLogisticRegression:
         """The fitted model as a `DaskLogisticRegression` at the chosen C (what `save`

@@ -16,7 +16,6 @@ import json
 import platform
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 from distributed import Client, LocalCluster
@@ -25,6 +24,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from distrib import DaskLogisticRegression, DaskLogisticRegressionCV
 from distrib.data.datasets import load_mnist
 from distrib.data.split import split_arrays
+from distrib.files import write_json
 
 
 def timed(fit) -> tuple[float, object]:  # type: ignore[no-untyped-def]
@@ -87,10 +87,9 @@ def main() -> None:
     )
     report["largest_score_gap"] = float(np.max(np.abs(ours.scores_ - theirs.scores_[:, 0, :])))
     report["search_ratio"] = ours_s / theirs_s
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_json(args.out, report)  # atomically
 
 
 if __name__ == "__main__":

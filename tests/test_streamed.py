@@ -149,6 +149,20 @@ def test_coded_pieces_are_coded_csr(tmp_path: Path) -> None:
     assert np.array_equal(piece.decoded().toarray(), _floats(pixels))
 
 
+def _streamed_and_in_memory(
+    settings: dict[str, Any], client: Client, tmp_path: Path, home: Path, lines: list[str]
+) -> tuple[Any, Any]:
+    """`train` with ``settings`` twice in one data home, ``--rows disk`` (its progress into
+    ``lines``) and ``--rows memory``: both runs, whose models are the same bits."""
+    disk = train(TrainConfig(**settings, rows="disk"), client=client, out=tmp_path / "disk",
+                 home=home, log=lines.append)  # fmt: skip
+    memory = train(TrainConfig(**settings, rows="memory"), client=client,
+                   out=tmp_path / "memory", home=home)  # fmt: skip
+    assert np.array_equal(disk.model.coef, memory.model.coef)
+    assert np.array_equal(disk.model.intercept, memory.model.intercept)
+    return disk, memory
+
+
 def test_train_streams_its_rows_and_gives_the_in_memory_model(
     cluster_client: Client, tmp_path: Path
 ) -> None:
@@ -156,14 +170,8 @@ def test_train_streams_its_rows_and_gives_the_in_memory_model(
     data home, the workers stream them, and the model is the in-memory fit's, bit for bit
     (both CSR: --layout sparse); the training accuracy comes from the blocks."""
     settings = {"dataset": "digits", "strategy": "multinomial", "layout": "sparse", "max_iter": 50}
-    lines: list[str] = []
-    home = tmp_path / "home"
-    disk = train(TrainConfig(**settings, rows="disk"), client=cluster_client,
-                 out=tmp_path / "disk", home=home, log=lines.append)  # fmt: skip
-    memory = train(TrainConfig(**settings, rows="memory"), client=cluster_client,
-                   out=tmp_path / "memory", home=home)  # fmt: skip
-    assert np.array_equal(disk.model.coef, memory.model.coef)
-    assert np.array_equal(disk.model.intercept, memory.model.intercept)
+    home, lines = tmp_path / "home", []
+    disk, memory = _streamed_and_in_memory(settings, cluster_client, tmp_path, home, lines)
     assert disk.metrics["train_accuracy"] == memory.metrics["train_accuracy"]
     assert disk.metrics["test_accuracy"] == memory.metrics["test_accuracy"]
     assert any(line == "transfer: streamed" or line.startswith("transfer: streamed (")
@@ -198,12 +206,7 @@ def test_a_zarr_store_split_in_its_own_order_streams_to_the_in_memory_model(
     home, lines = tmp_path / "home", []
     settings = {"data": str(tmp_path / "mine.zarr"), "strategy": "multinomial", "tol": 1e-8}
     monkeypatch.setattr(split_module, "SHUFFLE_BYTES", pixels.nbytes - 1)
-    disk = train(TrainConfig(**settings, rows="disk"), client=cluster_client,
-                 out=tmp_path / "disk", home=home, log=lines.append)  # fmt: skip
-    memory = train(TrainConfig(**settings, rows="memory"), client=cluster_client,
-                   out=tmp_path / "memory", home=home)  # fmt: skip
-    assert np.array_equal(disk.model.coef, memory.model.coef)
-    assert np.array_equal(disk.model.intercept, memory.model.intercept)
+    disk, memory = _streamed_and_in_memory(settings, cluster_client, tmp_path, home, lines)
     assert disk.metrics["transfer"] == "streamed" and memory.metrics["transfer"] != "streamed"
     saved = json.loads((tmp_path / "disk" / "model.json").read_text())
     assert saved["data"]["row_order"] == "data"

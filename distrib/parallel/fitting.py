@@ -255,26 +255,29 @@ def fit_multinomial_rows(
     by_index = by_class_index(class_weight, labels)
     sample_weight = data.weights(0, len(codes))
     weights = objective_weights(codes, len(labels), by_index, sample_weight, labels)
-    runner: BlockRunner
-    if client is None or inside_a_dask_task():
-        # Nested in a task (a search run by the dask joblib backend): its thread is the one
-        # this fit may use; actors of its own could wait for a thread that the search's
-        # other tasks hold (a deadlock with every thread taken).
-        runner = LocalBlocks(data, labels)
-    else:
-        layout = hooks.journal.layout() if hooks.journal is not None else None
-        runner = ClusterBlocks.from_training_data(  # a resumed fit: the first run's blocks
-            client,
-            data,
-            labels,
-            n_blocks=None if layout is None else int(layout["blocks"]),
-            **_block_options(hooks),
-        )
+    layout = hooks.journal.layout() if hooks.journal is not None else None
+    # a resumed fit: the first run's blocks
+    n_blocks = None if layout is None else int(layout["blocks"])
+    runner = _row_blocks(client, data, labels, hooks, n_blocks)
     # streamed rows are predicted where they are read (here they would be decoded whole)
     predict_rows = isinstance(data, RowStore)
     return fit_multinomial(
         runner, int(data.shape[1]), len(labels), weights, config, hooks, predict_rows=predict_rows
     )
+
+
+def _row_blocks(
+    client: Any, data: TrainingData, labels: np.ndarray, hooks: FitHooks, n_blocks: int | None
+) -> BlockRunner:
+    """``data``'s rows as blocks: on ``client``'s workers (``n_blocks`` of them, default one
+    per worker thread), or one block in this process without a client or inside a task."""
+    if client is None or inside_a_dask_task():
+        # Nested in a task (a search run by the dask joblib backend): its thread is the one
+        # this fit may use; actors of its own could wait for a thread that the search's
+        # other tasks hold (a deadlock with every thread taken).
+        return LocalBlocks(data, labels)
+    return ClusterBlocks.from_training_data(client, data, labels, n_blocks=n_blocks,
+                                            **_block_options(hooks))  # fmt: skip
 
 
 def class_indices(labels: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -408,12 +411,8 @@ def fit_multinomial_configs(
                                                sample_weight=sample_weight,
                                                **_block_options(hooks))  # fmt: skip
     else:
-        data = InMemoryArrays(X, codes, sample_weight)
-        if client is None or inside_a_dask_task():
-            runner = LocalBlocks(data, classes)
-        else:
-            runner = ClusterBlocks.from_training_data(client, data, classes, n_blocks=n_blocks,
-                                                      **_block_options(hooks))  # fmt: skip
+        runner = _row_blocks(client, InMemoryArrays(X, codes, sample_weight), classes, hooks,
+                             n_blocks)  # fmt: skip
     return fit_multinomial_path(runner, int(X.shape[1]), n_classes, weights, configs, hooks)
 
 
